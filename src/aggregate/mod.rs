@@ -1,0 +1,1 @@
+//! The streaming roll-up reducer (placeholder until the reducer lands).

@@ -1,0 +1,47 @@
+//! The command line: one module per subcommand, each with its clap `Args` and a `run`.
+//!
+//! `main.rs` parses [`Cli`] and calls [`run`]; errors are printed once, as one clear line
+//! with its causes, and turn into a non-zero exit code.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{self, LogArgs};
+
+pub mod aggregate;
+
+/// rollq: CSV time-series roll-ups, locally or as a queue worker on Azure Storage.
+#[derive(Debug, Parser)]
+#[command(name = "rollq", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Roll up one CSV file (or stdin) into per-bucket statistics.
+    Aggregate(aggregate::AggregateArgs),
+}
+
+/// Runs the parsed command line; prints a failure as one line plus its causes.
+pub fn run(cli: Cli) -> ExitCode {
+    telemetry::init(&cli.log);
+    let result = match cli.command {
+        Command::Aggregate(args) => aggregate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

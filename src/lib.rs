@@ -1,0 +1,19 @@
+//! rollq: queue-driven CSV time-series roll-ups on Azure Storage.
+//!
+//! A producer uploads a CSV blob and enqueues a message naming it; each worker replica leases
+//! messages, streams the blob through a single-pass reducer (per bucket and value column:
+//! count, mean, sample std, min, max, with pandas `resample` semantics) and writes
+//! `<name>_aggregated.csv` back before it deletes the message.
+//!
+//! # Layout
+//! - [`aggregate`]: the streaming reducer (sync, no IO beyond `Read`/`Write`) and its CSV parser.
+//! - [`storage`]: the queue and blob traits, the Azure SDK adapter, the in-memory fake.
+//! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
+//! - [`telemetry`]: tracing subscriber set-up.
+#![forbid(unsafe_code)]
+#![warn(rust_2018_idioms)]
+
+pub mod aggregate;
+pub mod cli;
+pub mod storage;
+pub mod telemetry;

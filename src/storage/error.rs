@@ -1,0 +1,92 @@
+//! `StorageError`: the one error type storage calls return, classified once, with no secrets.
+
+use std::time::Duration;
+
+/// What kind of failure a storage call met; callers decide retry or poison from this alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The queue, container or blob does not exist.
+    NotFound,
+    /// The resource exists already (e.g. a conditional create lost the race).
+    Conflict,
+    /// An If-Match / If-None-Match condition failed: the source changed mid-read.
+    PreconditionFailed,
+    /// A stale pop receipt: another consumer owns the message now.
+    LeaseLost,
+    /// 429 / 503 Server Busy: back off (honour `retry_after`).
+    Throttled,
+    /// Timeouts, connection resets, other 5xx: retry.
+    Transient,
+    /// 401/403: the credential is wrong or lacks a role.
+    Auth,
+    /// Anything else (a 4xx we did not expect): not retried.
+    Other,
+}
+
+impl ErrorKind {
+    /// A short lowercase label, stable for metrics (`rollq_storage_errors_total{kind}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::PreconditionFailed => "precondition_failed",
+            ErrorKind::LeaseLost => "lease_lost",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Whether the same call may succeed if tried again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::PreconditionFailed | ErrorKind::Throttled | ErrorKind::Transient
+        )
+    }
+}
+
+/// A failed storage call: kind, the operation, what it was about, and the service's words.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{op} {target}: {kind_text}{detail}", kind_text = self.kind.as_str(), detail = fmt_detail(&self.message))]
+pub struct StorageError {
+    pub kind: ErrorKind,
+    /// The operation, e.g. `receive`, `download`.
+    pub op: &'static str,
+    /// What the call was about (queue name or container/blob), never a secret.
+    pub target: String,
+    /// Status code and service error code or transport error text; never a secret.
+    pub message: String,
+    /// From Retry-After, when the service sent one.
+    pub retry_after: Option<Duration>,
+}
+
+fn fmt_detail(m: &str) -> String {
+    if m.is_empty() {
+        String::new()
+    } else {
+        format!(" ({m})")
+    }
+}
+
+impl StorageError {
+    pub fn new(
+        kind: ErrorKind,
+        op: &'static str,
+        target: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            op,
+            target: target.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+}
