@@ -10,6 +10,11 @@
 //! - [`storage`]: the queue and blob traits, the Azure SDK adapter, the in-memory fake.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
 //! - [`telemetry`]: tracing subscriber set-up.
+//! - [`worker`]: the queue worker: receive loop, `process_one`, lease, job parsing, errors.
+//! - [`startup`]: `App::build` / `run_until_stopped`: wires storage, worker, admin server.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics` and the readiness state.
+//! - [`metrics`]: the Prometheus metrics (names are a contract with dashboards).
+//! - [`shutdown`]: the two-stage SIGTERM/SIGINT handling.
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms)]
 
@@ -17,3 +22,8 @@ pub mod aggregate;
 pub mod cli;
 pub mod storage;
 pub mod telemetry;
+pub mod worker;
+pub mod startup;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;

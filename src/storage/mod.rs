@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub mod error;
+pub mod memory;
 pub use error::{ErrorKind, StorageError};
 
 // === queue types ===

@@ -1,0 +1,352 @@
+//! The worker's Prometheus metrics: one `Metrics` value registered into an explicit registry.
+//!
+//! `startup` creates the registry and `Metrics::register`s into it; the worker holds clones
+//! (every field is an `Arc` inside) and `http` encodes the registry for `/metrics`. The names
+//! are a contract with the dashboards and alerts (see docs/worker.md); counters are registered
+//! without `_total`, which the encoder appends.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Buckets of `rollq_processing_duration_seconds`: a small file takes well under a second, a
+/// multi-GiB one many minutes; `--max-processing-time` defaults to an hour.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
+/// Buckets of `rollq_message_age_seconds` (enqueue → completion): from an idle queue (seconds)
+/// to a backlog or a retried message (hours, a day).
+pub const AGE_BUCKETS: [f64; 14] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0,
+    86400.0,
+];
+
+/// How one message ended (`rollq_messages_total{outcome}`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum OutcomeLabel {
+    /// Output written (or found up to date) and the message deleted.
+    Completed,
+    /// Made visible again after a failure (or lost to another consumer).
+    Retried,
+    /// Moved to `<queue>-poison`.
+    Poisoned,
+    /// Acknowledged without work (not BlobCreated, empty, an output, output up to date).
+    Skipped,
+    /// Released on shutdown without counting an attempt.
+    Released,
+}
+
+impl OutcomeLabel {
+    /// Every label, for pre-registering zero series.
+    pub const ALL: [OutcomeLabel; 5] = [
+        OutcomeLabel::Completed,
+        OutcomeLabel::Retried,
+        OutcomeLabel::Poisoned,
+        OutcomeLabel::Skipped,
+        OutcomeLabel::Released,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeLabel::Completed => "completed",
+            OutcomeLabel::Retried => "retried",
+            OutcomeLabel::Poisoned => "poisoned",
+            OutcomeLabel::Skipped => "skipped",
+            OutcomeLabel::Released => "released",
+        }
+    }
+}
+
+impl EncodeLabelValue for OutcomeLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Result of one lease renewal (`rollq_lease_renewals_total{result}`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RenewalResult {
+    /// Visibility extended.
+    Ok,
+    /// The call failed; renewal retries sooner.
+    Error,
+    /// Another consumer owns the message; work is cancelled.
+    Lost,
+}
+
+impl EncodeLabelValue for RenewalResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            RenewalResult::Ok => "ok",
+            RenewalResult::Error => "error",
+            RenewalResult::Lost => "lost",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: OutcomeLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenewalLabels {
+    result: RenewalResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageErrorLabels {
+    op: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// Every worker metric. Cheap to clone: each field shares its value with the registry.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    messages: Family<OutcomeLabels, Counter>,
+    processing_duration: Histogram,
+    message_age: Histogram,
+    in_flight: Gauge,
+    rows: Counter,
+    bad_rows: Counter,
+    bytes_read: Counter,
+    lease_renewals: Family<RenewalLabels, Counter>,
+    storage_errors: Family<StorageErrorLabels, Counter>,
+    queue_messages: Gauge,
+    poison_queue_messages: Gauge,
+    oldest_message_age: Gauge<f64, AtomicU64>,
+    last_success: Gauge<f64, AtomicU64>,
+    build_info: Family<VersionLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `rollq_` in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            messages: Family::default(),
+            processing_duration: Histogram::new(DURATION_BUCKETS),
+            message_age: Histogram::new(AGE_BUCKETS),
+            in_flight: Gauge::default(),
+            rows: Counter::default(),
+            bad_rows: Counter::default(),
+            bytes_read: Counter::default(),
+            lease_renewals: Family::default(),
+            storage_errors: Family::default(),
+            queue_messages: Gauge::default(),
+            poison_queue_messages: Gauge::default(),
+            oldest_message_age: Gauge::default(),
+            last_success: Gauge::default(),
+            build_info: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("rollq");
+        r.register(
+            "messages",
+            "Messages finished, by outcome",
+            m.messages.clone(),
+        );
+        r.register(
+            "processing_duration_seconds",
+            "Time from receiving a message to its outcome",
+            m.processing_duration.clone(),
+        );
+        r.register(
+            "message_age_seconds",
+            "Time from enqueueing a message to its completion",
+            m.message_age.clone(),
+        );
+        r.register(
+            "messages_in_flight",
+            "Messages being processed now",
+            m.in_flight.clone(),
+        );
+        r.register("rows", "Input rows aggregated", m.rows.clone());
+        r.register(
+            "bad_rows",
+            "Input rows skipped under --max-bad-rows",
+            m.bad_rows.clone(),
+        );
+        r.register(
+            "bytes_read",
+            "Input bytes downloaded (as stored, before gunzip)",
+            m.bytes_read.clone(),
+        );
+        r.register(
+            "lease_renewals",
+            "Visibility renewals of leased messages, by result",
+            m.lease_renewals.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Failed storage calls, by operation and kind",
+            m.storage_errors.clone(),
+        );
+        r.register(
+            "queue_messages",
+            "Approximate message count of the queue (sampled; take max over replicas)",
+            m.queue_messages.clone(),
+        );
+        r.register(
+            "poison_queue_messages",
+            "Approximate message count of the poison queue (sampled)",
+            m.poison_queue_messages.clone(),
+        );
+        r.register(
+            "oldest_message_age_seconds",
+            "Age of the oldest visible message, from a peek (0 when none is visible)",
+            m.oldest_message_age.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last completed message",
+            m.last_success.clone(),
+        );
+        r.register(
+            "build_info",
+            "Build information; the value is always 1",
+            m.build_info.clone(),
+        );
+        m.build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        // Zero series for every outcome, so `rate()` and alerts see them before the first event.
+        for outcome in OutcomeLabel::ALL {
+            let _ = m.messages.get_or_create(&OutcomeLabels { outcome });
+        }
+        m
+    }
+
+    /// Counts one finished message.
+    pub fn outcome(&self, outcome: OutcomeLabel) {
+        self.messages.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// How many messages ended with `outcome` so far.
+    pub fn outcome_count(&self, outcome: OutcomeLabel) -> u64 {
+        self.messages.get_or_create(&OutcomeLabels { outcome }).get()
+    }
+
+    /// Records how long one message took.
+    pub fn processing_duration(&self, seconds: f64) {
+        self.processing_duration.observe(seconds);
+    }
+
+    /// Records a completed message's age since it was enqueued.
+    pub fn message_age(&self, seconds: f64) {
+        self.message_age.observe(seconds);
+    }
+
+    /// The in-flight gauge (incremented when work starts, decremented when it ends).
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// Adds aggregated and skipped rows.
+    pub fn rows(&self, rows: u64, bad_rows: u64) {
+        self.rows.inc_by(rows);
+        self.bad_rows.inc_by(bad_rows);
+    }
+
+    /// The downloaded-bytes counter (the blob reader adds to it as bytes arrive).
+    pub fn bytes_read(&self) -> &Counter {
+        &self.bytes_read
+    }
+
+    /// Counts one renewal attempt.
+    pub fn renewal(&self, result: RenewalResult) {
+        self.lease_renewals
+            .get_or_create(&RenewalLabels { result })
+            .inc();
+    }
+
+    /// Counts one failed storage call.
+    pub fn storage_error(&self, op: &str, kind: &str) {
+        self.storage_errors
+            .get_or_create(&StorageErrorLabels {
+                op: op.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the sampled queue figures.
+    pub fn queue_stats(&self, queue: u64, poison: u64, oldest_age_seconds: f64) {
+        self.queue_messages.set(queue as i64);
+        self.poison_queue_messages.set(poison as i64);
+        self.oldest_message_age.set(oldest_age_seconds);
+    }
+
+    /// Records the time of a completed message.
+    pub fn success_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.last_success.set(now);
+    }
+}
+
+/// Encodes a registry in the Prometheus/OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    if out.is_empty() {
+        let _ = writeln!(out, "# EOF");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_contract() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.outcome(OutcomeLabel::Completed);
+        m.renewal(RenewalResult::Ok);
+        m.storage_error("receive", "transient");
+        m.processing_duration(1.5);
+        m.message_age(3.0);
+        m.rows(10, 1);
+        m.bytes_read().inc_by(100);
+        m.queue_stats(3, 1, 12.5);
+        m.success_now();
+        let text = encode(&registry);
+        for line in [
+            "rollq_messages_total{outcome=\"completed\"} 1",
+            "rollq_messages_total{outcome=\"released\"} 0",
+            "rollq_lease_renewals_total{result=\"ok\"} 1",
+            "rollq_storage_errors_total{op=\"receive\",kind=\"transient\"} 1",
+            "rollq_processing_duration_seconds_count 1",
+            "rollq_message_age_seconds_count 1",
+            "rollq_messages_in_flight 0",
+            "rollq_rows_total 10",
+            "rollq_bad_rows_total 1",
+            "rollq_bytes_read_total 100",
+            "rollq_queue_messages 3",
+            "rollq_poison_queue_messages 1",
+            "rollq_oldest_message_age_seconds 12.5",
+            "rollq_build_info{version=\"",
+            "rollq_last_success_timestamp_seconds ",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! In-memory fakes of [`QueueService`] and [`BlobStore`], for fast unit tests of worker logic.
+//!
+//! They keep the semantics the worker relies on: visibility timeouts (on tokio's clock, so
+//! `tokio::time::pause()` drives them), a new pop receipt on every receive and update, dequeue
+//! counts, ETags that change on every write, write conditions, and a switch that makes every
+//! call fail as if the account were unreachable. Anything that claims the service works is
+//! tested against Azurite instead; these fakes are deliberately small.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{
+    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag,
+    ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
+    Received, StorageError,
+};
+
+/// Shared switches and counters of one fake account.
+#[derive(Debug, Default)]
+struct Account {
+    /// While set, every call fails with `ErrorKind::Transient` (a storage outage).
+    outage: AtomicBool,
+    /// Source of receipts and ETags, unique within the account.
+    counter: AtomicU64,
+}
+
+impl Account {
+    fn check(&self, op: &'static str, target: &str) -> Result<(), StorageError> {
+        if self.outage.load(Ordering::SeqCst) {
+            return Err(StorageError::new(
+                ErrorKind::Transient,
+                op,
+                target,
+                "connection refused (simulated outage)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn next(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+// === queues ===
+
+/// An in-memory queue account: hands out one shared [`MemoryQueue`] per name.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryQueueService {
+    account: Arc<Account>,
+    queues: Arc<Mutex<HashMap<String, Arc<MemoryQueue>>>>,
+}
+
+impl MemoryQueueService {
+    /// An empty account with no queues.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every queue call fail (true) or work again (false).
+    pub fn set_outage(&self, down: bool) {
+        self.account.outage.store(down, Ordering::SeqCst);
+    }
+
+    /// The concrete queue, for test inspection.
+    pub fn memory_queue(&self, name: &str) -> Arc<MemoryQueue> {
+        let mut queues = self.queues.lock().unwrap();
+        queues
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(MemoryQueue {
+                    name: name.to_owned(),
+                    account: self.account.clone(),
+                    state: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+impl QueueService for MemoryQueueService {
+    fn queue(&self, name: &str) -> Arc<dyn Queue> {
+        self.memory_queue(name)
+    }
+}
+
+#[derive(Debug)]
+struct StoredMessage {
+    id: MessageId,
+    text: String,
+    dequeue_count: u64,
+    inserted_on: SystemTime,
+    visible_at: Instant,
+    receipt: String,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    exists: bool,
+    messages: Vec<StoredMessage>,
+    /// Every update's visibility and whether it rewrote the text, for test assertions.
+    updates: Vec<(MessageId, Duration, bool)>,
+}
+
+/// One in-memory queue.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    name: String,
+    account: Arc<Account>,
+    state: Mutex<QueueState>,
+}
+
+/// A snapshot of one stored message, for test assertions.
+#[derive(Clone, Debug)]
+pub struct MessageSnapshot {
+    pub id: MessageId,
+    pub text: String,
+    pub dequeue_count: u64,
+    /// Whether a receive would return it now.
+    pub visible: bool,
+    /// Time left until it becomes visible (zero when visible).
+    pub invisible_for: Duration,
+}
+
+impl MemoryQueue {
+    /// Every stored message, in queue order.
+    pub fn snapshot(&self) -> Vec<MessageSnapshot> {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap();
+        state
+            .messages
+            .iter()
+            .map(|m| MessageSnapshot {
+                id: m.id.clone(),
+                text: m.text.clone(),
+                dequeue_count: m.dequeue_count,
+                visible: m.visible_at <= now,
+                invisible_for: m.visible_at.saturating_duration_since(now),
+            })
+            .collect()
+    }
+
+    /// Every `update` call so far: message, visibility, whether the text was rewritten.
+    pub fn updates(&self) -> Vec<(MessageId, Duration, bool)> {
+        self.state.lock().unwrap().updates.clone()
+    }
+
+    fn not_found(&self, op: &'static str) -> StorageError {
+        StorageError::new(ErrorKind::NotFound, op, &self.name, "QueueNotFound")
+    }
+
+    fn locked(
+        &self,
+        op: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, QueueState>, StorageError> {
+        self.account.check(op, &self.name)?;
+        let state = self.state.lock().unwrap();
+        if !state.exists {
+            return Err(self.not_found(op));
+        }
+        Ok(state)
+    }
+
+    /// Finds a message by id and checks the receipt, as Update and Delete Message do.
+    fn find(
+        &self,
+        state: &QueueState,
+        op: &'static str,
+        id: &MessageId,
+        receipt: &PopReceipt,
+    ) -> Result<usize, StorageError> {
+        let idx = state
+            .messages
+            .iter()
+            .position(|m| &m.id == id)
+            .ok_or_else(|| StorageError::new(ErrorKind::NotFound, op, &self.name, "MessageNotFound"))?;
+        if state.messages[idx].receipt != receipt.0 {
+            return Err(StorageError::new(
+                ErrorKind::LeaseLost,
+                op,
+                &self.name,
+                "PopReceiptMismatch",
+            ));
+        }
+        Ok(idx)
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn create_if_missing(&self) -> Result<(), StorageError> {
+        self.account.check("create queue", &self.name)?;
+        self.state.lock().unwrap().exists = true;
+        Ok(())
+    }
+
+    async fn send(&self, text: &str) -> Result<MessageId, StorageError> {
+        let mut state = self.locked("send")?;
+        if text.len() > 64 * 1024 {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                "send",
+                &self.name,
+                "RequestBodyTooLarge",
+            ));
+        }
+        let id = MessageId(format!("m{}", self.account.next()));
+        state.messages.push(StoredMessage {
+            id: id.clone(),
+            text: text.to_owned(),
+            dequeue_count: 0,
+            inserted_on: SystemTime::now(),
+            visible_at: Instant::now(),
+            receipt: String::new(),
+        });
+        Ok(id)
+    }
+
+    async fn receive(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, StorageError> {
+        assert!((1..=32).contains(&max), "receive takes 1..=32 messages");
+        let mut state = self.locked("receive")?;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for m in state.messages.iter_mut() {
+            if out.len() == usize::from(max) {
+                break;
+            }
+            if m.visible_at > now {
+                continue;
+            }
+            m.dequeue_count += 1;
+            m.receipt = format!("r{}", self.account.next());
+            m.visible_at = now + visibility;
+            out.push(Received {
+                id: m.id.clone(),
+                pop_receipt: PopReceipt(m.receipt.clone()),
+                text: m.text.clone(),
+                dequeue_count: m.dequeue_count,
+                inserted_on: Some(m.inserted_on),
+                next_visible_on: Some(SystemTime::now() + visibility),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn update(
+        &self,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+        new_text: Option<&str>,
+    ) -> Result<PopReceipt, StorageError> {
+        let mut state = self.locked("update")?;
+        let idx = self.find(&state, "update", id, receipt)?;
+        let fresh = format!("r{}", self.account.next());
+        let m = &mut state.messages[idx];
+        m.receipt = fresh.clone();
+        m.visible_at = Instant::now() + visibility;
+        if let Some(text) = new_text {
+            m.text = text.to_owned();
+        }
+        state
+            .updates
+            .push((id.clone(), visibility, new_text.is_some()));
+        Ok(PopReceipt(fresh))
+    }
+
+    async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
+        let mut state = self.locked("delete")?;
+        let idx = self.find(&state, "delete", id, receipt)?;
+        state.messages.remove(idx);
+        Ok(())
+    }
+
+    async fn peek(&self, max: u8) -> Result<Vec<Peeked>, StorageError> {
+        let state = self.locked("peek")?;
+        let now = Instant::now();
+        Ok(state
+            .messages
+            .iter()
+            .filter(|m| m.visible_at <= now)
+            .take(usize::from(max))
+            .map(|m| Peeked {
+                id: m.id.clone(),
+                text: m.text.clone(),
+                dequeue_count: m.dequeue_count,
+                inserted_on: Some(m.inserted_on),
+            })
+            .collect())
+    }
+
+    async fn approximate_count(&self) -> Result<u64, StorageError> {
+        let state = self.locked("queue properties")?;
+        Ok(state.messages.len() as u64)
+    }
+}
+
+// === blobs ===
+
+#[derive(Clone, Debug)]
+struct StoredBlob {
+    data: Bytes,
+    etag: ETag,
+    metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+struct BlobState {
+    containers: HashMap<String, BTreeMap<String, StoredBlob>>,
+    /// How many `open_read` calls succeeded, for tests of "skip the work".
+    reads: u64,
+}
+
+/// An in-memory blob account.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryBlobStore {
+    account: Arc<Account>,
+    state: Arc<Mutex<BlobState>>,
+}
+
+impl MemoryBlobStore {
+    /// An empty account with no containers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every blob call fail (true) or work again (false).
+    pub fn set_outage(&self, down: bool) {
+        self.account.outage.store(down, Ordering::SeqCst);
+    }
+
+    /// A blob's bytes, for test assertions.
+    pub fn get(&self, path: &BlobPath) -> Option<Bytes> {
+        let state = self.state.lock().unwrap();
+        state
+            .containers
+            .get(&path.container)
+            .and_then(|c| c.get(&path.name))
+            .map(|b| b.data.clone())
+    }
+
+    /// How many reads were opened so far.
+    pub fn reads(&self) -> u64 {
+        self.state.lock().unwrap().reads
+    }
+
+    fn write(
+        &self,
+        op: &'static str,
+        path: &BlobPath,
+        data: Bytes,
+        opts: &PutOptions,
+    ) -> Result<ETag, StorageError> {
+        self.account.check(op, &path.to_string())?;
+        let etag = ETag(format!("\"0x{:X}\"", self.account.next()));
+        let mut state = self.state.lock().unwrap();
+        let container = state.containers.get_mut(&path.container).ok_or_else(|| {
+            StorageError::new(ErrorKind::NotFound, op, path.to_string(), "ContainerNotFound")
+        })?;
+        let existing = container.get(&path.name);
+        match (&opts.condition, existing) {
+            (Condition::IfNotExists, Some(_)) => {
+                return Err(StorageError::new(
+                    ErrorKind::Conflict,
+                    op,
+                    path.to_string(),
+                    "BlobAlreadyExists",
+                ));
+            }
+            (Condition::IfMatch(want), found) if found.map(|b| &b.etag) != Some(want) => {
+                return Err(StorageError::new(
+                    ErrorKind::PreconditionFailed,
+                    op,
+                    path.to_string(),
+                    "ConditionNotMet",
+                ));
+            }
+            _ => {}
+        }
+        container.insert(
+            path.name.clone(),
+            StoredBlob {
+                data,
+                etag: etag.clone(),
+                metadata: opts.metadata.clone(),
+            },
+        );
+        Ok(etag)
+    }
+
+    fn blob(&self, op: &'static str, path: &BlobPath) -> Result<StoredBlob, StorageError> {
+        self.account.check(op, &path.to_string())?;
+        let state = self.state.lock().unwrap();
+        state
+            .containers
+            .get(&path.container)
+            .and_then(|c| c.get(&path.name))
+            .cloned()
+            .ok_or_else(|| StorageError::new(ErrorKind::NotFound, op, path.to_string(), "BlobNotFound"))
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryBlobStore {
+    async fn create_container_if_missing(&self, container: &str) -> Result<(), StorageError> {
+        self.account.check("create container", container)?;
+        let mut state = self.state.lock().unwrap();
+        state.containers.entry(container.to_owned()).or_default();
+        Ok(())
+    }
+
+    async fn container_exists(&self, container: &str) -> Result<bool, StorageError> {
+        self.account.check("container properties", container)?;
+        Ok(self.state.lock().unwrap().containers.contains_key(container))
+    }
+
+    async fn properties(&self, path: &BlobPath) -> Result<BlobProperties, StorageError> {
+        let blob = self.blob("blob properties", path)?;
+        Ok(BlobProperties {
+            etag: blob.etag,
+            size: blob.data.len() as u64,
+            content_md5: None,
+            metadata: blob.metadata,
+        })
+    }
+
+    /// The fake snapshots the blob at open: a change after that is not seen mid-stream.
+    async fn open_read(
+        &self,
+        path: &BlobPath,
+        if_match: Option<&ETag>,
+        opts: ReadOptions,
+    ) -> Result<ByteStream, StorageError> {
+        let blob = self.blob("download", path)?;
+        if let Some(want) = if_match {
+            if want != &blob.etag {
+                return Err(StorageError::new(
+                    ErrorKind::PreconditionFailed,
+                    "download",
+                    path.to_string(),
+                    "ConditionNotMet",
+                ));
+            }
+        }
+        self.state.lock().unwrap().reads += 1;
+        let size = opts.partition_bytes.max(1);
+        let chunks: Vec<Result<Bytes, StorageError>> = (0..blob.data.len())
+            .step_by(size)
+            .map(|start| Ok(blob.data.slice(start..(start + size).min(blob.data.len()))))
+            .collect();
+        Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+
+    async fn put(
+        &self,
+        path: &BlobPath,
+        body: Bytes,
+        opts: PutOptions,
+    ) -> Result<ETag, StorageError> {
+        self.write("upload", path, body, &opts)
+    }
+
+    async fn start_upload(
+        &self,
+        path: &BlobPath,
+        opts: PutOptions,
+    ) -> Result<Box<dyn BlockUpload>, StorageError> {
+        self.account.check("stage block", &path.to_string())?;
+        Ok(Box::new(MemoryUpload {
+            store: self.clone(),
+            path: path.clone(),
+            opts,
+            blocks: Vec::new(),
+        }))
+    }
+
+    async fn list(&self, container: &str, prefix: &str) -> Result<Vec<BlobItem>, StorageError> {
+        self.account.check("list", container)?;
+        let state = self.state.lock().unwrap();
+        let c = state.containers.get(container).ok_or_else(|| {
+            StorageError::new(ErrorKind::NotFound, "list", container, "ContainerNotFound")
+        })?;
+        Ok(c.iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, b)| BlobItem {
+                name: name.clone(),
+                size: b.data.len() as u64,
+                etag: b.etag.clone(),
+            })
+            .collect())
+    }
+
+    async fn delete(&self, path: &BlobPath) -> Result<(), StorageError> {
+        self.account.check("delete blob", &path.to_string())?;
+        let mut state = self.state.lock().unwrap();
+        state
+            .containers
+            .get_mut(&path.container)
+            .and_then(|c| c.remove(&path.name))
+            .map(|_| ())
+            .ok_or_else(|| {
+                StorageError::new(ErrorKind::NotFound, "delete blob", path.to_string(), "BlobNotFound")
+            })
+    }
+}
+
+/// Staged blocks held until commit, which applies the write condition (as Put Block List does).
+struct MemoryUpload {
+    store: MemoryBlobStore,
+    path: BlobPath,
+    opts: PutOptions,
+    blocks: Vec<Bytes>,
+}
+
+#[async_trait]
+impl BlockUpload for MemoryUpload {
+    async fn stage(&mut self, block: Bytes) -> Result<(), StorageError> {
+        self.store
+            .account
+            .check("stage block", &self.path.to_string())?;
+        self.blocks.push(block);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
+        let data: Vec<u8> = self.blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        self.store
+            .write("commit block list", &self.path, Bytes::from(data), &self.opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_receipts_and_dequeue_counts() {
+        let svc = MemoryQueueService::new();
+        let q = svc.queue("q");
+        assert_eq!(q.send("x").await.unwrap_err().kind, ErrorKind::NotFound);
+        q.create_if_missing().await.unwrap();
+        q.send("a").await.unwrap();
+        let got = q.receive(32, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].dequeue_count, 1);
+        assert!(q.receive(32, Duration::from_secs(10)).await.unwrap().is_empty());
+        let fresh = q
+            .update(&got[0].id, &got[0].pop_receipt, Duration::from_secs(20), None)
+            .await
+            .unwrap();
+        assert_ne!(fresh, got[0].pop_receipt);
+        let stale = q.delete(&got[0].id, &got[0].pop_receipt).await.unwrap_err();
+        assert_eq!(stale.kind, ErrorKind::LeaseLost);
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(q.receive(1, Duration::from_secs(10)).await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let again = q.receive(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(again[0].dequeue_count, 2);
+        // The receipt from before the redelivery no longer works.
+        let lost = q.delete(&got[0].id, &fresh).await.unwrap_err();
+        assert_eq!(lost.kind, ErrorKind::LeaseLost);
+        q.delete(&again[0].id, &again[0].pop_receipt).await.unwrap();
+        assert_eq!(q.approximate_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn blob_conditions_and_etags() {
+        let store = MemoryBlobStore::new();
+        store.create_container_if_missing("c").await.unwrap();
+        let p = BlobPath::new("c", "b");
+        let opts = |condition| PutOptions {
+            condition,
+            ..Default::default()
+        };
+        let e1 = store
+            .put(&p, Bytes::from_static(b"one"), opts(Condition::IfNotExists))
+            .await
+            .unwrap();
+        let again = store
+            .put(&p, Bytes::from_static(b"two"), opts(Condition::IfNotExists))
+            .await
+            .unwrap_err();
+        assert_eq!(again.kind, ErrorKind::Conflict);
+        let e2 = store
+            .put(&p, Bytes::from_static(b"two"), opts(Condition::IfMatch(e1.clone())))
+            .await
+            .unwrap();
+        assert_ne!(e1, e2);
+        let stale = store
+            .put(&p, Bytes::from_static(b"three"), opts(Condition::IfMatch(e1.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(stale.kind, ErrorKind::PreconditionFailed);
+        let err = store
+            .open_read(&p, Some(&e1), ReadOptions::default())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, ErrorKind::PreconditionFailed);
+        let mut up = store.start_upload(&p, opts(Condition::IfMatch(e2))).await.unwrap();
+        up.stage(Bytes::from_static(b"ab")).await.unwrap();
+        up.stage(Bytes::from_static(b"cd")).await.unwrap();
+        up.commit().await.unwrap();
+        let read: Vec<Bytes> = store
+            .open_read(&p, None, ReadOptions { partition_bytes: 3, parallel: 1 })
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(read, vec![Bytes::from_static(b"abc"), Bytes::from_static(b"d")]);
+    }
+}

@@ -1,0 +1,104 @@
+//! The release envelope: how a shutdown release is told apart from a failed attempt.
+//!
+//! Azure's dequeue count grows on every receive, whether the attempt failed or was merely
+//! interrupted by a shutdown or scale-in. When the worker releases a message on shutdown it
+//! rewrites the text (Update Message can) into `{"$rollq":{"released":N},"body":"<original>"}`;
+//! failed attempts are then `dequeue_count - released`. The original text is what is parsed,
+//! and what goes to the poison queue, verbatim.
+
+use serde::{Deserialize, Serialize};
+
+/// Texts longer than this are released without rewriting (the release then counts as an
+/// attempt): a message may hold 64 KiB, and the envelope's JSON escaping adds to it.
+pub const MAX_ENVELOPE_BYTES: usize = 60 * 1024;
+
+/// A received message text, unwrapped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The producer's text, exactly as sent.
+    pub original: String,
+    /// How many times a shutdown released this message.
+    pub released: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(rename = "$rollq")]
+    rollq: Meta,
+    body: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    released: u64,
+}
+
+impl Envelope {
+    /// Unwraps a received text; a text that is not an envelope is the original itself.
+    pub fn open(text: &str) -> Envelope {
+        if text.starts_with("{\"$rollq\"") {
+            if let Ok(wire) = serde_json::from_str::<Wire>(text) {
+                return Envelope {
+                    original: wire.body,
+                    released: wire.rollq.released,
+                };
+            }
+        }
+        Envelope {
+            original: text.to_owned(),
+            released: 0,
+        }
+    }
+
+    /// The text to write back when releasing once more, or `None` if it would be too long.
+    pub fn released_once_more(&self) -> Option<String> {
+        let wire = Wire {
+            rollq: Meta {
+                released: self.released + 1,
+            },
+            body: self.original.clone(),
+        };
+        let text = serde_json::to_string(&wire).ok()?;
+        (text.len() <= MAX_ENVELOPE_BYTES).then_some(text)
+    }
+
+    /// Failed attempts so far, this one included, given the service's dequeue count.
+    pub fn attempts(&self, dequeue_count: u64) -> u64 {
+        dequeue_count.saturating_sub(self.released)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_the_original_verbatim() {
+        for original in ["t.csv", "{\"blob\":\"a \\\"q\\\".csv\"}", "eyJibG9iIjoieCJ9", "  spaced \n"] {
+            let first = Envelope::open(original);
+            assert_eq!(first.original, original);
+            assert_eq!(first.released, 0);
+            let wrapped = first.released_once_more().unwrap();
+            let second = Envelope::open(&wrapped);
+            assert_eq!(second.original, original);
+            assert_eq!(second.released, 1);
+            let third = Envelope::open(&second.released_once_more().unwrap());
+            assert_eq!(third, Envelope { original: original.into(), released: 2 });
+            assert_eq!(third.attempts(5), 3);
+        }
+    }
+
+    #[test]
+    fn a_producer_json_is_not_mistaken_for_an_envelope() {
+        let text = r#"{"container":"c","blob":"$rollq"}"#;
+        assert_eq!(Envelope::open(text).original, text);
+        let odd = r#"{"$rollq": "not ours"}"#;
+        assert_eq!(Envelope::open(odd).original, odd);
+    }
+
+    #[test]
+    fn too_long_texts_are_not_wrapped() {
+        let big = "x".repeat(MAX_ENVELOPE_BYTES);
+        assert!(Envelope::open(&big).released_once_more().is_none());
+    }
+}

@@ -1,0 +1,187 @@
+//! `JobError`: why one message could not be completed, and the only place errors are classified.
+//!
+//! `process_one` turns every failure into a `JobError` and asks [`JobError::class`] what to do:
+//! poison it, retry it later, release it (shutdown), or leave it alone (lease lost).
+
+use std::io;
+use std::time::Duration;
+
+use crate::aggregate::AggregateError;
+use crate::storage::{BlobPath, ErrorKind, StorageError};
+
+/// What to do with a message whose work failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The message or its input is at fault: retrying cannot help. Poison at once.
+    Permanent,
+    /// The failure may pass: make the message visible again after a backoff delay.
+    Retry,
+    /// Shutdown or scale-in interrupted the work: release without counting an attempt.
+    Release,
+    /// Another consumer owns the message now: touch nothing.
+    LeaseLost,
+}
+
+/// Why a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The message text is not one of the accepted forms.
+    #[error("bad message: {0}")]
+    BadMessage(String),
+    /// The message names an account or container the worker may not read.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The named input blob does not exist.
+    #[error("input blob {0} not found")]
+    InputNotFound(BlobPath),
+    /// The message failed more often than `--max-dequeue-count` allows.
+    #[error("failed {attempts} times (--max-dequeue-count {max})")]
+    TooManyAttempts { attempts: u64, max: u64 },
+    /// The input is not valid CSV under the reducer's options, or exceeds a limit.
+    #[error("invalid input: {0}")]
+    Input(#[source] AggregateError),
+    /// The input could not be decoded (e.g. a corrupt gzip stream).
+    #[error("unreadable input: {0}")]
+    Unreadable(#[source] io::Error),
+    /// A storage call failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Work took longer than `--max-processing-time`; counts as a failed attempt.
+    #[error("processing took longer than {0:?} (--max-processing-time)")]
+    TimedOut(Duration),
+    /// The drain deadline or a second signal interrupted the work.
+    #[error("interrupted by shutdown")]
+    Shutdown,
+    /// Renewal found that another consumer holds the message.
+    #[error("lease lost: another consumer owns the message")]
+    LeaseLost,
+    /// The conditional output write failed: another writer got there first.
+    #[error("output write condition failed: {0}")]
+    OutputConflict(StorageError),
+    /// A replica racing on the same input wrote an output that does not match ours.
+    #[error("output {0} was changed by another writer; will retry")]
+    OutputRace(BlobPath),
+    /// The blocking reducer task panicked or was lost (a bug): retried, then poisoned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Marks an `io::Error` raised because the work was cancelled, so it can be told apart from
+/// a real read failure after it has passed through the reducer.
+#[derive(Debug, thiserror::Error)]
+#[error("work cancelled")]
+pub struct Cancelled;
+
+impl JobError {
+    /// The one classifier: what to do with the message after this error.
+    pub fn class(&self) -> Class {
+        match self {
+            JobError::BadMessage(_)
+            | JobError::Refused(_)
+            | JobError::InputNotFound(_)
+            | JobError::TooManyAttempts { .. }
+            | JobError::Input(_)
+            | JobError::Unreadable(_) => Class::Permanent,
+            JobError::Storage(e) => match e.kind {
+                ErrorKind::LeaseLost => Class::LeaseLost,
+                // Not found here means a container or the queue vanished, or auth broke:
+                // configuration that may be fixed, so retry (and poison after max attempts).
+                _ => Class::Retry,
+            },
+            JobError::TimedOut(_)
+            | JobError::OutputConflict(_)
+            | JobError::OutputRace(_)
+            | JobError::Internal(_) => Class::Retry,
+            JobError::Shutdown => Class::Release,
+            JobError::LeaseLost => Class::LeaseLost,
+        }
+    }
+
+    /// A short stable label for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JobError::BadMessage(_) => "bad_message",
+            JobError::Refused(_) => "refused",
+            JobError::InputNotFound(_) => "input_not_found",
+            JobError::TooManyAttempts { .. } => "too_many_attempts",
+            JobError::Input(_) => "invalid_input",
+            JobError::Unreadable(_) => "unreadable_input",
+            JobError::Storage(_) => "storage",
+            JobError::TimedOut(_) => "timed_out",
+            JobError::Shutdown => "shutdown",
+            JobError::LeaseLost => "lease_lost",
+            JobError::OutputConflict(_) => "output_conflict",
+            JobError::OutputRace(_) => "output_race",
+            JobError::Internal(_) => "internal",
+        }
+    }
+
+    /// Classifies a reducer failure: errors from our own reader and writer carry a
+    /// `StorageError` or [`Cancelled`] inside the `io::Error`; any other I/O error came from
+    /// decoding the input (gzip) and is the input's fault.
+    pub fn from_aggregate(e: AggregateError, cancel_reason: impl FnOnce() -> JobError) -> JobError {
+        match e {
+            AggregateError::Io(io) => {
+                if let Some(inner) = io.get_ref() {
+                    if inner.is::<Cancelled>() {
+                        return cancel_reason();
+                    }
+                    if let Some(se) = inner.downcast_ref::<StorageError>() {
+                        return JobError::Storage(se.clone());
+                    }
+                }
+                JobError::Unreadable(io)
+            }
+            other => JobError::Input(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(kind: ErrorKind) -> JobError {
+        JobError::Storage(StorageError::new(kind, "download", "c/b", ""))
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(JobError::BadMessage("x".into()).class(), Class::Permanent);
+        assert_eq!(JobError::Refused("x".into()).class(), Class::Permanent);
+        assert_eq!(JobError::InputNotFound(BlobPath::new("c", "b")).class(), Class::Permanent);
+        assert_eq!(
+            JobError::Input(AggregateError::EmptyInput).class(),
+            Class::Permanent
+        );
+        assert_eq!(storage(ErrorKind::Transient).class(), Class::Retry);
+        assert_eq!(storage(ErrorKind::Throttled).class(), Class::Retry);
+        assert_eq!(storage(ErrorKind::PreconditionFailed).class(), Class::Retry);
+        assert_eq!(storage(ErrorKind::LeaseLost).class(), Class::LeaseLost);
+        assert_eq!(JobError::Shutdown.class(), Class::Release);
+        assert_eq!(JobError::TimedOut(Duration::from_secs(1)).class(), Class::Retry);
+    }
+
+    #[test]
+    fn reducer_io_errors_are_unwrapped() {
+        let se = StorageError::new(ErrorKind::Transient, "download", "c/b", "reset");
+        let e = JobError::from_aggregate(
+            AggregateError::Io(io::Error::other(se)),
+            || JobError::Shutdown,
+        );
+        assert!(matches!(e, JobError::Storage(ref s) if s.kind == ErrorKind::Transient));
+        let e = JobError::from_aggregate(AggregateError::Io(io::Error::other(Cancelled)), || {
+            JobError::TimedOut(Duration::from_secs(3))
+        });
+        assert!(matches!(e, JobError::TimedOut(_)));
+        let e = JobError::from_aggregate(
+            AggregateError::Io(io::Error::new(io::ErrorKind::InvalidData, "corrupt deflate")),
+            || JobError::Shutdown,
+        );
+        assert_eq!(e.class(), Class::Permanent);
+        let e = JobError::from_aggregate(AggregateError::TooManyBuckets { limit: 3 }, || {
+            JobError::Shutdown
+        });
+        assert_eq!(e.class(), Class::Permanent);
+    }
+}
