@@ -68,12 +68,10 @@ impl Readiness {
     /// A storage call failed in a way that means "unreachable" (timeouts, 5xx, throttling).
     pub fn storage_failed(&self) {
         let now = self.now_ms();
-        let _ = self.inner.failing_since.compare_exchange(
-            0,
-            now,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        let _ =
+            self.inner
+                .failing_since
+                .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Shutdown began: not ready from now on.
@@ -83,7 +81,8 @@ impl Readiness {
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        if self.inner.draining.load(Ordering::SeqCst) || !self.inner.initialized.load(Ordering::SeqCst)
+        if self.inner.draining.load(Ordering::SeqCst)
+            || !self.inner.initialized.load(Ordering::SeqCst)
         {
             return false;
         }
@@ -152,7 +151,9 @@ mod tests {
             .await
             .unwrap();
         let status = rsp.status();
-        let body = axum::body::to_bytes(rsp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(rsp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -171,10 +172,16 @@ mod tests {
     async fn readiness_lifecycle() {
         let (app, readiness) = app();
         assert_eq!(get_status(&app, "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_status(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         // A blob call alone does not initialise; the first queue call does.
         readiness.storage_ok();
-        assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_status(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         readiness.queue_ok();
         assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::OK);
         // Failures shorter than --unready-after keep it ready.
@@ -183,14 +190,20 @@ mod tests {
         readiness.storage_failed();
         assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::OK);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_status(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         // Liveness is not tied to storage.
         assert_eq!(get_status(&app, "/healthz").await.0, StatusCode::OK);
         readiness.storage_ok();
         assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::OK);
         readiness.set_draining();
         readiness.storage_ok();
-        assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_status(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[tokio::test]
@@ -198,7 +211,10 @@ mod tests {
         let (app, _) = app();
         let (status, body) = get_status(&app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("rollq_messages_total{outcome=\"completed\"} 0"), "{body}");
+        assert!(
+            body.contains("rollq_messages_total{outcome=\"completed\"} 0"),
+            "{body}"
+        );
     }
 
     #[tokio::test]

@@ -20,10 +20,10 @@
 
 pub mod aggregate;
 pub mod cli;
-pub mod storage;
-pub mod telemetry;
-pub mod worker;
-pub mod startup;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod worker;

@@ -232,12 +232,16 @@ impl Metrics {
 
     /// Counts one finished message.
     pub fn outcome(&self, outcome: OutcomeLabel) {
-        self.messages.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.messages
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// How many messages ended with `outcome` so far.
     pub fn outcome_count(&self, outcome: OutcomeLabel) -> u64 {
-        self.messages.get_or_create(&OutcomeLabels { outcome }).get()
+        self.messages
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
     }
 
     /// Records how long one message took.

@@ -179,7 +179,9 @@ impl MemoryQueue {
             .messages
             .iter()
             .position(|m| &m.id == id)
-            .ok_or_else(|| StorageError::new(ErrorKind::NotFound, op, &self.name, "MessageNotFound"))?;
+            .ok_or_else(|| {
+                StorageError::new(ErrorKind::NotFound, op, &self.name, "MessageNotFound")
+            })?;
         if state.messages[idx].receipt != receipt.0 {
             return Err(StorageError::new(
                 ErrorKind::LeaseLost,
@@ -365,7 +367,12 @@ impl MemoryBlobStore {
         let etag = ETag(format!("\"0x{:X}\"", self.account.next()));
         let mut state = self.state.lock().unwrap();
         let container = state.containers.get_mut(&path.container).ok_or_else(|| {
-            StorageError::new(ErrorKind::NotFound, op, path.to_string(), "ContainerNotFound")
+            StorageError::new(
+                ErrorKind::NotFound,
+                op,
+                path.to_string(),
+                "ContainerNotFound",
+            )
         })?;
         let existing = container.get(&path.name);
         match (&opts.condition, existing) {
@@ -406,7 +413,9 @@ impl MemoryBlobStore {
             .get(&path.container)
             .and_then(|c| c.get(&path.name))
             .cloned()
-            .ok_or_else(|| StorageError::new(ErrorKind::NotFound, op, path.to_string(), "BlobNotFound"))
+            .ok_or_else(|| {
+                StorageError::new(ErrorKind::NotFound, op, path.to_string(), "BlobNotFound")
+            })
     }
 }
 
@@ -421,7 +430,12 @@ impl BlobStore for MemoryBlobStore {
 
     async fn container_exists(&self, container: &str) -> Result<bool, StorageError> {
         self.account.check("container properties", container)?;
-        Ok(self.state.lock().unwrap().containers.contains_key(container))
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .contains_key(container))
     }
 
     async fn properties(&self, path: &BlobPath) -> Result<BlobProperties, StorageError> {
@@ -442,15 +456,15 @@ impl BlobStore for MemoryBlobStore {
         opts: ReadOptions,
     ) -> Result<ByteStream, StorageError> {
         let blob = self.blob("download", path)?;
-        if let Some(want) = if_match {
-            if want != &blob.etag {
-                return Err(StorageError::new(
-                    ErrorKind::PreconditionFailed,
-                    "download",
-                    path.to_string(),
-                    "ConditionNotMet",
-                ));
-            }
+        if let Some(want) = if_match
+            && want != &blob.etag
+        {
+            return Err(StorageError::new(
+                ErrorKind::PreconditionFailed,
+                "download",
+                path.to_string(),
+                "ConditionNotMet",
+            ));
         }
         self.state.lock().unwrap().reads += 1;
         let size = opts.partition_bytes.max(1);
@@ -509,7 +523,12 @@ impl BlobStore for MemoryBlobStore {
             .and_then(|c| c.remove(&path.name))
             .map(|_| ())
             .ok_or_else(|| {
-                StorageError::new(ErrorKind::NotFound, "delete blob", path.to_string(), "BlobNotFound")
+                StorageError::new(
+                    ErrorKind::NotFound,
+                    "delete blob",
+                    path.to_string(),
+                    "BlobNotFound",
+                )
             })
     }
 }
@@ -534,8 +553,12 @@ impl BlockUpload for MemoryUpload {
 
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
         let data: Vec<u8> = self.blocks.iter().flat_map(|b| b.iter().copied()).collect();
-        self.store
-            .write("commit block list", &self.path, Bytes::from(data), &self.opts)
+        self.store.write(
+            "commit block list",
+            &self.path,
+            Bytes::from(data),
+            &self.opts,
+        )
     }
 }
 
@@ -554,16 +577,31 @@ mod tests {
         let got = q.receive(32, Duration::from_secs(10)).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].dequeue_count, 1);
-        assert!(q.receive(32, Duration::from_secs(10)).await.unwrap().is_empty());
+        assert!(
+            q.receive(32, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let fresh = q
-            .update(&got[0].id, &got[0].pop_receipt, Duration::from_secs(20), None)
+            .update(
+                &got[0].id,
+                &got[0].pop_receipt,
+                Duration::from_secs(20),
+                None,
+            )
             .await
             .unwrap();
         assert_ne!(fresh, got[0].pop_receipt);
         let stale = q.delete(&got[0].id, &got[0].pop_receipt).await.unwrap_err();
         assert_eq!(stale.kind, ErrorKind::LeaseLost);
         tokio::time::advance(Duration::from_secs(19)).await;
-        assert!(q.receive(1, Duration::from_secs(10)).await.unwrap().is_empty());
+        assert!(
+            q.receive(1, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         let again = q.receive(1, Duration::from_secs(10)).await.unwrap();
         assert_eq!(again[0].dequeue_count, 2);
@@ -593,12 +631,20 @@ mod tests {
             .unwrap_err();
         assert_eq!(again.kind, ErrorKind::Conflict);
         let e2 = store
-            .put(&p, Bytes::from_static(b"two"), opts(Condition::IfMatch(e1.clone())))
+            .put(
+                &p,
+                Bytes::from_static(b"two"),
+                opts(Condition::IfMatch(e1.clone())),
+            )
             .await
             .unwrap();
         assert_ne!(e1, e2);
         let stale = store
-            .put(&p, Bytes::from_static(b"three"), opts(Condition::IfMatch(e1.clone())))
+            .put(
+                &p,
+                Bytes::from_static(b"three"),
+                opts(Condition::IfMatch(e1.clone())),
+            )
             .await
             .unwrap_err();
         assert_eq!(stale.kind, ErrorKind::PreconditionFailed);
@@ -608,17 +654,30 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.kind, ErrorKind::PreconditionFailed);
-        let mut up = store.start_upload(&p, opts(Condition::IfMatch(e2))).await.unwrap();
+        let mut up = store
+            .start_upload(&p, opts(Condition::IfMatch(e2)))
+            .await
+            .unwrap();
         up.stage(Bytes::from_static(b"ab")).await.unwrap();
         up.stage(Bytes::from_static(b"cd")).await.unwrap();
         up.commit().await.unwrap();
         let read: Vec<Bytes> = store
-            .open_read(&p, None, ReadOptions { partition_bytes: 3, parallel: 1 })
+            .open_read(
+                &p,
+                None,
+                ReadOptions {
+                    partition_bytes: 3,
+                    parallel: 1,
+                },
+            )
             .await
             .unwrap()
             .try_collect()
             .await
             .unwrap();
-        assert_eq!(read, vec![Bytes::from_static(b"abc"), Bytes::from_static(b"d")]);
+        assert_eq!(
+            read,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"d")]
+        );
     }
 }

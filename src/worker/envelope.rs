@@ -36,13 +36,13 @@ struct Meta {
 impl Envelope {
     /// Unwraps a received text; a text that is not an envelope is the original itself.
     pub fn open(text: &str) -> Envelope {
-        if text.starts_with("{\"$rollq\"") {
-            if let Ok(wire) = serde_json::from_str::<Wire>(text) {
-                return Envelope {
-                    original: wire.body,
-                    released: wire.rollq.released,
-                };
-            }
+        if text.starts_with("{\"$rollq\"")
+            && let Ok(wire) = serde_json::from_str::<Wire>(text)
+        {
+            return Envelope {
+                original: wire.body,
+                released: wire.rollq.released,
+            };
         }
         Envelope {
             original: text.to_owned(),
@@ -74,7 +74,12 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_the_original_verbatim() {
-        for original in ["t.csv", "{\"blob\":\"a \\\"q\\\".csv\"}", "eyJibG9iIjoieCJ9", "  spaced \n"] {
+        for original in [
+            "t.csv",
+            "{\"blob\":\"a \\\"q\\\".csv\"}",
+            "eyJibG9iIjoieCJ9",
+            "  spaced \n",
+        ] {
             let first = Envelope::open(original);
             assert_eq!(first.original, original);
             assert_eq!(first.released, 0);
@@ -83,7 +88,13 @@ mod tests {
             assert_eq!(second.original, original);
             assert_eq!(second.released, 1);
             let third = Envelope::open(&second.released_once_more().unwrap());
-            assert_eq!(third, Envelope { original: original.into(), released: 2 });
+            assert_eq!(
+                third,
+                Envelope {
+                    original: original.into(),
+                    released: 2
+                }
+            );
             assert_eq!(third.attempts(5), 3);
         }
     }

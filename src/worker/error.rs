@@ -149,7 +149,10 @@ mod tests {
     fn classification() {
         assert_eq!(JobError::BadMessage("x".into()).class(), Class::Permanent);
         assert_eq!(JobError::Refused("x".into()).class(), Class::Permanent);
-        assert_eq!(JobError::InputNotFound(BlobPath::new("c", "b")).class(), Class::Permanent);
+        assert_eq!(
+            JobError::InputNotFound(BlobPath::new("c", "b")).class(),
+            Class::Permanent
+        );
         assert_eq!(
             JobError::Input(AggregateError::EmptyInput).class(),
             Class::Permanent
@@ -159,23 +162,28 @@ mod tests {
         assert_eq!(storage(ErrorKind::PreconditionFailed).class(), Class::Retry);
         assert_eq!(storage(ErrorKind::LeaseLost).class(), Class::LeaseLost);
         assert_eq!(JobError::Shutdown.class(), Class::Release);
-        assert_eq!(JobError::TimedOut(Duration::from_secs(1)).class(), Class::Retry);
+        assert_eq!(
+            JobError::TimedOut(Duration::from_secs(1)).class(),
+            Class::Retry
+        );
     }
 
     #[test]
     fn reducer_io_errors_are_unwrapped() {
         let se = StorageError::new(ErrorKind::Transient, "download", "c/b", "reset");
-        let e = JobError::from_aggregate(
-            AggregateError::Io(io::Error::other(se)),
-            || JobError::Shutdown,
-        );
+        let e = JobError::from_aggregate(AggregateError::Io(io::Error::other(se)), || {
+            JobError::Shutdown
+        });
         assert!(matches!(e, JobError::Storage(ref s) if s.kind == ErrorKind::Transient));
         let e = JobError::from_aggregate(AggregateError::Io(io::Error::other(Cancelled)), || {
             JobError::TimedOut(Duration::from_secs(3))
         });
         assert!(matches!(e, JobError::TimedOut(_)));
         let e = JobError::from_aggregate(
-            AggregateError::Io(io::Error::new(io::ErrorKind::InvalidData, "corrupt deflate")),
+            AggregateError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "corrupt deflate",
+            )),
             || JobError::Shutdown,
         );
         assert_eq!(e.class(), Class::Permanent);

@@ -260,7 +260,11 @@ mod tests {
         store.create_container_if_missing("c").await.unwrap();
         let input = BlobPath::new("c", "in.csv");
         let etag = store
-            .put(&input, Bytes::from_static(b"0123456789"), PutOptions::default())
+            .put(
+                &input,
+                Bytes::from_static(b"0123456789"),
+                PutOptions::default(),
+            )
             .await
             .unwrap();
         let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
@@ -274,7 +278,10 @@ mod tests {
                 blobs: b2.clone(),
                 path: input,
                 etag,
-                opts: ReadOptions { partition_bytes: 3, parallel: 1 },
+                opts: ReadOptions {
+                    partition_bytes: 3,
+                    parallel: 1,
+                },
                 handle: h2.clone(),
                 cancel: CancellationToken::new(),
                 observe: c2.clone(),
@@ -285,7 +292,10 @@ mod tests {
             let mut again = String::new();
             src.open().unwrap().read_to_string(&mut again).unwrap();
             assert_eq!(again, text);
-            let opts = PutOptions { condition: Condition::IfNotExists, ..Default::default() };
+            let opts = PutOptions {
+                condition: Condition::IfNotExists,
+                ..Default::default()
+            };
             let mut sink = BlobSink::new(b2, out2, opts, 4, h2, CancellationToken::new(), c2);
             sink.write_all(b"discarded output").unwrap();
             sink.restart().unwrap();
@@ -304,22 +314,45 @@ mod tests {
         let store = MemoryBlobStore::new();
         store.create_container_if_missing("c").await.unwrap();
         let input = BlobPath::new("c", "in.csv");
-        let etag = store.put(&input, Bytes::from_static(b"abc"), PutOptions::default()).await.unwrap();
+        let etag = store
+            .put(&input, Bytes::from_static(b"abc"), PutOptions::default())
+            .await
+            .unwrap();
         let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
         let observe: Arc<dyn Observe> = Arc::new(Count::default());
         let handle = Handle::current();
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let (b, o, h, p) = (blobs.clone(), observe.clone(), handle.clone(), input.clone());
+        let (b, o, h, p) = (
+            blobs.clone(),
+            observe.clone(),
+            handle.clone(),
+            input.clone(),
+        );
         tokio::task::spawn_blocking(move || {
-            let mut src = BlobSource { blobs: b.clone(), path: p.clone(), etag, opts: ReadOptions::default(), handle: h.clone(), cancel, observe: o.clone() };
+            let mut src = BlobSource {
+                blobs: b.clone(),
+                path: p.clone(),
+                etag,
+                opts: ReadOptions::default(),
+                handle: h.clone(),
+                cancel,
+                observe: o.clone(),
+            };
             let err = src.open().err().unwrap();
             assert!(err.get_ref().unwrap().is::<Cancelled>());
-            let opts = PutOptions { condition: Condition::IfNotExists, ..Default::default() };
+            let opts = PutOptions {
+                condition: Condition::IfNotExists,
+                ..Default::default()
+            };
             let mut sink = BlobSink::new(b, p, opts, 1024, h, CancellationToken::new(), o);
             sink.write_all(b"x").unwrap();
             let err = sink.finish().unwrap_err();
-            let se = err.get_ref().unwrap().downcast_ref::<StorageError>().unwrap();
+            let se = err
+                .get_ref()
+                .unwrap()
+                .downcast_ref::<StorageError>()
+                .unwrap();
             assert_eq!(se.kind, ErrorKind::Conflict);
         })
         .await

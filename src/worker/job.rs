@@ -101,8 +101,9 @@ impl Job {
         match rules.encoding {
             MessageEncoding::Plain => parse_plain(text, rules),
             MessageEncoding::Base64 => {
-                let decoded = decode_base64(text)
-                    .ok_or_else(|| bad("--message-encoding base64: the text is not base64 of UTF-8"))?;
+                let decoded = decode_base64(text).ok_or_else(|| {
+                    bad("--message-encoding base64: the text is not base64 of UTF-8")
+                })?;
                 parse_plain(decoded.trim(), rules)
             }
             MessageEncoding::Auto => {
@@ -162,8 +163,7 @@ fn parse_name(text: &str, rules: &JobRules) -> Result<Parsed, JobError> {
 }
 
 fn parse_json(text: &str, rules: &JobRules) -> Result<Parsed, JobError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let obj = match value {
         Value::Object(obj) => obj,
         // Event Grid writes one event per queue message; tolerate a one-element batch.
@@ -207,7 +207,9 @@ fn parse_event(obj: &Map<String, Value>, rules: &JobRules) -> Result<Parsed, Job
     let event_type =
         str_field(obj, type_key)?.ok_or_else(|| bad(format!("event without \"{type_key}\"")))?;
     if event_type != BLOB_CREATED {
-        return Ok(Parsed::Skip(SkipReason::NotBlobCreated(event_type.to_owned())));
+        return Ok(Parsed::Skip(SkipReason::NotBlobCreated(
+            event_type.to_owned(),
+        )));
     }
     let data = match obj.get("data") {
         Some(Value::Object(d)) => d,
@@ -332,7 +334,9 @@ fn finish(path: BlobPath, rules: &JobRules) -> Result<Parsed, JobError> {
         return Err(bad("blob name longer than 1024 characters"));
     }
     if name.chars().any(char::is_control) {
-        return Err(bad(format!("blob name {name:?} contains control characters")));
+        return Err(bad(format!(
+            "blob name {name:?} contains control characters"
+        )));
     }
     if name.ends_with('/') {
         return Err(bad(format!("blob name {name:?} ends with '/'")));
@@ -401,9 +405,16 @@ mod tests {
 
     #[test]
     fn bare_names_stay_names_even_when_they_look_like_base64() {
-        assert_eq!(auto("temperature1.csv").unwrap(), job("in", "temperature1.csv"));
+        assert_eq!(
+            auto("temperature1.csv").unwrap(),
+            job("in", "temperature1.csv")
+        );
         // `2024/jan` decodes as base64 (to bytes that are not JSON): it is a name.
-        assert!(base64::engine::general_purpose::STANDARD.decode("2024/jan").is_ok());
+        assert!(
+            base64::engine::general_purpose::STANDARD
+                .decode("2024/jan")
+                .is_ok()
+        );
         assert_eq!(auto("2024/jan").unwrap(), job("in", "2024/jan"));
         assert_eq!(auto("abcd").unwrap(), job("in", "abcd"));
         assert_eq!(auto("  dir/x.csv.gz\n").unwrap(), job("in", "dir/x.csv.gz"));
@@ -417,8 +428,14 @@ mod tests {
         assert_eq!(auto(raw).unwrap(), job("other", "d/t.csv"));
         assert_eq!(auto(&b64(raw)).unwrap(), job("other", "d/t.csv"));
         assert_eq!(auto(r#"{"blob": "t.csv"}"#).unwrap(), job("in", "t.csv"));
-        assert!(matches!(auto(r#"{"container": "in"}"#), Err(JobError::BadMessage(_))));
-        assert!(matches!(auto(r#"{"blob": 3}"#), Err(JobError::BadMessage(_))));
+        assert!(matches!(
+            auto(r#"{"container": "in"}"#),
+            Err(JobError::BadMessage(_))
+        ));
+        assert!(matches!(
+            auto(r#"{"blob": 3}"#),
+            Err(JobError::BadMessage(_))
+        ));
         assert!(matches!(auto("{not json"), Err(JobError::BadMessage(_))));
         assert!(matches!(auto("[1, 2]"), Err(JobError::BadMessage(_))));
     }
@@ -437,52 +454,116 @@ mod tests {
         assert_eq!(Job::parse(&b64(raw), &plain).unwrap(), job("in", &b64(raw)));
         let base = rules(MessageEncoding::Base64);
         assert_eq!(Job::parse(&b64(raw), &base).unwrap(), job("in", "t.csv"));
-        assert_eq!(Job::parse(&b64("a/b.csv"), &base).unwrap(), job("in", "a/b.csv"));
-        assert!(matches!(Job::parse("not base64!", &base), Err(JobError::BadMessage(_))));
+        assert_eq!(
+            Job::parse(&b64("a/b.csv"), &base).unwrap(),
+            job("in", "a/b.csv")
+        );
+        assert!(matches!(
+            Job::parse("not base64!", &base),
+            Err(JobError::BadMessage(_))
+        ));
     }
 
     #[test]
     fn event_grid_and_cloud_events_raw_and_base64() {
         let url = "https://devstoreaccount1.blob.core.windows.net/in/x%20y.csv";
-        let eg = event_grid(BLOB_CREATED, "/blobServices/default/containers/in/blobs/x y.csv", 5, url);
+        let eg = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/x y.csv",
+            5,
+            url,
+        );
         assert_eq!(auto(&eg).unwrap(), job("in", "x y.csv"));
         assert_eq!(auto(&b64(&eg)).unwrap(), job("in", "x y.csv"));
-        let ce = cloud_event("/blobServices/default/containers/other/blobs/a/b.csv", "http://127.0.0.1:10000/devstoreaccount1/other/a/b.csv");
+        let ce = cloud_event(
+            "/blobServices/default/containers/other/blobs/a/b.csv",
+            "http://127.0.0.1:10000/devstoreaccount1/other/a/b.csv",
+        );
         assert_eq!(auto(&ce).unwrap(), job("other", "a/b.csv"));
         assert_eq!(auto(&b64(&ce)).unwrap(), job("other", "a/b.csv"));
         // A one-element batch is accepted.
         assert_eq!(auto(&format!("[{eg}]")).unwrap(), job("in", "x y.csv"));
         // Data Lake host.
-        let dfs = event_grid(BLOB_CREATED, "/blobServices/default/containers/in/blobs/f.csv", 5, "https://devstoreaccount1.dfs.core.windows.net/in/f.csv");
+        let dfs = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/f.csv",
+            5,
+            "https://devstoreaccount1.dfs.core.windows.net/in/f.csv",
+        );
         assert_eq!(auto(&dfs).unwrap(), job("in", "f.csv"));
     }
 
     #[test]
     fn events_that_need_no_work_are_skipped() {
         let url = "https://devstoreaccount1.blob.core.windows.net/in/a.csv";
-        let deleted = event_grid("Microsoft.Storage.BlobDeleted", "/blobServices/default/containers/in/blobs/a.csv", 5, url);
+        let deleted = event_grid(
+            "Microsoft.Storage.BlobDeleted",
+            "/blobServices/default/containers/in/blobs/a.csv",
+            5,
+            url,
+        );
         assert_eq!(
             auto(&deleted).unwrap(),
-            Parsed::Skip(SkipReason::NotBlobCreated("Microsoft.Storage.BlobDeleted".into()))
+            Parsed::Skip(SkipReason::NotBlobCreated(
+                "Microsoft.Storage.BlobDeleted".into()
+            ))
         );
-        let create_file = event_grid(BLOB_CREATED, "/blobServices/default/containers/in/blobs/a.csv", 0, url);
-        assert_eq!(auto(&create_file).unwrap(), Parsed::Skip(SkipReason::EmptyBlob));
-        let output = event_grid(BLOB_CREATED, "/blobServices/default/containers/in/blobs/a_aggregated.csv", 9, url);
+        let create_file = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/a.csv",
+            0,
+            url,
+        );
+        assert_eq!(
+            auto(&create_file).unwrap(),
+            Parsed::Skip(SkipReason::EmptyBlob)
+        );
+        let output = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/a_aggregated.csv",
+            9,
+            url,
+        );
         assert_eq!(auto(&output).unwrap(), Parsed::Skip(SkipReason::OutputBlob));
-        assert_eq!(auto("t_aggregated.csv").unwrap(), Parsed::Skip(SkipReason::OutputBlob));
+        assert_eq!(
+            auto("t_aggregated.csv").unwrap(),
+            Parsed::Skip(SkipReason::OutputBlob)
+        );
     }
 
     #[test]
     fn foreign_accounts_are_refused() {
-        let foreign_url = event_grid(BLOB_CREATED, "/blobServices/default/containers/in/blobs/a.csv", 5, "https://evil.blob.core.windows.net/in/a.csv");
+        let foreign_url = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/a.csv",
+            5,
+            "https://evil.blob.core.windows.net/in/a.csv",
+        );
         assert!(matches!(auto(&foreign_url), Err(JobError::Refused(_))));
-        let foreign_topic = event_grid(BLOB_CREATED, "/blobServices/default/containers/in/blobs/a.csv", 5, "https://devstoreaccount1.blob.core.windows.net/in/a.csv")
-            .replace("storageAccounts/devstoreaccount1", "storageAccounts/evil");
+        let foreign_topic = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/a.csv",
+            5,
+            "https://devstoreaccount1.blob.core.windows.net/in/a.csv",
+        )
+        .replace("storageAccounts/devstoreaccount1", "storageAccounts/evil");
         assert!(matches!(auto(&foreign_topic), Err(JobError::Refused(_))));
-        assert!(matches!(auto("https://evil.blob.core.windows.net/in/a.csv"), Err(JobError::Refused(_))));
-        assert!(matches!(auto("http://127.0.0.1:10000/evil/in/a.csv"), Err(JobError::Refused(_))));
-        assert_eq!(auto("https://DevStoreAccount1.blob.core.windows.net/in/a.csv").unwrap(), job("in", "a.csv"));
-        assert_eq!(auto("http://127.0.0.1:10000/devstoreaccount1/in/d/a%2Bb.csv").unwrap(), job("in", "d/a+b.csv"));
+        assert!(matches!(
+            auto("https://evil.blob.core.windows.net/in/a.csv"),
+            Err(JobError::Refused(_))
+        ));
+        assert!(matches!(
+            auto("http://127.0.0.1:10000/evil/in/a.csv"),
+            Err(JobError::Refused(_))
+        ));
+        assert_eq!(
+            auto("https://DevStoreAccount1.blob.core.windows.net/in/a.csv").unwrap(),
+            job("in", "a.csv")
+        );
+        assert_eq!(
+            auto("http://127.0.0.1:10000/devstoreaccount1/in/d/a%2Bb.csv").unwrap(),
+            job("in", "d/a+b.csv")
+        );
     }
 
     #[test]
@@ -490,7 +571,10 @@ mod tests {
         assert!(matches!(auto(""), Err(JobError::BadMessage(_))));
         assert!(matches!(auto("a\u{1}b"), Err(JobError::BadMessage(_))));
         assert!(matches!(auto("dir/"), Err(JobError::BadMessage(_))));
-        assert!(matches!(auto(&"x".repeat(1025)), Err(JobError::BadMessage(_))));
+        assert!(matches!(
+            auto(&"x".repeat(1025)),
+            Err(JobError::BadMessage(_))
+        ));
         let no_subject = r#"{"eventType": "Microsoft.Storage.BlobCreated", "topic": "/x/storageAccounts/devstoreaccount1", "subject": "/nope", "data": {"contentLength": 3}}"#;
         assert!(matches!(auto(no_subject), Err(JobError::BadMessage(_))));
         let no_account = r#"{"eventType": "Microsoft.Storage.BlobCreated", "subject": "/blobServices/default/containers/in/blobs/a.csv", "data": {"contentLength": 3}}"#;

@@ -54,7 +54,12 @@ pub struct Lease {
 
 impl Lease {
     /// Starts renewing `msg`'s visibility in the background.
-    pub fn hold(queue: Arc<dyn Queue>, msg: &Received, params: LeaseParams, metrics: Metrics) -> Lease {
+    pub fn hold(
+        queue: Arc<dyn Queue>,
+        msg: &Received,
+        params: LeaseParams,
+        metrics: Metrics,
+    ) -> Lease {
         let receipt = Arc::new(Mutex::new(msg.pop_receipt.clone()));
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -101,7 +106,11 @@ impl Lease {
 
     /// Makes the message visible again after `visibility` (0 releases it at once), optionally
     /// rewriting its text; ends the lease.
-    pub async fn update(mut self, visibility: Duration, new_text: Option<&str>) -> Result<(), StorageError> {
+    pub async fn update(
+        mut self,
+        visibility: Duration,
+        new_text: Option<&str>,
+    ) -> Result<(), StorageError> {
         self.stop_renewal().await;
         if self.lost.is_cancelled() {
             return Err(lost_error("update", self.queue.name()));
@@ -232,13 +241,18 @@ mod tests {
         let vis = Duration::from_secs(10);
         let msg = q.receive(1, vis).await.unwrap().remove(0);
         // Someone else releases and takes it (as after an expiry we did not notice).
-        q.update(&msg.id, &msg.pop_receipt, Duration::ZERO, None).await.unwrap();
+        q.update(&msg.id, &msg.pop_receipt, Duration::ZERO, None)
+            .await
+            .unwrap();
         let other = q.receive(1, vis).await.unwrap().remove(0);
         let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
         tokio::time::timeout(Duration::from_secs(6), lease.lost().cancelled())
             .await
             .expect("renewal notices the loss");
-        assert_eq!(lease.complete().await.unwrap_err().kind, ErrorKind::LeaseLost);
+        assert_eq!(
+            lease.complete().await.unwrap_err().kind,
+            ErrorKind::LeaseLost
+        );
         // The other consumer's lease is intact.
         q.delete(&other.id, &other.pop_receipt).await.unwrap();
     }
@@ -250,7 +264,10 @@ mod tests {
         let msg = q.receive(1, vis).await.unwrap().remove(0);
         let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
         tokio::time::sleep(Duration::from_secs(9)).await;
-        lease.update(Duration::ZERO, Some("rewritten")).await.unwrap();
+        lease
+            .update(Duration::ZERO, Some("rewritten"))
+            .await
+            .unwrap();
         let again = q.receive(1, vis).await.unwrap().remove(0);
         assert_eq!(again.text, "rewritten");
     }

@@ -90,7 +90,11 @@ pub struct Settings {
 
 impl Settings {
     /// Settings with the documented defaults for `queue` and `container` (tests start here).
-    pub fn new(queue: impl Into<String>, account: impl Into<String>, container: impl Into<String>) -> Self {
+    pub fn new(
+        queue: impl Into<String>,
+        account: impl Into<String>,
+        container: impl Into<String>,
+    ) -> Self {
         Settings {
             queue: queue.into(),
             account: account.into(),
@@ -131,10 +135,15 @@ impl Settings {
             ));
         }
         if self.queue.ends_with("-poison") {
-            return Err(format!("queue {:?} is a poison queue: consume the original queue", self.queue));
+            return Err(format!(
+                "queue {:?} is a poison queue: consume the original queue",
+                self.queue
+            ));
         }
         if self.visibility_timeout < Duration::from_secs(2) {
-            return Err("--visibility-timeout must be at least 2s (renewal runs at half of it)".into());
+            return Err(
+                "--visibility-timeout must be at least 2s (renewal runs at half of it)".into(),
+            );
         }
         if self.max_in_flight == 0 {
             return Err("--max-in-flight must be at least 1".into());
@@ -196,9 +205,11 @@ pub enum StartupError {
         what: String,
         fix: String,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
-    #[error("container {0:?} does not exist\n  fix: create it or correct --container / --allowed-containers")]
+    #[error(
+        "container {0:?} does not exist\n  fix: create it or correct --container / --allowed-containers"
+    )]
     MissingContainer(String),
 }
 
@@ -212,6 +223,14 @@ pub enum RunEnd {
     /// `--max-messages` were received and processed.
     MaxMessages,
 }
+
+/// The reducer entry point; [`aggregate::run`] except in tests that need a deliberately slow
+/// or failing one.
+pub type ReduceFn = fn(
+    &Spec,
+    &mut dyn aggregate::Source,
+    &mut dyn aggregate::Sink,
+) -> Result<Report, aggregate::AggregateError>;
 
 /// The worker. Cheap to clone; clones share everything.
 #[derive(Clone, Debug)]
@@ -229,6 +248,7 @@ struct Ctx {
     metrics: Metrics,
     readiness: Readiness,
     observer: Arc<Observer>,
+    reducer: ReduceFn,
 }
 
 /// Turns storage results into metrics and readiness.
@@ -306,8 +326,17 @@ impl Worker {
                 metrics,
                 readiness,
                 observer,
+                reducer: aggregate::run,
             }),
         }
+    }
+
+    /// Replaces the reducer (tests only: a slow or failing double). Call before cloning.
+    pub fn with_reducer(mut self, reducer: ReduceFn) -> Worker {
+        Arc::get_mut(&mut self.ctx)
+            .expect("with_reducer is called before the worker is shared")
+            .reducer = reducer;
+        self
     }
 
     /// The settings in use.
@@ -331,7 +360,11 @@ impl Worker {
             } else {
                 fix
             };
-            Err(StartupError::Storage { what, fix: fix.into(), source: e })
+            Err(StartupError::Storage {
+                what,
+                fix: fix.into(),
+                source: Box::new(e),
+            })
         };
         let r = self.ctx.queue.approximate_count().await;
         self.ctx.observer.record("queue properties", &r);
@@ -346,7 +379,11 @@ impl Worker {
         let r = self.ctx.poison.create_if_missing().await;
         self.ctx.observer.record("create queue", &r);
         if let Err(e) = r {
-            fatal(format!("poison queue {:?}", s.poison_queue()), "allow creating queues, or create it", e)?;
+            fatal(
+                format!("poison queue {:?}", s.poison_queue()),
+                "allow creating queues, or create it",
+                e,
+            )?;
         }
         let mut inputs = vec![s.container.clone()];
         inputs.extend(s.allowed_containers.iter().cloned());
@@ -363,7 +400,11 @@ impl Worker {
             let r = self.ctx.blobs.create_container_if_missing(out).await;
             self.ctx.observer.record("create container", &r);
             if let Err(e) = r {
-                fatal(format!("output container {out:?}"), "create it or correct --output-container", e)?;
+                fatal(
+                    format!("output container {out:?}"),
+                    "create it or correct --output-container",
+                    e,
+                )?;
             }
         }
         Ok(())
@@ -378,7 +419,9 @@ impl Worker {
             dequeue_count = msg.dequeue_count,
             blob = tracing::field::Empty,
         );
-        self.process_one_inner(msg, interrupt).instrument(span).await
+        self.process_one_inner(msg, interrupt)
+            .instrument(span)
+            .await
     }
 
     async fn process_one_inner(&self, msg: Received, interrupt: CancellationToken) -> Outcome {
@@ -441,7 +484,9 @@ impl Worker {
                 Class::Release => {
                     let text = envelope.released_once_more();
                     if text.is_none() {
-                        tracing::warn!("message too long to record the release; it counts as an attempt");
+                        tracing::warn!(
+                            "message too long to record the release; it counts as an attempt"
+                        );
                     }
                     let r = lease.update(Duration::ZERO, text.as_deref()).await;
                     ctx.observer.record("update", &r);
@@ -499,7 +544,11 @@ impl Worker {
     }
 
     /// parse → idempotency check → reduce and write. Never deletes or updates the message.
-    async fn run_job(&self, envelope: &Envelope, cancel: CancellationToken) -> Result<Done, JobError> {
+    async fn run_job(
+        &self,
+        envelope: &Envelope,
+        cancel: CancellationToken,
+    ) -> Result<Done, JobError> {
         let ctx = &self.ctx;
         let job = match Job::parse(&envelope.original, &ctx.rules)? {
             Parsed::Job(job) => job,
@@ -511,7 +560,9 @@ impl Worker {
         ctx.observer.record("blob properties", &r);
         let input = match r {
             Ok(p) => p,
-            Err(e) if e.kind == ErrorKind::NotFound => return Err(JobError::InputNotFound(job.input)),
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Err(JobError::InputNotFound(job.input));
+            }
             Err(e) => return Err(e.into()),
         };
         let output = BlobPath::new(
@@ -535,19 +586,19 @@ impl Worker {
             metadata: metadata.clone(),
         };
 
-        let result = self.reduce(job.input.clone(), input, output.clone(), opts, cancel).await;
+        let result = self
+            .reduce(job.input.clone(), input, output.clone(), opts, cancel)
+            .await;
         match result {
             Ok(report) => Ok(Done::Written(report)),
             // Another replica wrote the output between our check and our commit: if it holds
             // what we would have written, the work is done.
-            Err(JobError::OutputConflict(_)) => {
-                match self.existing_output(&output).await? {
-                    Some(winner) if metadata_matches(&winner.metadata, &metadata) => Ok(Done::Skipped(
-                        format!("output {output} was written by another replica"),
-                    )),
-                    _ => Err(JobError::OutputRace(output)),
-                }
-            }
+            Err(JobError::OutputConflict(_)) => match self.existing_output(&output).await? {
+                Some(winner) if metadata_matches(&winner.metadata, &metadata) => Ok(Done::Skipped(
+                    format!("output {output} was written by another replica"),
+                )),
+                _ => Err(JobError::OutputRace(output)),
+            },
             Err(e) => Err(e),
         }
     }
@@ -561,7 +612,9 @@ impl Worker {
             }
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => {
-                self.ctx.observer.record::<()>("blob properties", &Err(e.clone()));
+                self.ctx
+                    .observer
+                    .record::<()>("blob properties", &Err(e.clone()));
                 Err(e.into())
             }
         }
@@ -598,9 +651,10 @@ impl Worker {
             observe,
         );
         let spec = ctx.settings.spec.clone();
+        let reducer = ctx.reducer;
         let cancelled = cancel.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let report = aggregate::run(&spec, &mut source, &mut sink).map_err(Failed::Reduce)?;
+            let report = reducer(&spec, &mut source, &mut sink).map_err(Failed::Reduce)?;
             sink.finish().map_err(Failed::Write)?;
             Ok::<_, Failed>(report)
         })
@@ -616,7 +670,10 @@ impl Worker {
             Ok(Err(Failed::Write(e))) => {
                 match JobError::from_aggregate(e.into(), cancelled_error) {
                     JobError::Storage(se)
-                        if matches!(se.kind, ErrorKind::Conflict | ErrorKind::PreconditionFailed) =>
+                        if matches!(
+                            se.kind,
+                            ErrorKind::Conflict | ErrorKind::PreconditionFailed
+                        ) =>
                     {
                         Err(JobError::OutputConflict(se))
                     }
@@ -700,10 +757,10 @@ impl Worker {
         let mut received = 0u64;
         let mut idle_since: Option<Instant> = None;
         let end = loop {
-            if let Some(max) = s.max_messages {
-                if received >= max {
-                    break RunEnd::MaxMessages;
-                }
+            if let Some(max) = s.max_messages
+                && received >= max
+            {
+                break RunEnd::MaxMessages;
             }
             // Select on waiting, never on working: a slot, then a receive.
             let first = tokio::select! {
@@ -799,8 +856,14 @@ impl Worker {
                 tracing::warn!(in_flight = tracker.len(), "second signal: releasing in-flight messages");
             }
         }
-        if tokio::time::timeout(RELEASE_GRACE, tracker.wait()).await.is_err() {
-            tracing::error!(in_flight = tracker.len(), "releases did not finish; exiting anyway");
+        if tokio::time::timeout(RELEASE_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                in_flight = tracker.len(),
+                "releases did not finish; exiting anyway"
+            );
         }
         stats_stop.cancel();
         let _ = stats.await;
@@ -818,10 +881,14 @@ impl Worker {
 
 fn output_metadata(input: &BlobPath, props: &BlobProperties, spec: &Spec) -> Vec<(String, String)> {
     // Metadata values must be ASCII: the source path is percent-encoded.
-    let source: String = url::form_urlencoded::byte_serialize(input.to_string().as_bytes()).collect();
+    let source: String =
+        url::form_urlencoded::byte_serialize(input.to_string().as_bytes()).collect();
     vec![
         (META_SOURCE.into(), source),
-        (META_SOURCE_ETAG.into(), props.etag.0.trim_matches('"').to_owned()),
+        (
+            META_SOURCE_ETAG.into(),
+            props.etag.0.trim_matches('"').to_owned(),
+        ),
         (META_SPEC.into(), spec.fingerprint()),
         (META_FORMAT.into(), OUTPUT_FORMAT_VERSION.into()),
     ]
@@ -838,12 +905,30 @@ fn metadata_matches(found: &[(String, String)], want: &[(String, String)]) -> bo
 fn log_outcome(outcome: &Outcome, elapsed: Duration, attempts: u64) {
     let secs = elapsed.as_secs_f64();
     match outcome {
-        Outcome::Completed { rows } => tracing::info!(outcome = "completed", rows, seconds = secs, "message completed"),
-        Outcome::Skipped(why) => tracing::info!(outcome = "skipped", reason = %why, seconds = secs, "message skipped"),
-        Outcome::Retried(e) => tracing::warn!(outcome = "retried", reason = e.reason(), attempts, error.message = %e, error.cause_chain = ?e, seconds = secs, "message will be retried"),
-        Outcome::Poisoned(e) => tracing::error!(outcome = "poisoned", reason = e.reason(), attempts, error.message = %e, error.cause_chain = ?e, seconds = secs, "message poisoned"),
-        Outcome::Released => tracing::info!(outcome = "released", seconds = secs, "message released"),
-        Outcome::LeaseLost => tracing::warn!(outcome = "retried", reason = "lease_lost", seconds = secs, "lease lost; another consumer owns the message"),
+        Outcome::Completed { rows } => tracing::info!(
+            outcome = "completed",
+            rows,
+            seconds = secs,
+            "message completed"
+        ),
+        Outcome::Skipped(why) => {
+            tracing::info!(outcome = "skipped", reason = %why, seconds = secs, "message skipped")
+        }
+        Outcome::Retried(e) => {
+            tracing::warn!(outcome = "retried", reason = e.reason(), attempts, error.message = %e, error.cause_chain = ?e, seconds = secs, "message will be retried")
+        }
+        Outcome::Poisoned(e) => {
+            tracing::error!(outcome = "poisoned", reason = e.reason(), attempts, error.message = %e, error.cause_chain = ?e, seconds = secs, "message poisoned")
+        }
+        Outcome::Released => {
+            tracing::info!(outcome = "released", seconds = secs, "message released")
+        }
+        Outcome::LeaseLost => tracing::warn!(
+            outcome = "retried",
+            reason = "lease_lost",
+            seconds = secs,
+            "lease lost; another consumer owns the message"
+        ),
     }
 }
 

@@ -1,0 +1,587 @@
+//! Worker logic against the in-memory fakes: outcomes, poison, retry, release, idempotency.
+//!
+//! The reducer here is a double (`test_reducer`): it copies its input, fails on `BAD`, and
+//! spins on `SPIN` until its source is cancelled, so these tests exercise the worker's
+//! control flow, not CSV. The Azurite tests in `tests/it/` run the real reducer.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+
+use super::*;
+use crate::aggregate::{AggregateError, Sink, Source};
+use crate::metrics::OutcomeLabel;
+use crate::storage::memory::{MemoryBlobStore, MemoryQueue, MemoryQueueService};
+
+const ACCOUNT: &str = "devstoreaccount1";
+
+fn test_reducer(
+    _spec: &Spec,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+) -> Result<Report, AggregateError> {
+    let mut text = String::new();
+    source.open()?.read_to_string(&mut text)?;
+    if text.starts_with("SPIN") {
+        // Re-read until cancellation makes `open` fail: a job that never finishes by itself.
+        loop {
+            std::thread::sleep(Duration::from_millis(2));
+            let mut r = source.open()?;
+            std::io::copy(&mut r, &mut std::io::sink())?;
+        }
+    }
+    if text.contains("BAD") {
+        return Err(AggregateError::BadRow {
+            line: 2,
+            text: "BAD".into(),
+            reason: "not a row".into(),
+        });
+    }
+    sink.write_all(text.to_uppercase().as_bytes())?;
+    Ok(Report {
+        rows: text.lines().count().saturating_sub(1) as u64,
+        ..Report::default()
+    })
+}
+
+struct Fixture {
+    blobs: MemoryBlobStore,
+    queue: Arc<MemoryQueue>,
+    poison: Arc<MemoryQueue>,
+    worker: Worker,
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+impl Fixture {
+    async fn new(tweak: impl FnOnce(&mut Settings)) -> Fixture {
+        let queues = MemoryQueueService::new();
+        let blobs = MemoryBlobStore::new();
+        blobs.create_container_if_missing("in").await.unwrap();
+        blobs.create_container_if_missing("out").await.unwrap();
+        queues.queue("jobs").create_if_missing().await.unwrap();
+        let mut settings = Settings::new("jobs", ACCOUNT, "in");
+        settings.visibility_timeout = Duration::from_secs(30);
+        settings.retry_delay = Duration::from_secs(5);
+        tweak(&mut settings);
+        let metrics = Metrics::register(&mut Registry::default());
+        let readiness = Readiness::new(Duration::from_secs(30));
+        let worker = Worker::new(
+            settings,
+            &queues,
+            Arc::new(blobs.clone()),
+            metrics.clone(),
+            readiness.clone(),
+        )
+        .with_reducer(test_reducer);
+        worker.check().await.unwrap();
+        Fixture {
+            queue: queues.memory_queue("jobs"),
+            poison: queues.memory_queue("jobs-poison"),
+            blobs,
+            worker,
+            metrics,
+            readiness,
+        }
+    }
+
+    async fn put(&self, name: &str, body: &'static str) {
+        self.blobs
+            .put(
+                &BlobPath::new("in", name),
+                Bytes::from_static(body.as_bytes()),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn send_and_process(&self, text: &str) -> Outcome {
+        self.queue.send(text).await.unwrap();
+        let msg = self.receive().await;
+        self.worker.process_one(msg, CancellationToken::new()).await
+    }
+
+    async fn receive(&self) -> Received {
+        let mut got = self
+            .queue
+            .receive(1, self.worker.settings().visibility_timeout)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "one visible message expected");
+        got.remove(0)
+    }
+
+    fn output(&self, name: &str) -> Option<String> {
+        self.blobs
+            .get(&BlobPath::new("in", name))
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    fn poison_texts(&self) -> Vec<String> {
+        self.poison.snapshot().into_iter().map(|m| m.text).collect()
+    }
+}
+
+#[tokio::test]
+async fn completes_writes_metadata_and_deletes_last() {
+    let f = Fixture::new(|_| {}).await;
+    f.put("t1.csv", "time,v\n1,2\n").await;
+    let outcome = f.send_and_process("t1.csv").await;
+    assert!(
+        matches!(outcome, Outcome::Completed { rows: 1 }),
+        "{outcome:?}"
+    );
+    assert_eq!(f.output("t1_aggregated.csv").unwrap(), "TIME,V\n1,2\n");
+    assert!(f.queue.snapshot().is_empty());
+    let props = f
+        .blobs
+        .properties(&BlobPath::new("in", "t1_aggregated.csv"))
+        .await
+        .unwrap();
+    let input = f
+        .blobs
+        .properties(&BlobPath::new("in", "t1.csv"))
+        .await
+        .unwrap();
+    let meta = |k: &str| {
+        props
+            .metadata
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        meta(META_SOURCE_ETAG).unwrap(),
+        input.etag.0.trim_matches('"')
+    );
+    assert_eq!(meta(META_FORMAT).unwrap(), OUTPUT_FORMAT_VERSION);
+    assert_eq!(meta(META_SOURCE).unwrap(), "in%2Ft1.csv");
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Completed), 1);
+    assert!(f.readiness.is_ready());
+}
+
+#[tokio::test]
+async fn output_container_setting_is_used() {
+    let f = Fixture::new(|s| s.output_container = Some("out".into())).await;
+    f.put("a.csv.gz", "x").await;
+    // Not gzip: the gunzip wrapper fails to decode, a permanent input error.
+    assert!(matches!(
+        f.send_and_process("a.csv.gz").await,
+        Outcome::Poisoned(JobError::Unreadable(_))
+    ));
+    f.put("b.csv", "x\n").await;
+    assert!(matches!(
+        f.send_and_process("b.csv").await,
+        Outcome::Completed { .. }
+    ));
+    assert!(
+        f.blobs
+            .get(&BlobPath::new("out", "b_aggregated.csv"))
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn an_up_to_date_output_is_skipped_without_reading_and_a_stale_one_is_replaced() {
+    let f = Fixture::new(|_| {}).await;
+    f.put("t.csv", "h\n1\n").await;
+    assert!(matches!(
+        f.send_and_process("t.csv").await,
+        Outcome::Completed { .. }
+    ));
+    let reads = f.blobs.reads();
+    let again = f.send_and_process("t.csv").await;
+    assert!(matches!(again, Outcome::Skipped(_)), "{again:?}");
+    assert_eq!(f.blobs.reads(), reads, "the input was not read again");
+    assert!(f.queue.snapshot().is_empty());
+    // A new version of the input makes the output stale: it is rewritten (If-Match).
+    f.put("t.csv", "h\n1\n2\n").await;
+    assert!(matches!(
+        f.send_and_process("t.csv").await,
+        Outcome::Completed { rows: 2 }
+    ));
+    assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n2\n");
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Skipped), 1);
+}
+
+#[tokio::test]
+async fn permanent_failures_go_to_the_poison_queue_verbatim() {
+    let f = Fixture::new(|_| {}).await;
+    f.put("bad.csv", "h\nBAD\n").await;
+    let cases = [
+        "{garbage",
+        "https://evil.blob.core.windows.net/in/a.csv",
+        "missing.csv",
+        "bad.csv",
+        r#"{"container": "private", "blob": "a.csv"}"#,
+    ];
+    for text in cases {
+        let outcome = f.send_and_process(text).await;
+        assert!(
+            matches!(outcome, Outcome::Poisoned(_)),
+            "{text}: {outcome:?}"
+        );
+    }
+    assert_eq!(f.poison_texts(), cases);
+    assert!(f.queue.snapshot().is_empty());
+    assert_eq!(
+        f.metrics.outcome_count(OutcomeLabel::Poisoned),
+        cases.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn events_that_need_no_work_are_acknowledged() {
+    let f = Fixture::new(|_| {}).await;
+    let deleted = r#"{"eventType":"Microsoft.Storage.BlobDeleted","topic":"/x/storageAccounts/devstoreaccount1","subject":"/blobServices/default/containers/in/blobs/a.csv","data":{}}"#;
+    for text in [deleted, "a_aggregated.csv"] {
+        assert!(matches!(
+            f.send_and_process(text).await,
+            Outcome::Skipped(_)
+        ));
+    }
+    assert!(f.queue.snapshot().is_empty());
+    assert!(f.poison_texts().is_empty());
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_then_poison_after_max_attempts() {
+    let f = Fixture::new(|s| s.max_dequeue_count = 3).await;
+    f.put("t.csv", "h\n1\n").await;
+    f.queue.send("t.csv").await.unwrap();
+    f.blobs.set_outage(true);
+    for attempt in 1..=3u64 {
+        // Make it visible again at once (as if the backoff had passed).
+        let msg = f.receive().await;
+        assert_eq!(msg.dequeue_count, attempt);
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        if attempt < 3 {
+            assert!(
+                matches!(outcome, Outcome::Retried(JobError::Storage(_))),
+                "{outcome:?}"
+            );
+            let snap = &f.queue.snapshot()[0];
+            assert!(!snap.visible);
+            let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+            assert_eq!(delay, f.worker.settings().backoff(attempt));
+            assert!(!rewritten);
+            let id = snap.id.clone();
+            // Skip the wait: re-expose the message through a fresh lease of our own.
+            tokio::time::pause();
+            tokio::time::advance(delay + Duration::from_millis(1)).await;
+            tokio::time::resume();
+            assert!(f.queue.snapshot().iter().any(|m| m.id == id && m.visible));
+        } else {
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Poisoned(JobError::TooManyAttempts {
+                        attempts: 3,
+                        max: 3
+                    })
+                ),
+                "{outcome:?}"
+            );
+        }
+    }
+    assert_eq!(f.poison_texts(), ["t.csv"]);
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Retried), 2);
+}
+
+#[tokio::test]
+async fn a_message_received_too_often_is_poisoned_before_work() {
+    let f = Fixture::new(|s| s.max_dequeue_count = 2).await;
+    f.put("t.csv", "h\n").await;
+    f.queue.send("t.csv").await.unwrap();
+    // Two attempts that died without an outcome (crashes): receive and let go.
+    for _ in 0..2 {
+        let m = f.receive().await;
+        f.queue
+            .update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+            .await
+            .unwrap();
+    }
+    let msg = f.receive().await;
+    assert_eq!(msg.dequeue_count, 3);
+    let reads = f.blobs.reads();
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Poisoned(JobError::TooManyAttempts {
+                attempts: 2,
+                max: 2
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(f.blobs.reads(), reads);
+    assert_eq!(f.poison_texts(), ["t.csv"]);
+}
+
+#[tokio::test]
+async fn a_shutdown_release_does_not_count_as_an_attempt() {
+    let f = Fixture::new(|s| s.max_dequeue_count = 1).await;
+    f.put("slow.csv", "SPIN\n").await;
+    f.queue.send("slow.csv").await.unwrap();
+    let msg = f.receive().await;
+    let interrupt = CancellationToken::new();
+    let work = tokio::spawn({
+        let (worker, interrupt) = (f.worker.clone(), interrupt.clone());
+        async move { worker.process_one(msg, interrupt).await }
+    });
+    // Wait until the job is really reading, then interrupt it (the drain deadline).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.blobs.reads() < 2 {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    interrupt.cancel();
+    let outcome = work.await.unwrap();
+    assert!(matches!(outcome, Outcome::Released), "{outcome:?}");
+    let snap = f.queue.snapshot();
+    assert!(snap[0].visible, "released with visibility 0");
+    assert_eq!(Envelope::open(&snap[0].text).original, "slow.csv");
+
+    // With --max-dequeue-count 1 the second delivery is still allowed: the release did not
+    // count. The input is fixed meanwhile, so it completes.
+    f.put("slow.csv", "h\n1\n").await;
+    let again = f.receive().await;
+    assert_eq!(again.dequeue_count, 2);
+    let outcome = f.worker.process_one(again, CancellationToken::new()).await;
+    assert!(
+        matches!(outcome, Outcome::Completed { rows: 1 }),
+        "{outcome:?}"
+    );
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Released), 1);
+}
+
+#[tokio::test]
+async fn the_poison_copy_is_the_original_text_not_the_envelope() {
+    let f = Fixture::new(|s| s.max_dequeue_count = 1).await;
+    let original = "nope.csv";
+    let wrapped = Envelope::open(original).released_once_more().unwrap();
+    f.queue.send(&wrapped).await.unwrap();
+    let msg = f.receive().await;
+    assert!(matches!(
+        f.worker.process_one(msg, CancellationToken::new()).await,
+        Outcome::Poisoned(JobError::InputNotFound(_))
+    ));
+    assert_eq!(f.poison_texts(), [original]);
+}
+
+#[tokio::test]
+async fn max_processing_time_cancels_and_counts_as_a_failure() {
+    let f = Fixture::new(|s| s.max_processing_time = Duration::from_millis(200)).await;
+    f.put("slow.csv", "SPIN\n").await;
+    let outcome = f.send_and_process("slow.csv").await;
+    assert!(
+        matches!(outcome, Outcome::Retried(JobError::TimedOut(_))),
+        "{outcome:?}"
+    );
+    let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+    assert_eq!(delay, f.worker.settings().backoff(1));
+    assert!(!rewritten, "a timeout is an attempt, not a release");
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_the_work_and_touches_nothing() {
+    let f = Fixture::new(|s| s.visibility_timeout = Duration::from_secs(2)).await;
+    f.put("slow.csv", "SPIN\n").await;
+    f.queue.send("slow.csv").await.unwrap();
+    let msg = f.receive().await;
+    // Another consumer takes the message over before our first renewal (at 1 s).
+    f.queue
+        .update(&msg.id, &msg.pop_receipt, Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(matches!(outcome, Outcome::LeaseLost), "{outcome:?}");
+    assert_eq!(f.queue.snapshot().len(), 1, "not deleted");
+    assert!(f.poison_texts().is_empty());
+}
+
+#[tokio::test]
+async fn run_processes_everything_then_exits_when_idle() {
+    let f = Fixture::new(|s| {
+        s.exit_when_idle = Some(Duration::from_millis(300));
+        s.max_poll_interval = Duration::from_millis(100);
+        s.max_in_flight = 3;
+    })
+    .await;
+    for i in 0..10 {
+        let name = format!("f{i}.csv");
+        f.blobs
+            .put(
+                &BlobPath::new("in", &name),
+                Bytes::from(format!("h\n{i}\n")),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        f.queue.send(&name).await.unwrap();
+    }
+    let end = tokio::time::timeout(Duration::from_secs(60), f.worker.run(Shutdown::new()))
+        .await
+        .expect("the worker exits when idle");
+    assert_eq!(end, RunEnd::Idle);
+    for i in 0..10 {
+        assert_eq!(
+            f.output(&format!("f{i}_aggregated.csv")).unwrap(),
+            format!("H\n{i}\n")
+        );
+    }
+    assert!(f.queue.snapshot().is_empty());
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Completed), 10);
+}
+
+#[tokio::test]
+async fn run_stops_after_max_messages() {
+    let f = Fixture::new(|s| {
+        s.max_messages = Some(2);
+        s.max_in_flight = 1;
+    })
+    .await;
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        f.put(name, "h\n").await;
+        f.queue.send(name).await.unwrap();
+    }
+    let end = tokio::time::timeout(Duration::from_secs(60), f.worker.run(Shutdown::new()))
+        .await
+        .unwrap();
+    assert_eq!(end, RunEnd::MaxMessages);
+    assert_eq!(f.queue.snapshot().len(), 1);
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Completed), 2);
+}
+
+#[tokio::test]
+async fn shutdown_drains_then_releases_what_is_still_running() {
+    let f = Fixture::new(|s| {
+        s.drain_timeout = Duration::from_millis(300);
+        s.max_poll_interval = Duration::from_millis(50);
+    })
+    .await;
+    f.put("slow.csv", "SPIN\n").await;
+    f.queue.send("slow.csv").await.unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (worker, shutdown) = (f.worker.clone(), shutdown.clone());
+        async move { worker.run(shutdown).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.blobs.reads() < 2 {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(f.readiness.is_ready());
+    shutdown.trigger();
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped);
+    assert!(
+        !f.readiness.is_ready(),
+        "not ready while and after draining"
+    );
+    let snap = f.queue.snapshot();
+    assert_eq!(snap.len(), 1);
+    assert!(snap[0].visible);
+    assert_eq!(Envelope::open(&snap[0].text).released, 1);
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Released), 1);
+}
+
+#[tokio::test]
+async fn a_storage_outage_keeps_the_loop_alive_and_flips_readiness() {
+    let queues = MemoryQueueService::new();
+    let blobs = MemoryBlobStore::new();
+    blobs.create_container_if_missing("in").await.unwrap();
+    queues.queue("jobs").create_if_missing().await.unwrap();
+    let mut settings = Settings::new("jobs", ACCOUNT, "in");
+    settings.max_poll_interval = Duration::from_millis(50);
+    let metrics = Metrics::register(&mut Registry::default());
+    let readiness = Readiness::new(Duration::from_millis(200));
+    let worker = Worker::new(
+        settings,
+        &queues,
+        Arc::new(blobs.clone()),
+        metrics,
+        readiness.clone(),
+    )
+    .with_reducer(test_reducer);
+    worker.check().await.unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (worker, shutdown) = (worker.clone(), shutdown.clone());
+        async move { worker.run(shutdown).await }
+    });
+    let wait_for = |want: bool| {
+        let readiness = readiness.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while readiness.is_ready() != want {
+                assert!(Instant::now() < deadline, "readiness never became {want}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for(true).await;
+    queues.set_outage(true);
+    wait_for(false).await;
+    queues.set_outage(false);
+    wait_for(true).await;
+    blobs
+        .put(
+            &BlobPath::new("in", "x.csv"),
+            Bytes::from_static(b"h\n"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    queues.queue("jobs").send("x.csv").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blobs
+        .get(&BlobPath::new("in", "x_aggregated.csv"))
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the worker did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.trigger();
+    assert_eq!(run.await.unwrap(), RunEnd::Stopped);
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let mut s = Settings::new("q", ACCOUNT, "c");
+    s.retry_delay = Duration::from_secs(5);
+    s.max_retry_delay = Duration::from_secs(60);
+    let got: Vec<u64> = (1..=6).map(|a| s.backoff(a).as_secs()).collect();
+    assert_eq!(got, [5, 10, 20, 40, 60, 60]);
+    assert_eq!(s.backoff(u64::MAX).as_secs(), 60);
+}
+
+#[test]
+fn settings_refuse_a_queue_whose_poison_twin_is_too_long() {
+    let ok = Settings::new("q".repeat(MAX_QUEUE_NAME), ACCOUNT, "c");
+    assert!(ok.validate().is_ok());
+    assert_eq!(ok.poison_queue().len(), 63);
+    let long = Settings::new("q".repeat(MAX_QUEUE_NAME + 1), ACCOUNT, "c");
+    assert!(long.validate().unwrap_err().contains("63"));
+}
+
+#[test]
+fn poll_backoff_is_jittered_and_capped() {
+    let mut p = PollBackoff::new(Duration::from_secs(5));
+    let mut last = Duration::ZERO;
+    for _ in 0..20 {
+        last = p.next();
+        assert!(last <= Duration::from_secs(5));
+    }
+    assert!(last >= Duration::from_millis(2500));
+    p.reset();
+    assert!(p.next() <= PollBackoff::MIN);
+}
