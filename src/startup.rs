@@ -76,8 +76,8 @@ impl App {
         &self.metrics
     }
 
-    /// Runs the start-up checks, then the worker until `shutdown`, `--exit-when-idle` or
-    /// `--max-messages`; the admin server stops only after the worker has drained.
+    /// Runs the worker until `shutdown`, `--exit-when-idle` or `--max-messages`; the admin
+    /// server stops only after the worker has drained. Call `worker().check()` first.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<RunEnd> {
         let App {
             worker,
@@ -97,29 +97,22 @@ impl App {
         };
         tracing::info!(%addr, "admin http listening (/healthz /readyz /metrics)");
 
-        let result = async {
-            worker
-                .check()
-                .await
-                .context("start-up check of the queue and containers failed")?;
-            let s = worker.settings();
-            tracing::info!(
-                queue = %s.queue,
-                poison_queue = %s.poison_queue(),
-                container = %s.container,
-                max_in_flight = s.max_in_flight,
-                visibility_timeout = ?s.visibility_timeout,
-                "worker started"
-            );
-            Ok::<_, anyhow::Error>(worker.run(shutdown).await)
-        }
-        .await;
+        let s = worker.settings();
+        tracing::info!(
+            queue = %s.queue,
+            poison_queue = %s.poison_queue(),
+            container = %s.container,
+            max_in_flight = s.max_in_flight,
+            visibility_timeout = ?s.visibility_timeout,
+            "worker started"
+        );
+        let end = worker.run(shutdown).await;
         admin_stop.cancel();
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error.message = %e, "admin server failed"),
             Err(e) => tracing::warn!(error.message = %e, "admin server task failed"),
         }
-        result
+        Ok(end)
     }
 }
