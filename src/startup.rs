@@ -108,10 +108,12 @@ impl App {
         );
         let end = worker.run(shutdown).await;
         admin_stop.cancel();
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error.message = %e, "admin server failed"),
-            Err(e) => tracing::warn!(error.message = %e, "admin server task failed"),
+        // A scraper holding a connection open must not keep the process alive.
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error.message = %e, "admin server failed"),
+            Ok(Err(e)) => tracing::warn!(error.message = %e, "admin server task failed"),
+            Err(_) => tracing::warn!("admin server did not stop within 5s; exiting anyway"),
         }
         Ok(end)
     }
