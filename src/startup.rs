@@ -118,3 +118,76 @@ impl App {
         Ok(end)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::{MemoryBlobStore, MemoryQueueService};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await?;
+        Ok(rsp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
+    }
+
+    #[tokio::test]
+    async fn serves_probes_until_the_worker_has_stopped() {
+        let queues = MemoryQueueService::new();
+        let blobs = MemoryBlobStore::new();
+        blobs.create_container_if_missing("in").await.unwrap();
+        queues.queue("jobs").create_if_missing().await.unwrap();
+        let mut settings = Settings::new("jobs", "acct", "in");
+        settings.max_poll_interval = Duration::from_millis(50);
+        let app = App::build(
+            settings,
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::from_secs(30),
+            &queues,
+            Arc::new(blobs),
+        )
+        .await
+        .unwrap();
+        let addr = app.http_addr();
+        app.worker().check().await.unwrap();
+        let shutdown = Shutdown::new();
+        let run = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        assert_eq!(status(addr, "/healthz").await.unwrap(), 200);
+        assert_eq!(status(addr, "/readyz").await.unwrap(), 200);
+        shutdown.trigger();
+        let end = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, RunEnd::Stopped);
+        assert!(
+            status(addr, "/healthz").await.is_err(),
+            "the admin port is closed after the drain"
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_a_queue_without_room_for_its_poison_twin() {
+        let settings = Settings::new("q".repeat(57), "acct", "in");
+        let err = App::build(
+            settings,
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::from_secs(30),
+            &MemoryQueueService::new(),
+            Arc::new(MemoryBlobStore::new()),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("-poison"), "{err}");
+    }
+}

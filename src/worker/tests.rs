@@ -585,3 +585,53 @@ fn poll_backoff_is_jittered_and_capped() {
     p.reset();
     assert!(p.next() <= PollBackoff::MIN);
 }
+
+#[tokio::test]
+async fn start_up_check_names_what_is_missing() {
+    let queues = MemoryQueueService::new();
+    let blobs = MemoryBlobStore::new();
+    let metrics = Metrics::register(&mut Registry::default());
+    let build = |s: Settings| {
+        Worker::new(
+            s,
+            &queues,
+            Arc::new(blobs.clone()),
+            metrics.clone(),
+            Readiness::new(Duration::from_secs(30)),
+        )
+    };
+    let err = build(Settings::new("jobs", ACCOUNT, "in"))
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StartupError::Storage { ref source, .. } if source.kind == ErrorKind::NotFound),
+        "{err}"
+    );
+    assert!(err.to_string().contains("jobs"), "{err}");
+    queues.queue("jobs").create_if_missing().await.unwrap();
+    let err = build(Settings::new("jobs", ACCOUNT, "in"))
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StartupError::MissingContainer(ref c) if c == "in"),
+        "{err}"
+    );
+    blobs.create_container_if_missing("in").await.unwrap();
+    let mut s = Settings::new("jobs", ACCOUNT, "in");
+    s.output_container = Some("results".into());
+    build(s).check().await.unwrap();
+    assert!(
+        blobs.container_exists("results").await.unwrap(),
+        "output container created"
+    );
+    assert!(
+        queues
+            .memory_queue("jobs-poison")
+            .approximate_count()
+            .await
+            .is_ok(),
+        "poison queue created"
+    );
+}
