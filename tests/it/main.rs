@@ -1,0 +1,5 @@
+//! The one integration-test binary: each module below is a group of tests.
+
+mod support;
+
+mod storage;
