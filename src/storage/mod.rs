@@ -182,6 +182,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + S
 pub trait BlockUpload: Send {
     /// Stages one block (up to 4000 MiB; rollq uses a few MiB).
     async fn stage(&mut self, block: Bytes) -> Result<(), StorageError>;
+    /// Records the whole blob's MD5 to store at commit (Azure computes it only for single
+    /// puts). Optional: the default ignores it, which is right for stores that compute it.
+    fn set_content_md5(&mut self, _md5: [u8; 16]) {}
     /// Commits every staged block, in order, under the upload's options; returns the new ETag.
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError>;
 }

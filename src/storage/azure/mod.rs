@@ -630,6 +630,7 @@ impl BlobStore for AzureBlobStore {
             prefix: uuid::Uuid::new_v4().simple().to_string(),
             ids: Vec::new(),
             opts,
+            content_md5: None,
             timeout: self.timeout,
         }))
     }
@@ -688,6 +689,7 @@ struct AzureBlockUpload {
     prefix: String,
     ids: Vec<Vec<u8>>,
     opts: PutOptions,
+    content_md5: Option<[u8; 16]>,
     timeout: Duration,
 }
 
@@ -705,6 +707,10 @@ impl BlockUpload for AzureBlockUpload {
         Ok(())
     }
 
+    fn set_content_md5(&mut self, md5: [u8; 16]) {
+        self.content_md5 = Some(md5);
+    }
+
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
         let op = "blob commit";
         let (if_match, if_none_match) = condition_headers(&self.opts.condition);
@@ -718,6 +724,7 @@ impl BlockUpload for AzureBlockUpload {
             if_match,
             if_none_match,
             blob_content_type: self.opts.content_type.clone(),
+            blob_content_md5: self.content_md5.map(|m| m.to_vec()),
             metadata: metadata_map(&self.opts.metadata),
             ..Default::default()
         };
