@@ -3,4 +3,5 @@
 mod support;
 
 mod storage;
+mod storage_large;
 mod submit;

@@ -7,3 +7,13 @@ pub mod proxy;
 
 pub use azurite::{Azurite, unique_name};
 pub use proxy::TcpProxy;
+
+/// Owns a spawned child process: killed and reaped on drop, even if the test panics.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
