@@ -82,7 +82,10 @@ async fn large_blob_streams_with_memory_bounded_by_partitions() {
     let line = out.trim();
 
     assert_eq!(json_u64(line, "bytes"), BLOB_BYTES as u64, "{line}");
-    assert!(line.contains("\"pattern_ok\":true"), "bytes out of order: {line}");
+    assert!(
+        line.contains("\"pattern_ok\":true"),
+        "bytes out of order: {line}"
+    );
     let grown_kib = json_u64(line, "hwm_after_kib") - json_u64(line, "rss_before_kib");
     // The SDK buffers at most 2 × parallel partitions (16 MiB here); allow generous room
     // for allocator slack and HTTP buffers, still far below the 256 MiB blob.

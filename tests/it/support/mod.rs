@@ -3,9 +3,11 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 pub mod azurite;
+pub mod fake_http;
 pub mod proxy;
 
 pub use azurite::{Azurite, unique_name};
+pub use fake_http::FakeHttp;
 pub use proxy::TcpProxy;
 
 /// Owns a spawned child process: killed and reaped on drop, even if the test panics.
