@@ -222,7 +222,14 @@ impl ConnectionInfo {
                         .to_owned()
                 }
             }
-            _ => "check the request and the account's settings".to_owned(),
+            ErrorKind::LeaseLost => {
+                "another consumer owns the message now (its visibility timeout lapsed)".to_owned()
+            }
+            ErrorKind::Conflict => "it exists already".to_owned(),
+            ErrorKind::PreconditionFailed => {
+                "the blob changed meanwhile; read it again and retry".to_owned()
+            }
+            ErrorKind::Other => "check the request and the account's settings".to_owned(),
         };
         format!(
             "{err}; account {}, endpoint {endpoint}, credential: {}; {hint}",

@@ -612,33 +612,10 @@ impl ETagOf {
     }
 }
 
-/// An account SAS for the emulator account, signed per Microsoft's account-SAS rules
-/// (version 2020-12-06 and later: nine fields plus the encryption scope, each ending in \n).
-fn account_sas(permissions: &str) -> String {
-    use azure_core::credentials::Secret;
-    use rollq::storage::connection::{DEV_ACCOUNT, DEV_KEY};
-    let (sv, ss, srt, se, spr) = (
-        "2022-11-02",
-        "bq",
-        "sco",
-        "2099-01-01T00:00:00Z",
-        "https,http",
-    );
-    let sts = format!("{DEV_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n\n");
-    let sig = azure_core::hmac::hmac_sha256(&sts, &Secret::new(DEV_KEY)).unwrap();
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={}&spr={}&sig={}",
-        enc(se),
-        enc(spr),
-        enc(&sig)
-    )
-}
-
 #[tokio::test]
 async fn sas_connection_string_appends_the_token_instead_of_signing() {
     let az = Azurite::start();
-    let sas = account_sas("rwdlacup");
+    let sas = crate::support::azurite::account_sas("rwdlacup");
     let cs = format!(
         "BlobEndpoint={};QueueEndpoint={};SharedAccessSignature={sas}",
         az.blob_endpoint(),

@@ -474,3 +474,31 @@ async fn queue_stats_and_poison_list_and_requeue() {
         "bodies verbatim"
     );
 }
+
+#[tokio::test]
+async fn trace_logs_carry_no_secrets() {
+    let az = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.csv", b"t,v\n");
+    let (c, q) = (unique_name("logs"), unique_name("logs"));
+
+    // Shared Key: the key never travels, and the per-request signature is not logged.
+    let out = az
+        .rollq()
+        .env("RUST_LOG", "trace")
+        .args(["submit", "--container", &c, "--queue", &q])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (_, stderr) = run_ok(out);
+    assert!(stderr.contains("a.csv"), "the run was logged: {stderr}");
+    let key = rollq::storage::connection::DEV_KEY;
+    assert!(
+        !stderr.contains(key) && !stderr.contains(&key[..16]),
+        "key in logs"
+    );
+    assert!(
+        !stderr.contains("SharedKey devstoreaccount1:"),
+        "signature in logs"
+    );
+}
