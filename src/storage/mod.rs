@@ -12,14 +12,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
+pub mod error;
+pub use error::{ErrorKind, StorageError};
+
 pub mod azure;
 pub mod connection;
-pub mod error;
 pub mod names;
 pub use connection::{
     ConnectError, Connection, ConnectionInfo, CredentialKind, StorageArgs, connect,
 };
-pub use error::{ErrorKind, StorageError};
 pub use names::{poison_queue_name, validate_container_name, validate_queue_name};
 
 // === queue types ===
