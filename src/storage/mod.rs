@@ -1,6 +1,6 @@
 //! Storage seams: the small traits the rest of rollq uses for Azure Storage Queues and Blobs.
 //!
-//! `azure.rs` implements them on the official Azure SDK (the only file that imports it);
+//! `azure/` implements them on the official Azure SDK (the only folder that imports it);
 //! `memory.rs` is an in-memory fake for fast unit tests. Callers see `StorageError` only.
 
 use std::fmt;
