@@ -746,3 +746,69 @@ async fn server_errors_are_transient_and_client_errors_are_not_retried() {
     assert!(!err.is_retryable());
     assert_eq!(server.hits(), 1, "a 400 is not retried");
 }
+
+#[tokio::test]
+async fn azure_style_message_not_found_on_delete_is_lease_lost() {
+    // Azure (unlike Azurite) may answer a stale pop receipt with 404 MessageNotFound.
+    let server = crate::support::FakeHttp::start(404, &[("x-ms-error-code", "MessageNotFound")]);
+    let conn = connect(&args_for(&server.endpoint(), Duration::from_secs(4)))
+        .await
+        .unwrap();
+    let q = conn.queues.queue("lease-queue");
+    let id = rollq::storage::MessageId("m1".into());
+    let receipt = rollq::storage::PopReceipt("r1".into());
+    assert_eq!(
+        q.delete(&id, &receipt).await.unwrap_err().kind,
+        ErrorKind::LeaseLost
+    );
+    assert_eq!(
+        q.update(&id, &receipt, Duration::ZERO, None)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::LeaseLost
+    );
+    // Without a receipt, a 404 is just "not found".
+    assert_eq!(q.peek(1).await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn entra_id_settings_build_https_clients_without_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "projected-service-account-token").unwrap();
+    let mut args = StorageArgs {
+        account: Some("prodacct".into()),
+        client_id: Some("00000000-0000-0000-0000-000000000001".into()),
+        tenant_id: Some("00000000-0000-0000-0000-000000000002".into()),
+        federated_token_file: Some(token),
+        ..Default::default()
+    };
+    let conn = connect(&args).await.unwrap();
+    assert_eq!(
+        conn.info.credential,
+        CredentialKind::WorkloadIdentity {
+            client_id: args.client_id.clone()
+        }
+    );
+    assert_eq!(
+        conn.info.blob_endpoint.as_str(),
+        "https://prodacct.blob.core.windows.net/"
+    );
+    let shown = conn.info.to_string();
+    assert!(
+        shown.contains("workload identity") && shown.contains("prodacct"),
+        "{shown}"
+    );
+    assert!(!format!("{conn:?}").contains("projected-service-account-token"));
+
+    args.federated_token_file = None;
+    let conn = connect(&args).await.unwrap();
+    assert!(
+        conn.info.to_string().contains(
+            "user-assigned managed identity (client id 00000000-0000-0000-0000-000000000001)"
+        ),
+        "{}",
+        conn.info
+    );
+}

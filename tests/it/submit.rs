@@ -502,3 +502,21 @@ async fn trace_logs_carry_no_secrets() {
         "signature in logs"
     );
 }
+
+#[test]
+fn help_never_shows_the_connection_string() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollq"))
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AccountName=a1b;AccountKey=SECRETVALUE1",
+        )
+        .args(["submit", "--help"])
+        .output()
+        .unwrap();
+    let (stdout, _) = run_ok(out);
+    assert!(
+        stdout.contains("AZURE_STORAGE_CONNECTION_STRING"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SECRETVALUE1"), "{stdout}");
+}
