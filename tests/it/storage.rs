@@ -655,6 +655,22 @@ async fn sas_connection_string_appends_the_token_instead_of_signing() {
         .unwrap();
     assert_eq!(conn.blobs.properties(&path).await.unwrap().size, 4);
     assert_eq!(conn.blobs.list(&c, "dir/").await.unwrap().len(), 1);
+    // Ranged (partitioned) reads are separate requests: each one carries the token.
+    let big = BlobPath::new(&c, "big.bin");
+    conn.blobs
+        .put(&big, Bytes::from(vec![7u8; 300_000]), PutOptions::default())
+        .await
+        .unwrap();
+    let opts = ReadOptions {
+        partition_bytes: 64 << 10,
+        parallel: 2,
+    };
+    let mut s = conn.blobs.open_read(&big, None, opts).await.unwrap();
+    let mut n = 0;
+    while let Some(chunk) = s.next().await {
+        n += chunk.unwrap().len();
+    }
+    assert_eq!(n, 300_000);
 
     // A tampered signature is refused, and neither token appears in what we print.
     let forged = sas.replace("sig=", "sig=AAAA");
@@ -811,4 +827,36 @@ async fn entra_id_settings_build_https_clients_without_a_secret() {
         "{}",
         conn.info
     );
+}
+
+#[tokio::test]
+async fn an_unacknowledged_message_reappears_after_its_visibility_timeout() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let q = conn.queues.queue(&unique_name("vis"));
+    q.create_if_missing().await.unwrap();
+    let id = q.send("work").await.unwrap();
+    let first = q.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Poll with a generous deadline instead of sleeping for an exact time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let got = q.receive(1, Duration::from_secs(30)).await.unwrap();
+        if let Some(m) = got.into_iter().next() {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "message did not reappear within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(again.id, id);
+    assert_eq!(again.dequeue_count, 2);
+    // The first lease is gone: its receipt no longer deletes.
+    assert_eq!(
+        q.delete(&id, &first[0].pop_receipt).await.unwrap_err().kind,
+        ErrorKind::LeaseLost
+    );
+    q.delete(&id, &again.pop_receipt).await.unwrap();
 }
