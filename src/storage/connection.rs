@@ -178,6 +178,8 @@ impl ConnectionInfo {
     /// One clear line for a failed call: which account, endpoint and credential was used,
     /// what went wrong, and what to check. Shared by the CLI and the worker.
     pub fn explain(&self, err: &StorageError) -> String {
+        // The adapter names every queue operation `queue …` (blob ones `blob …`/`container …`),
+        // which is how the right endpoint is picked for the message.
         let queue_side = err.op.starts_with("queue");
         let endpoint = display_url(if queue_side {
             &self.queue_endpoint
