@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 pub mod acc;
 pub mod args;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod output;
 pub mod read;
 mod reduce;
