@@ -17,16 +17,38 @@ pub fn push_float(out: &mut Vec<u8>, x: f64) {
         });
         return;
     }
-    // `{:e}` gives the shortest round-trip digits as `d.ddde±x`.
-    let sci = format!("{x:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
-    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
+    // ryu gives the shortest round-trip digits, as `16.7`, `0.0001` or `1.5e-7`; take out
+    // the digits and the decimal exponent of the first one, then lay them out like Python.
+    let mut ryu_buf = ryu::Buffer::new();
+    let text = ryu_buf.format_finite(x.abs()).as_bytes();
+    let (mantissa, e) = match text.iter().position(|&b| b == b'e') {
+        Some(i) => (
+            &text[..i],
+            std::str::from_utf8(&text[i + 1..])
+                .ok()
+                .and_then(|t| t.parse::<i32>().ok())
+                .unwrap_or(0),
+        ),
+        None => (text, 0),
     };
-    let digits: Vec<u8> = mantissa.bytes().filter(|b| *b != b'.').collect();
-    if negative {
+    let int_len = mantissa.iter().position(|&b| b == b'.').unwrap_or(mantissa.len()) as i32;
+    let mut all = [0u8; 40];
+    let mut n = 0;
+    for &b in mantissa.iter().filter(|b| b.is_ascii_digit()) {
+        all[n] = b;
+        n += 1;
+    }
+    let lead = all[..n].iter().take_while(|&&d| d == b'0').count();
+    let (digits, exp): (&[u8], i32) = if lead == n {
+        (b"0", 0)
+    } else {
+        let mut end = n;
+        while end > lead + 1 && all[end - 1] == b'0' {
+            end -= 1;
+        }
+        (&all[lead..end], int_len - 1 - lead as i32 + e)
+    };
+    if x.is_sign_negative() {
         out.push(b'-');
     }
     if (-4..16).contains(&exp) {

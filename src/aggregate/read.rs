@@ -38,6 +38,11 @@ pub struct Records<'r> {
     max_line: usize,
     /// Bytes read from `inner` so far.
     pub bytes_read: u64,
+    /// Quote cache: `buf[q_from..q_to]` was searched and its first quote is at `q_pos`
+    /// (`q_pos == q_to` when there is none), so quote-free lines cost no extra scan.
+    q_from: usize,
+    q_to: usize,
+    q_pos: usize,
 }
 
 impl<'r> Records<'r> {
@@ -52,7 +57,27 @@ impl<'r> Records<'r> {
             next_line: 1,
             max_line,
             bytes_read: 0,
+            q_from: 0,
+            q_to: 0,
+            q_pos: 0,
         }
+    }
+
+    /// Whether `buf[from..to]` holds a quote (absolute indices, `from >= self.start`).
+    #[inline]
+    fn quote_in(&mut self, from: usize, to: usize) -> bool {
+        if from >= self.q_from && from <= self.q_pos {
+            if self.q_pos < self.q_to {
+                return self.q_pos < to;
+            }
+            if to <= self.q_to {
+                return false;
+            }
+        }
+        self.q_from = from;
+        self.q_to = self.end;
+        self.q_pos = memchr(b'"', &self.buf[from..self.end]).map_or(self.end, |i| from + i);
+        self.q_pos < to
     }
 
     /// Strips a UTF-8 byte order mark at the very start of the input.
@@ -74,6 +99,14 @@ impl<'r> Records<'r> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
+            if self.q_from >= self.start {
+                self.q_from -= self.start;
+                self.q_to -= self.start;
+                self.q_pos -= self.start;
+            } else {
+                // Forces a fresh search next time (`q_pos < from` for any `from > 0`).
+                (self.q_from, self.q_to, self.q_pos) = (1, 0, 0);
+            }
             self.start = 0;
         }
         if self.end == self.buf.len() {
@@ -100,7 +133,37 @@ impl<'r> Records<'r> {
     }
 
     /// The next record, or `None` at end of input.
+    #[inline]
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, AggregateError> {
+        // Fast path: a complete, quote-free line in the buffer.
+        if let Some(i) = memchr(b'\n', &self.buf[self.start..self.end]) {
+            let nl = self.start + i;
+            if !self.quote_in(self.start, nl) {
+                let mut bytes = &self.buf[self.start..nl];
+                if let [rest @ .., b'\r'] = bytes {
+                    bytes = rest;
+                }
+                if bytes.len() > self.max_line {
+                    return Err(AggregateError::LineTooLong {
+                        line: self.next_line,
+                        limit: self.max_line,
+                    });
+                }
+                let line = self.next_line;
+                self.next_line += 1;
+                self.start = nl + 1;
+                return Ok(Some(Record {
+                    line,
+                    bytes,
+                    quoted: false,
+                }));
+            }
+        }
+        self.next_record_slow()
+    }
+
+    /// Records with quotes, records across a buffer refill, and the last record.
+    fn next_record_slow(&mut self) -> Result<Option<Record<'_>>, AggregateError> {
         // `scan` is where the search for the record's end resumes after a refill; quote parity
         // says whether that position is inside a quoted field.
         let mut scan = 0usize;
@@ -180,9 +243,19 @@ impl<'r> Records<'r> {
 pub fn split_plain(bytes: &[u8], delim: u8, out: &mut Vec<Range<usize>>) {
     out.clear();
     let mut start = 0;
-    for i in memchr_iter(delim, bytes) {
-        out.push(start..i);
-        start = i + 1;
+    if bytes.len() <= 64 {
+        // Short lines (the common shape): a plain loop beats setting up a SIMD search.
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == delim {
+                out.push(start..i);
+                start = i + 1;
+            }
+        }
+    } else {
+        for i in memchr_iter(delim, bytes) {
+            out.push(start..i);
+            start = i + 1;
+        }
     }
     out.push(start..bytes.len());
 }
@@ -256,6 +329,16 @@ pub fn parse_value(cell: &[u8]) -> Value {
     if s.is_empty() {
         return Value::Missing;
     }
+    match parse_simple(s) {
+        Some(v) => Value::Number(v),
+        None => slow_value(s),
+    }
+}
+
+/// The fast path of [`parse_value`] alone: `-?digits[.digits]`, at most 15 digits, nothing
+/// else (no spaces); `None` for anything else.
+#[inline]
+pub fn parse_simple(s: &[u8]) -> Option<f64> {
     let (neg, digits) = match s {
         [b'-', rest @ ..] => (true, rest),
         _ => (false, s),
@@ -282,10 +365,11 @@ pub fn parse_value(cell: &[u8]) -> Value {
         }
     }
     if simple && n_digits > 0 && n_digits <= 15 {
-        let v = mantissa as f64 / POW10[frac_digits];
-        return Value::Number(if neg { -v } else { v });
+        let m = mantissa as f64;
+        let v = if frac_digits == 0 { m } else { m / POW10[frac_digits] };
+        return Some(if neg { -v } else { v });
     }
-    slow_value(s)
+    None
 }
 
 #[cold]

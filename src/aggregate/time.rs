@@ -336,6 +336,16 @@ impl Grid {
         }
     }
 
+    /// The UTC seconds `[start, end)` of a fixed-width bucket (`None` for local days), so a
+    /// caller can skip the division for the many rows that fall in the same bucket.
+    #[inline]
+    pub fn bounds(&self, key: i64) -> Option<(i64, i64)> {
+        match *self {
+            Grid::Fixed { width, origin, .. } => Some((origin + key * width, origin + (key + 1) * width)),
+            Grid::LocalDays { .. } => None,
+        }
+    }
+
     /// Appends the bucket start as local `YYYY-MM-DD HH:MM:SS` (pandas' label with its UTC
     /// offset dropped).
     pub fn push_label(&self, key: i64, out: &mut Vec<u8>) {
