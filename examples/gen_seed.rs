@@ -8,7 +8,9 @@ use std::io::{BufWriter, Write};
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "bench-data/big.csv".into());
-    let rows: u64 = args.next().map_or(40_000_000, |r| r.parse().expect("rows: an integer"));
+    let rows: u64 = args
+        .next()
+        .map_or(40_000_000, |r| r.parse().expect("rows: an integer"));
     if let Some(dir) = std::path::Path::new(&path).parent() {
         std::fs::create_dir_all(dir)?;
     }

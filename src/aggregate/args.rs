@@ -28,15 +28,30 @@ pub struct ReducerArgs {
 
     /// IANA zone for bucket boundaries (e.g. local days); naive timestamps are read as local
     /// time in it, timestamps with an offset are converted.
-    #[arg(long, env = "ROLLQ_TIMEZONE", default_value = "UTC", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "ROLLQ_TIMEZONE",
+        default_value = "UTC",
+        value_name = "NAME"
+    )]
     pub timezone: String,
 
     /// Rows with an unparseable timestamp or value to skip (and count) before failing.
-    #[arg(long, env = "ROLLQ_MAX_BAD_ROWS", default_value_t = 0, value_name = "N")]
+    #[arg(
+        long,
+        env = "ROLLQ_MAX_BAD_ROWS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
     pub max_bad_rows: u64,
 
     /// Most buckets from the first to the last row (bounds output and memory).
-    #[arg(long, env = "ROLLQ_MAX_BUCKETS", default_value_t = 1_000_000, value_name = "N")]
+    #[arg(
+        long,
+        env = "ROLLQ_MAX_BUCKETS",
+        default_value_t = 1_000_000,
+        value_name = "N"
+    )]
     pub max_buckets: usize,
 
     /// Longest input line in bytes (bounds the read buffer).
@@ -50,17 +65,21 @@ impl ReducerArgs {
         let bucket: Bucket = self.bucket.parse()?;
         let delimiter = match self.delimiter.as_str() {
             "tab" | "\\t" | "\t" => b'\t',
-            d if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => d.as_bytes()[0],
+            d if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => {
+                d.as_bytes()[0]
+            }
             d => {
                 return Err(format!(
                     "--delimiter {d:?}: expected one ASCII character other than a quote or line break, or `tab`"
                 ));
             }
         };
-        let timezone: chrono_tz::Tz = self
-            .timezone
-            .parse()
-            .map_err(|_| format!("--timezone {:?}: not an IANA time zone name (e.g. Europe/Berlin, UTC)", self.timezone))?;
+        let timezone: chrono_tz::Tz = self.timezone.parse().map_err(|_| {
+            format!(
+                "--timezone {:?}: not an IANA time zone name (e.g. Europe/Berlin, UTC)",
+                self.timezone
+            )
+        })?;
         if let Some(f) = &self.time_format {
             use chrono::format::{Item, StrftimeItems};
             if StrftimeItems::new(f).any(|i| matches!(i, Item::Error)) {
@@ -75,7 +94,11 @@ impl ReducerArgs {
         }
         let columns = match &self.columns {
             Some(cols) => {
-                let cols: Vec<String> = cols.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+                let cols: Vec<String> = cols
+                    .iter()
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect();
                 if cols.is_empty() {
                     return Err("--columns names no column".into());
                 }

@@ -75,7 +75,10 @@ impl Bucket {
 
     /// The canonical name (`1h`).
     pub fn name(self) -> &'static str {
-        Bucket::ALL.iter().find(|(b, _)| *b == self).map_or("1h", |(_, n)| n)
+        Bucket::ALL
+            .iter()
+            .find(|(b, _)| *b == self)
+            .map_or("1h", |(_, n)| n)
     }
 }
 
@@ -95,7 +98,9 @@ impl FromStr for Bucket {
             .iter()
             .find(|(_, n)| *n == alias)
             .map(|(b, _)| *b)
-            .ok_or_else(|| format!("unknown bucket {s:?}: expected one of 1m, 5m, 15m, 30m, 1h, 6h, 1d"))
+            .ok_or_else(|| {
+                format!("unknown bucket {s:?}: expected one of 1m, 5m, 15m, 30m, 1h, 6h, 1d")
+            })
     }
 }
 

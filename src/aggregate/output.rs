@@ -31,7 +31,10 @@ pub fn push_float(out: &mut Vec<u8>, x: f64) {
         ),
         None => (text, 0),
     };
-    let int_len = mantissa.iter().position(|&b| b == b'.').unwrap_or(mantissa.len()) as i32;
+    let int_len = mantissa
+        .iter()
+        .position(|&b| b == b'.')
+        .unwrap_or(mantissa.len()) as i32;
     let mut all = [0u8; 40];
     let mut n = 0;
     for &b in mantissa.iter().filter(|b| b.is_ascii_digit()) {
@@ -86,7 +89,10 @@ pub fn push_float(out: &mut Vec<u8>, x: f64) {
 
 /// Appends one CSV field, quoted when it holds a comma, quote or line break.
 pub fn push_field(out: &mut Vec<u8>, field: &str) {
-    if field.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+    if field
+        .bytes()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
         out.push(b'"');
         out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
         out.push(b'"');
@@ -112,21 +118,21 @@ pub fn push_header(out: &mut Vec<u8>, time: &str, columns: &[String]) {
 pub fn push_stats(out: &mut Vec<u8>, accs: &[Acc]) {
     for acc in accs {
         out.push(b',');
-        out.extend_from_slice(acc.n.to_string().as_bytes());
-        if acc.n == 0 {
+        out.extend_from_slice(acc.count().to_string().as_bytes());
+        let (Some(mean), Some((min, max))) = (acc.mean(), acc.min_max()) else {
             out.extend_from_slice(b",,,,");
             continue;
-        }
+        };
         out.push(b',');
-        push_float(out, acc.mean);
+        push_float(out, mean);
         out.push(b',');
         if let Some(std) = acc.std() {
             push_float(out, std);
         }
         out.push(b',');
-        push_float(out, acc.min);
+        push_float(out, min);
         out.push(b',');
-        push_float(out, acc.max);
+        push_float(out, max);
     }
     out.push(b'\n');
 }

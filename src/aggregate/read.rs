@@ -112,7 +112,8 @@ impl<'r> Records<'r> {
         if self.end == self.buf.len() {
             // The buffer only grows while one record does not fit; the caller's line limit
             // bounds it to about twice `max_line`.
-            let grown = (self.buf.len() * 2).min(self.max_line.saturating_add(2).max(self.buf.len() + 1));
+            let grown =
+                (self.buf.len() * 2).min(self.max_line.saturating_add(2).max(self.buf.len() + 1));
             self.buf.resize(grown, 0);
         }
         loop {
@@ -262,7 +263,11 @@ pub fn split_plain(bytes: &[u8], delim: u8, out: &mut Vec<Range<usize>>) {
 
 /// Splits a record with quotes using the `csv` crate; returns the unquoted fields' bytes
 /// (concatenated) and their ranges.
-pub fn split_quoted(bytes: &[u8], delim: u8, out: &mut Vec<Range<usize>>) -> Result<Vec<u8>, String> {
+pub fn split_quoted(
+    bytes: &[u8],
+    delim: u8,
+    out: &mut Vec<Range<usize>>,
+) -> Result<Vec<u8>, String> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .delimiter(delim)
@@ -308,8 +313,24 @@ pub enum Value {
 
 /// The strings pandas `read_csv` reads as missing by default.
 const MISSING: [&[u8]; 18] = [
-    b"#N/A", b"#N/A N/A", b"#NA", b"-1.#IND", b"-1.#QNAN", b"-NaN", b"-nan", b"1.#IND",
-    b"1.#QNAN", b"<NA>", b"N/A", b"NA", b"NULL", b"NaN", b"None", b"n/a", b"nan", b"null",
+    b"#N/A",
+    b"#N/A N/A",
+    b"#NA",
+    b"-1.#IND",
+    b"-1.#QNAN",
+    b"-NaN",
+    b"-nan",
+    b"1.#IND",
+    b"1.#QNAN",
+    b"<NA>",
+    b"N/A",
+    b"NA",
+    b"NULL",
+    b"NaN",
+    b"None",
+    b"n/a",
+    b"nan",
+    b"null",
 ];
 
 const POW10: [f64; 23] = [
@@ -366,7 +387,11 @@ pub fn parse_simple(s: &[u8]) -> Option<f64> {
     }
     if simple && n_digits > 0 && n_digits <= 15 {
         let m = mantissa as f64;
-        let v = if frac_digits == 0 { m } else { m / POW10[frac_digits] };
+        let v = if frac_digits == 0 {
+            m
+        } else {
+            m / POW10[frac_digits]
+        };
         return Some(if neg { -v } else { v });
     }
     None
@@ -377,7 +402,10 @@ fn slow_value(s: &[u8]) -> Value {
     if MISSING.contains(&s) {
         return Value::Missing;
     }
-    match std::str::from_utf8(s).ok().and_then(|t| t.parse::<f64>().ok()) {
+    match std::str::from_utf8(s)
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+    {
         Some(v) if v.is_nan() => Value::Missing,
         Some(v) => Value::Number(v),
         None => Value::Bad,
@@ -393,7 +421,11 @@ mod tests {
         r.skip_bom()?;
         let mut out = Vec::new();
         while let Some(rec) = r.next_record()? {
-            out.push((rec.line, String::from_utf8_lossy(rec.bytes).into_owned(), rec.quoted));
+            out.push((
+                rec.line,
+                String::from_utf8_lossy(rec.bytes).into_owned(),
+                rec.quoted,
+            ));
         }
         Ok(out)
     }
@@ -422,7 +454,10 @@ mod tests {
         // With no newline at all, the reader stops at the limit instead of buffering on.
         let endless = std::io::repeat(b'x').take(10 << 20);
         let mut r = Records::new(Box::new(endless), 1000);
-        assert!(matches!(r.next_record(), Err(AggregateError::LineTooLong { line: 1, .. })));
+        assert!(matches!(
+            r.next_record(),
+            Err(AggregateError::LineTooLong { line: 1, .. })
+        ));
         assert!(r.bytes_read < 1 << 20, "read {}", r.bytes_read);
     }
 
@@ -431,7 +466,10 @@ mod tests {
         assert_eq!(parse_value(b"16.7"), Value::Number(16.7));
         assert_eq!(parse_value(b" -0.5 "), Value::Number(-0.5));
         assert_eq!(parse_value(b"1e3"), Value::Number(1000.0));
-        assert_eq!(parse_value(b"1234567890.123456789"), Value::Number(1234567890.123456789));
+        assert_eq!(
+            parse_value(b"1234567890.123456789"),
+            Value::Number(1234567890.123456789)
+        );
         assert_eq!(parse_value(b".5"), Value::Number(0.5));
         assert_eq!(parse_value(b"+2"), Value::Number(2.0));
         for missing in [&b""[..], b"  ", b"NaN", b"nan", b"NA", b"null"] {

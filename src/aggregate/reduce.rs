@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use chrono_tz::Tz;
 
-use super::acc::{Acc, ChunkAcc};
+use super::acc::Acc;
 use super::read::{self, Records, Value};
 use super::time::{self, Grid, HourCache};
 use super::{AggregateError, Mode, Sink, Spec, output};
@@ -55,7 +55,10 @@ fn header_layout(spec: &Spec, names: &[String]) -> Result<(String, Layout), Aggr
     let listed = || names.join(", ");
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
-            return err(format!("the header names column {n:?} twice (columns: {})", listed()));
+            return err(format!(
+                "the header names column {n:?} twice (columns: {})",
+                listed()
+            ));
         }
     }
     let time_idx = match &spec.time_column {
@@ -77,7 +80,9 @@ fn header_layout(spec: &Spec, names: &[String]) -> Result<(String, Layout), Aggr
             for c in cols {
                 match names.iter().position(|n| n == c) {
                     Some(i) if i == time_idx => {
-                        return err(format!("column {c:?} is the time column; it cannot also be a value column (--columns)"));
+                        return err(format!(
+                            "column {c:?} is the time column; it cannot also be a value column (--columns)"
+                        ));
                     }
                     Some(i) if idx.contains(&i) => {
                         return err(format!("column {c:?} is listed twice in --columns"));
@@ -230,7 +235,12 @@ impl Pass<'_> {
     }
 
     /// Parses the fields of one record into `self.values` and a UTC second.
-    fn row(&mut self, line: u64, backing: &[u8], fields: &[Range<usize>]) -> Result<Row, AggregateError> {
+    fn row(
+        &mut self,
+        line: u64,
+        backing: &[u8],
+        fields: &[Range<usize>],
+    ) -> Result<Row, AggregateError> {
         if fields.len() != self.layout.n_fields {
             return self.bad(
                 line,
@@ -264,10 +274,7 @@ impl Pass<'_> {
                     });
                 }
                 Value::Bad => {
-                    let reason = format!(
-                        "not a number in column {:?}",
-                        self.layout.value_names[c]
-                    );
+                    let reason = format!("not a number in column {:?}", self.layout.value_names[c]);
                     return self.bad(line, cell, reason);
                 }
             };
@@ -282,17 +289,27 @@ impl Pass<'_> {
 
     #[cold]
     fn parse_time(&mut self, cell: &[u8]) -> Result<i64, String> {
-        let column = || format!("column {:?}", self.spec.time_column.as_deref().unwrap_or("(first)"));
+        let column = || {
+            format!(
+                "column {:?}",
+                self.spec.time_column.as_deref().unwrap_or("(first)")
+            )
+        };
         let parsed = match &self.spec.time_format {
             None => time::parse_default(cell),
-            Some(f) => std::str::from_utf8(cell).ok().and_then(|s| time::parse_with_format(s, f)),
+            Some(f) => std::str::from_utf8(cell)
+                .ok()
+                .and_then(|s| time::parse_with_format(s, f)),
         };
         let Some(parsed) = parsed else {
             let hint = match &self.spec.time_format {
                 None => "expected YYYY-MM-DD HH:MM:SS or ISO 8601; see --time-format".to_string(),
                 Some(f) => format!("does not match --time-format {f:?}"),
             };
-            return Err(format!("cannot parse the timestamp in {} ({hint})", column()));
+            return Err(format!(
+                "cannot parse the timestamp in {} ({hint})",
+                column()
+            ));
         };
         let t = time::to_utc(parsed, self.tz).map_err(|_| {
             format!(
@@ -325,8 +342,9 @@ pub fn pass(
             continue;
         }
         let backing = if rec.quoted {
-            read::split_quoted(rec.bytes, spec.delimiter, &mut fields)
-                .map_err(|e| AggregateError::Header(format!("line {}: cannot read the header: {e}", rec.line)))?
+            read::split_quoted(rec.bytes, spec.delimiter, &mut fields).map_err(|e| {
+                AggregateError::Header(format!("line {}: cannot read the header: {e}", rec.line))
+            })?
         } else {
             read::split_plain(rec.bytes, spec.delimiter, &mut fields);
             rec.bytes.to_vec()
@@ -358,8 +376,7 @@ pub fn pass(
     // Streaming state: the open bucket and the first key (for the span limit).
     let mut current: Option<i64> = None;
     let mut first_key = 0i64;
-    let mut open = vec![ChunkAcc::default(); n_cols];
-    let mut closed = vec![Acc::default(); n_cols];
+    let mut open = vec![Acc::default(); n_cols];
     let blank = vec![Acc::default(); n_cols];
     // Holding state.
     let mut held: Option<Held> = None;
@@ -380,7 +397,8 @@ pub fn pass(
         if fast_lane && !rec.quoted {
             let b = rec.bytes;
             if b.len() > 20 && b[19] == delim {
-                if let (Some(t), Some(v)) = (p.cache.lookup(&b[..19]), read::parse_simple(&b[20..])) {
+                if let (Some(t), Some(v)) = (p.cache.lookup(&b[..19]), read::parse_simple(&b[20..]))
+                {
                     if t >= key_lo && t < key_hi && current == Some(key_hit) {
                         p.stats.rows += 1;
                         p.numeric[0] = true;
@@ -413,7 +431,9 @@ pub fn pass(
             Row::At(t) => t,
             Row::Skip => continue,
         };
-        let grid = *p.grid.get_or_insert_with(|| Grid::new(spec.bucket, spec.timezone, t));
+        let grid = *p
+            .grid
+            .get_or_insert_with(|| Grid::new(spec.bucket, spec.timezone, t));
         let key = if t >= key_lo && t < key_hi {
             key_hit
         } else {
@@ -431,10 +451,8 @@ pub fn pass(
                     if key.abs_diff(first_key) >= limit as u64 {
                         return Err(AggregateError::TooManyBuckets { limit });
                     }
-                    for (c, acc) in closed.iter_mut().zip(&mut open) {
-                        *c = acc.take();
-                    }
-                    emit(&mut out, &grid, k, &closed)?;
+                    emit(&mut out, &grid, k, &open)?;
+                    open.fill(Acc::default());
                     for empty in k + 1..key {
                         emit(&mut out, &grid, empty, &blank)?;
                     }
@@ -473,10 +491,7 @@ pub fn pass(
         match mode {
             Mode::Streaming => {
                 if let Some(k) = current {
-                    for (c, acc) in closed.iter_mut().zip(&mut open) {
-                        *c = acc.take();
-                    }
-                    emit(&mut out, &grid, k, &closed)?;
+                    emit(&mut out, &grid, k, &open)?;
                     p.stats.buckets += 1;
                 }
             }

@@ -102,7 +102,9 @@ fn rows_with_only_missing_values_still_span_buckets() {
     let (out, _) = run_bytes(&Spec::default(), input).unwrap();
     assert_eq!(
         out,
-        format!("{HEADER}2021-01-01 00:00:00,0,,,,\n2021-01-01 01:00:00,0,,,,\n2021-01-01 02:00:00,1,4.0,,4.0,4.0\n")
+        format!(
+            "{HEADER}2021-01-01 00:00:00,0,,,,\n2021-01-01 01:00:00,0,,,,\n2021-01-01 02:00:00,1,4.0,,4.0,4.0\n"
+        )
     );
 }
 
@@ -113,7 +115,10 @@ fn out_of_order_rows_switch_to_holding_and_count_both_passes() {
     assert_eq!(report.mode, Some(Mode::Holding));
     assert_eq!(report.bytes_read, 2 * input.len() as u64);
     assert_eq!(report.buckets, 5);
-    assert!(out.starts_with(&format!("{HEADER}2021-01-01 01:00:00,1,2.0")), "{out}");
+    assert!(
+        out.starts_with(&format!("{HEADER}2021-01-01 01:00:00,1,2.0")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -121,8 +126,14 @@ fn header_only_and_empty_inputs() {
     let (out, report) = run_bytes(&Spec::default(), b"Datetime,T\n").unwrap();
     assert_eq!(out, HEADER);
     assert_eq!(report.buckets, 0);
-    assert!(matches!(run_bytes(&Spec::default(), b""), Err(AggregateError::EmptyInput)));
-    assert!(matches!(run_bytes(&Spec::default(), b"\xEF\xBB\xBF\n\n"), Err(AggregateError::EmptyInput)));
+    assert!(matches!(
+        run_bytes(&Spec::default(), b""),
+        Err(AggregateError::EmptyInput)
+    ));
+    assert!(matches!(
+        run_bytes(&Spec::default(), b"\xEF\xBB\xBF\n\n"),
+        Err(AggregateError::EmptyInput)
+    ));
 }
 
 #[test]
@@ -132,18 +143,28 @@ fn header_errors_name_the_columns() {
         ..Spec::default()
     };
     let err = run_bytes(&spec, b"Datetime,T\n").unwrap_err().to_string();
-    assert!(err.contains("Humidity") && err.contains("Datetime, T"), "{err}");
-    let err = run_bytes(&Spec::default(), b"Datetime\n").unwrap_err().to_string();
+    assert!(
+        err.contains("Humidity") && err.contains("Datetime, T"),
+        "{err}"
+    );
+    let err = run_bytes(&Spec::default(), b"Datetime\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no value column"), "{err}");
-    let err = run_bytes(&Spec::default(), b"t,a,a\n").unwrap_err().to_string();
+    let err = run_bytes(&Spec::default(), b"t,a,a\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("twice"), "{err}");
 }
 
 #[test]
 fn wrong_field_count_and_bad_values_are_bad_rows() {
-    let input = b"Datetime,T\n2021-01-01 00:00:00,1\n2021-01-01 00:01:00,1,9\n2021-01-01 00:02:00,x\n";
+    let input =
+        b"Datetime,T\n2021-01-01 00:00:00,1\n2021-01-01 00:01:00,1,9\n2021-01-01 00:02:00,x\n";
     match run_bytes(&Spec::default(), input) {
-        Err(AggregateError::BadRow { line: 3, reason, .. }) => assert!(reason.contains("expected 2 fields"), "{reason}"),
+        Err(AggregateError::BadRow {
+            line: 3, reason, ..
+        }) => assert!(reason.contains("expected 2 fields"), "{reason}"),
         other => panic!("{other:?}"),
     }
     let spec = Spec {
@@ -153,7 +174,10 @@ fn wrong_field_count_and_bad_values_are_bad_rows() {
     let (out, report) = run_bytes(&spec, input).unwrap();
     assert_eq!(report.bad_rows, 2);
     assert_eq!(report.rows, 1);
-    assert!(out.ends_with("2021-01-01 00:00:00,1,1.0,,1.0,1.0\n"), "{out}");
+    assert!(
+        out.ends_with("2021-01-01 00:00:00,1,1.0,,1.0,1.0\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -162,8 +186,13 @@ fn nonexistent_local_time_is_a_bad_row() {
         timezone: "Europe/Berlin".parse().unwrap(),
         ..Spec::default()
     };
-    let err = run_bytes(&spec, b"t,v\n2021-03-28 02:30:00,1\n").unwrap_err().to_string();
-    assert!(err.contains("line 2") && err.contains("Europe/Berlin"), "{err}");
+    let err = run_bytes(&spec, b"t,v\n2021-03-28 02:30:00,1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("Europe/Berlin"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -199,7 +228,10 @@ fn fingerprint_is_stable_and_sensitive() {
 
 #[test]
 fn output_names() {
-    assert_eq!(output_name("temperature1.csv"), "temperature1_aggregated.csv");
+    assert_eq!(
+        output_name("temperature1.csv"),
+        "temperature1_aggregated.csv"
+    );
     assert_eq!(output_name("dir.v2/t.csv.gz"), "dir.v2/t_aggregated.csv");
     assert_eq!(output_name("dir.v2/noext"), "dir.v2/noext_aggregated.csv");
 }
@@ -237,7 +269,9 @@ fn render(rows: &[(i64, String, String)]) -> Vec<u8> {
 }
 
 /// The naive reference: group values per hour, then mean and a second pass for the variance.
-fn reference(rows: &[(i64, String, String)]) -> Vec<(i64, [Option<(u64, f64, Option<f64>, f64, f64)>; 2])> {
+fn reference(
+    rows: &[(i64, String, String)],
+) -> Vec<(i64, [Option<(u64, f64, Option<f64>, f64, f64)>; 2])> {
     let mut groups: BTreeMap<i64, [Vec<f64>; 2]> = BTreeMap::new();
     for (minute, a, b) in rows {
         let t = 1_600_000_000 + minute * 60 + minute % 7;
@@ -266,7 +300,13 @@ fn reference(rows: &[(i64, String, String)]) -> Vec<(i64, [Option<(u64, f64, Opt
                 let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
                 let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
                 let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                Some((xs.len() as u64, mean, (xs.len() > 1).then(|| var.sqrt()), min, max))
+                Some((
+                    xs.len() as u64,
+                    mean,
+                    (xs.len() > 1).then(|| var.sqrt()),
+                    min,
+                    max,
+                ))
             };
             (k, [stats(&g[0]), stats(&g[1])])
         })
@@ -292,7 +332,12 @@ fn check_against_reference(out: &str, rows: &[(i64, String, String)]) -> Result<
                 None => prop_assert_eq!(got, &["0", "", "", "", ""][..]),
                 Some((n, mean, std, min, max)) => {
                     prop_assert_eq!(got[0], n.to_string());
-                    prop_assert!(close(got[1].parse().unwrap(), *mean), "mean {} vs {}", got[1], mean);
+                    prop_assert!(
+                        close(got[1].parse().unwrap(), *mean),
+                        "mean {} vs {}",
+                        got[1],
+                        mean
+                    );
                     match std {
                         None => prop_assert_eq!(got[2], ""),
                         // The two-pass reference loses digits when the spread is tiny next to
@@ -300,7 +345,12 @@ fn check_against_reference(out: &str, rows: &[(i64, String, String)]) -> Result<
                         Some(sd) => {
                             let g: f64 = got[2].parse().unwrap();
                             let scale = mean.abs().max(1.0) * 1e-9 + 1e-9;
-                            prop_assert!((g - sd).abs() <= scale.max(1e-9 * sd), "std {} vs {}", g, sd);
+                            prop_assert!(
+                                (g - sd).abs() <= scale.max(1e-9 * sd),
+                                "std {} vs {}",
+                                g,
+                                sd
+                            );
                         }
                     }
                     prop_assert_eq!(got[3].parse::<f64>().unwrap(), *min);

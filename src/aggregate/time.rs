@@ -107,7 +107,10 @@ pub fn parse_default(s: &[u8]) -> Option<Parsed> {
     let days = days_from_civil(i64::from(y), mo, d);
     let mut i = 10;
     let mut sod = 0i64;
-    if i < s.len() && matches!(s[i], b'T' | b't' | b' ') && s.get(i + 1).is_some_and(u8::is_ascii_digit) {
+    if i < s.len()
+        && matches!(s[i], b'T' | b't' | b' ')
+        && s.get(i + 1).is_some_and(u8::is_ascii_digit)
+    {
         let hh = digits(s, i + 1, 2)?;
         if s.get(i + 3) != Some(&b':') {
             return None;
@@ -234,7 +237,8 @@ impl HourCache {
     /// The UTC second of a 19-byte naive `YYYY-MM-DD?HH:MM:SS` whose hour is cached.
     #[inline]
     pub fn lookup(&self, s: &[u8]) -> Option<i64> {
-        if !self.valid || s.len() != 19 || s[..13] != self.prefix || s[13] != b':' || s[16] != b':' {
+        if !self.valid || s.len() != 19 || s[..13] != self.prefix || s[13] != b':' || s[16] != b':'
+        {
             return None;
         }
         let (m1, m0, s1, s0) = (
@@ -256,8 +260,20 @@ impl HourCache {
             return;
         }
         let hour = p.wall - p.wall.rem_euclid(3600);
-        let start = to_utc(Parsed { wall: hour, offset: None }, tz);
-        let end = to_utc(Parsed { wall: hour + 3599, offset: None }, tz);
+        let start = to_utc(
+            Parsed {
+                wall: hour,
+                offset: None,
+            },
+            tz,
+        );
+        let end = to_utc(
+            Parsed {
+                wall: hour + 3599,
+                offset: None,
+            },
+            tz,
+        );
         // An hour that is (even partly) repeated when clocks go back is left to the
         // per-row path, which resolves each second on its own.
         let ambiguous =
@@ -303,7 +319,11 @@ impl Grid {
     pub fn new(bucket: Bucket, tz: Tz, first: i64) -> Grid {
         let width = bucket.seconds();
         if tz == chrono_tz::UTC {
-            return Grid::Fixed { width, origin: 0, tz };
+            return Grid::Fixed {
+                width,
+                origin: 0,
+                tz,
+            };
         }
         if bucket == Bucket::Day1 {
             return Grid::LocalDays { tz };
@@ -341,7 +361,9 @@ impl Grid {
     #[inline]
     pub fn bounds(&self, key: i64) -> Option<(i64, i64)> {
         match *self {
-            Grid::Fixed { width, origin, .. } => Some((origin + key * width, origin + (key + 1) * width)),
+            Grid::Fixed { width, origin, .. } => {
+                Some((origin + key * width, origin + (key + 1) * width))
+            }
             Grid::LocalDays { .. } => None,
         }
     }
@@ -350,7 +372,9 @@ impl Grid {
     /// offset dropped).
     pub fn push_label(&self, key: i64, out: &mut Vec<u8>) {
         match *self {
-            Grid::Fixed { width, origin, tz } => push_datetime(out, to_local(origin + key * width, tz)),
+            Grid::Fixed { width, origin, tz } => {
+                push_datetime(out, to_local(origin + key * width, tz))
+            }
             Grid::LocalDays { .. } => push_datetime(out, key * DAY),
         }
     }
@@ -366,7 +390,10 @@ mod tests {
             let (y, m, d) = civil_from_days(z);
             assert_eq!(days_from_civil(y, m, d), z);
         }
-        assert_eq!(days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28), 2);
+        assert_eq!(
+            days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28),
+            2
+        );
         assert_eq!(civil_from_days(0), (1970, 1, 1));
     }
 
@@ -377,17 +404,31 @@ mod tests {
         assert_eq!(parse_default(b"2024-02-29"), naive(base));
         assert_eq!(parse_default(b"2024-02-29 13:05"), naive(base + 47_100));
         assert_eq!(parse_default(b"2024-02-29T13:05:07"), naive(base + 47_107));
-        assert_eq!(parse_default(b"2024-02-29T13:05:07.125"), naive(base + 47_107));
+        assert_eq!(
+            parse_default(b"2024-02-29T13:05:07.125"),
+            naive(base + 47_107)
+        );
         assert_eq!(
             parse_default(b"2024-02-29T13:05:07Z"),
-            Some(Parsed { wall: base + 47_107, offset: Some(0) })
+            Some(Parsed {
+                wall: base + 47_107,
+                offset: Some(0)
+            })
         );
         assert_eq!(
-            parse_default(b"2024-02-29 13:05:07.5-05:30").unwrap().offset,
+            parse_default(b"2024-02-29 13:05:07.5-05:30")
+                .unwrap()
+                .offset,
             Some(-19_800)
         );
-        assert_eq!(parse_default(b"2024-02-29 13:05:07+0100").unwrap().offset, Some(3600));
-        assert_eq!(parse_default(b"2024-02-29 13:05:07 +01").unwrap().offset, Some(3600));
+        assert_eq!(
+            parse_default(b"2024-02-29 13:05:07+0100").unwrap().offset,
+            Some(3600)
+        );
+        assert_eq!(
+            parse_default(b"2024-02-29 13:05:07 +01").unwrap().offset,
+            Some(3600)
+        );
         for bad in [
             &b"2023-02-29 00:00:00"[..],
             b"2024-13-01",
@@ -398,7 +439,12 @@ mod tests {
             b"",
             b"hello",
         ] {
-            assert_eq!(parse_default(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_default(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -433,8 +479,14 @@ mod tests {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
         let t = |s: &[u8]| to_utc(parse_default(s).unwrap(), tz).unwrap();
         let grid = Grid::new(Bucket::Day1, tz, t(b"2021-03-27 12:00:00"));
-        assert_eq!(grid.key(t(b"2021-03-28 00:00:00")), grid.key(t(b"2021-03-28 23:59:59")));
-        assert_eq!(grid.key(t(b"2021-03-29 00:00:00")), grid.key(t(b"2021-03-28 00:00:00")) + 1);
+        assert_eq!(
+            grid.key(t(b"2021-03-28 00:00:00")),
+            grid.key(t(b"2021-03-28 23:59:59"))
+        );
+        assert_eq!(
+            grid.key(t(b"2021-03-29 00:00:00")),
+            grid.key(t(b"2021-03-28 00:00:00")) + 1
+        );
         let mut label = Vec::new();
         grid.push_label(grid.key(t(b"2021-03-28 05:00:00")), &mut label);
         assert_eq!(label, b"2021-03-28 00:00:00");

@@ -34,7 +34,10 @@ struct FileSource {
 impl Source for FileSource {
     fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
         let file = File::open(&self.path)?;
-        Ok(aggregate::maybe_gunzip(&self.path.to_string_lossy(), Box::new(file)))
+        Ok(aggregate::maybe_gunzip(
+            &self.path.to_string_lossy(),
+            Box::new(file),
+        ))
     }
     fn can_reopen(&self) -> bool {
         true
@@ -68,8 +71,13 @@ struct TempFileSink {
 
 impl TempFileSink {
     fn create(target: &Path) -> io::Result<Self> {
-        let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = target.file_name().map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = target
+            .file_name()
+            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
         let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
         let file = File::options().write(true).create_new(true).open(&tmp)?;
         Ok(Self {
@@ -153,16 +161,23 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         File::open(&path).with_context(|| format!("cannot open {}", args.input))?;
         Box::new(FileSource { path })
     };
-    let what = if args.input == "-" { "standard input" } else { args.input.as_str() };
+    let what = if args.input == "-" {
+        "standard input"
+    } else {
+        args.input.as_str()
+    };
     let report = if output == "-" {
         let mut sink = StdoutSink(io::stdout().lock());
-        aggregate::run(&spec, source.as_mut(), &mut sink).with_context(|| format!("rolling up {what}"))?
+        aggregate::run(&spec, source.as_mut(), &mut sink)
+            .with_context(|| format!("rolling up {what}"))?
     } else {
         let target = PathBuf::from(&output);
         let mut sink = TempFileSink::create(&target)
             .with_context(|| format!("cannot create the output beside {output}"))?;
-        let report = aggregate::run(&spec, source.as_mut(), &mut sink).with_context(|| format!("rolling up {what}"))?;
-        sink.commit(&target).with_context(|| format!("cannot write {output}"))?;
+        let report = aggregate::run(&spec, source.as_mut(), &mut sink)
+            .with_context(|| format!("rolling up {what}"))?;
+        sink.commit(&target)
+            .with_context(|| format!("cannot write {output}"))?;
         report
     };
     let mode = match report.mode {
@@ -175,7 +190,11 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         report.bad_rows,
         report.buckets,
         report.bytes_read,
-        if output == "-" { "standard output" } else { output.as_str() }
+        if output == "-" {
+            "standard output"
+        } else {
+            output.as_str()
+        }
     );
     Ok(())
 }

@@ -79,7 +79,11 @@ fn matches_pandas_on_every_fixture() {
     let mut failures = Vec::new();
     for case in &cases {
         let input = dir.join("inputs").join(&case.input);
-        let mut args: Vec<String> = vec![input.to_string_lossy().into_owned(), "-o".into(), "-".into()];
+        let mut args: Vec<String> = vec![
+            input.to_string_lossy().into_owned(),
+            "-o".into(),
+            "-".into(),
+        ];
         let mut opt = |flag: &str, v: &Option<String>| {
             if let Some(v) = v {
                 args.push(flag.into());
@@ -94,15 +98,25 @@ fn matches_pandas_on_every_fixture() {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = rollq(&argv, b"", &[], &dir);
         assert!(out.status.success(), "{}: {}", case.name, stderr(&out));
-        let got = String::from_utf8(out.stdout).unwrap();
-        let want = std::fs::read_to_string(dir.join("expected").join(format!("{}.csv", case.name))).unwrap();
-        let (got_lines, want_lines): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+        let got = String::from_utf8(out.stdout.clone()).unwrap();
+        let want = std::fs::read_to_string(dir.join("expected").join(format!("{}.csv", case.name)))
+            .unwrap();
+        let (got_lines, want_lines): (Vec<&str>, Vec<&str>) =
+            (got.lines().collect(), want.lines().collect());
         if got_lines.len() != want_lines.len() {
-            failures.push(format!("{}: {} lines, pandas {}", case.name, got_lines.len(), want_lines.len()));
+            failures.push(format!(
+                "{}: {} lines, pandas {}",
+                case.name,
+                got_lines.len(),
+                want_lines.len()
+            ));
             continue;
         }
         if got_lines[0] != want_lines[0] {
-            failures.push(format!("{}: header {:?}, pandas {:?}", case.name, got_lines[0], want_lines[0]));
+            failures.push(format!(
+                "{}: header {:?}, pandas {:?}",
+                case.name, got_lines[0], want_lines[0]
+            ));
             continue;
         }
         let headers: Vec<&str> = want_lines[0].split(',').collect();
@@ -110,21 +124,32 @@ fn matches_pandas_on_every_fixture() {
             let (gc, wc): (Vec<&str>, Vec<&str>) = (g.split(',').collect(), w.split(',').collect());
             let ok = gc.len() == wc.len()
                 && gc[0] == wc[0]
-                && gc.iter().zip(&wc).zip(&headers).skip(1).all(|((g, w), h)| cell_matches(h, g, w));
+                && gc
+                    .iter()
+                    .zip(&wc)
+                    .zip(&headers)
+                    .skip(1)
+                    .all(|((g, w), h)| cell_matches(h, g, w));
             if !ok {
                 failures.push(format!("{} line {}: {g:?}, pandas {w:?}", case.name, i + 1));
                 break;
             }
         }
     }
-    assert!(failures.is_empty(), "differences from pandas:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "differences from pandas:\n{}",
+        failures.join("\n")
+    );
 }
 
 // === the command line ===
 
+// The std is exact for the f64 inputs: (17.1 - 16.7 in f64 = 0.40000000000000213) / sqrt(2).
+// pandas prints 0.28284271247461906 (Welford), 5e-15 relative away; the fixtures allow 1e-9.
 const SAMPLE: &str = "Datetime,Temperature\n2021-01-01 00:00:00,16.7\n2021-01-01 00:30:00,17.1\n2021-01-01 02:00:00,15.0\n";
 const SAMPLE_OUT: &str = "Datetime,Temperature_count,Temperature_mean,Temperature_std,Temperature_min,Temperature_max\n\
-2021-01-01 00:00:00,2,16.9,0.28284271247461906,16.7,17.1\n\
+2021-01-01 00:00:00,2,16.9,0.2828427124746205,16.7,17.1\n\
 2021-01-01 01:00:00,0,,,,\n\
 2021-01-01 02:00:00,1,15.0,,15.0,15.0\n";
 
@@ -133,7 +158,7 @@ fn stdin_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let out = rollq(&["-"], SAMPLE.as_bytes(), &[], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), SAMPLE_OUT);
+    assert_eq!(String::from_utf8(out.stdout.clone()).unwrap(), SAMPLE_OUT);
     assert!(stderr(&out).contains("3 rows"), "{}", stderr(&out));
 }
 
@@ -158,7 +183,10 @@ fn gzip_input_is_decompressed() {
     gz.finish().unwrap();
     let out = rollq(&["t.csv.gz"], b"", &[], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(dir.path().join("t_aggregated.csv")).unwrap(), SAMPLE_OUT);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("t_aggregated.csv")).unwrap(),
+        SAMPLE_OUT
+    );
 }
 
 #[test]
@@ -170,7 +198,10 @@ fn out_of_order_file_is_reread_and_matches_sorted() {
     let out = rollq(&["r.csv", "-o", "out.csv"], b"", &[], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("holding"), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(dir.path().join("out.csv")).unwrap(), SAMPLE_OUT);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.csv")).unwrap(),
+        SAMPLE_OUT
+    );
 }
 
 #[test]
@@ -186,7 +217,7 @@ fn settings_from_env_vars() {
     let out = rollq(&["-"], input.as_bytes(), &env, dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stdout.clone()).unwrap(),
         "when,temp_count,temp_mean,temp_std,temp_min,temp_max\n\
          2021-01-01 00:00:00,1,1.0,,1.0,1.0\n\
          2021-01-01 00:15:00,1,3.0,,3.0,3.0\n"
@@ -197,10 +228,17 @@ fn settings_from_env_vars() {
 fn help_lists_every_setting_with_its_env_var() {
     let dir = tempfile::tempdir().unwrap();
     let out = rollq(&["--help"], b"", &[], dir.path());
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = String::from_utf8(out.stdout.clone()).unwrap();
     for var in [
-        "ROLLQ_TIME_COLUMN", "ROLLQ_COLUMNS", "ROLLQ_BUCKET", "ROLLQ_DELIMITER", "ROLLQ_TIME_FORMAT",
-        "ROLLQ_TIMEZONE", "ROLLQ_MAX_BAD_ROWS", "ROLLQ_MAX_BUCKETS", "ROLLQ_MAX_LINE_BYTES",
+        "ROLLQ_TIME_COLUMN",
+        "ROLLQ_COLUMNS",
+        "ROLLQ_BUCKET",
+        "ROLLQ_DELIMITER",
+        "ROLLQ_TIME_FORMAT",
+        "ROLLQ_TIMEZONE",
+        "ROLLQ_MAX_BAD_ROWS",
+        "ROLLQ_MAX_BUCKETS",
+        "ROLLQ_MAX_LINE_BYTES",
     ] {
         assert!(help.contains(var), "--help lacks {var}:\n{help}");
     }
@@ -218,7 +256,11 @@ fn fails(input: &str, args: &[&str]) -> String {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["in.csv".to_string()], "a failed run left files behind");
+    assert_eq!(
+        names,
+        vec!["in.csv".to_string()],
+        "a failed run left files behind"
+    );
     stderr(&out)
 }
 
@@ -235,11 +277,23 @@ fn bad_row_fails_with_line_and_text() {
 fn bad_rows_are_skipped_and_counted_up_to_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let input = "Datetime,T\n2021-01-01 00:00:00,1\nyesterday,3\n2021-01-01 00:10:00,oops\n2021-01-01 00:20:00,5\n";
-    let out = rollq(&["-", "--max-bad-rows", "2"], input.as_bytes(), &[], dir.path());
+    let out = rollq(
+        &["-", "--max-bad-rows", "2"],
+        input.as_bytes(),
+        &[],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("2 bad rows skipped"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 bad rows skipped"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap().lines().nth(1),
+        String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .lines()
+            .nth(1),
         Some("2021-01-01 00:00:00,2,3.0,2.8284271247461903,1.0,5.0")
     );
     let err = fails(input, &["--max-bad-rows", "1"]);
@@ -250,14 +304,20 @@ fn bad_rows_are_skipped_and_counted_up_to_the_limit() {
 fn text_column_suggests_columns() {
     let input = "Datetime,Station,T\n2021-01-01 00:00:00,Berlin,1\n";
     let err = fails(input, &[]);
-    assert!(err.contains("\"Station\"") && err.contains("--columns") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("\"Station\"") && err.contains("--columns") && err.contains("line 2"),
+        "{err}"
+    );
 }
 
 #[test]
 fn oversized_line_is_an_error() {
     let input = format!("Datetime,T\n2021-01-01 00:00:00,{}\n", "1".repeat(200));
     let err = fails(&input, &["--max-line-bytes", "100"]);
-    assert!(err.contains("line 2") && err.contains("--max-line-bytes"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("--max-line-bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -267,7 +327,12 @@ fn too_many_buckets_is_an_error() {
     assert!(err.contains("--max-buckets"), "{err}");
     // Exactly at the limit is fine.
     let dir = tempfile::tempdir().unwrap();
-    let out = rollq(&["-", "--max-buckets", "11"], input.as_bytes(), &[], dir.path());
+    let out = rollq(
+        &["-", "--max-buckets", "11"],
+        input.as_bytes(),
+        &[],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
