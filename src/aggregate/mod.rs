@@ -307,9 +307,8 @@ pub fn run(
     let mut records = read::Records::new(source.open()?, spec.max_line_bytes);
     let result = reduce::pass(spec, &mut records, sink, Mode::Holding);
     report.bytes_read += records.bytes_read;
-    match result? {
-        (_, stats) => Ok(finish(report, stats, Mode::Holding)),
-    }
+    let (_, stats) = result?;
+    Ok(finish(report, stats, Mode::Holding))
 }
 
 fn finish(mut report: Report, stats: reduce::PassStats, mode: Mode) -> Report {

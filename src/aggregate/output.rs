@@ -69,7 +69,7 @@ pub fn push_float(out: &mut Vec<u8>, x: f64) {
         } else {
             out.extend_from_slice(b"0.");
             out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
-            out.extend_from_slice(&digits);
+            out.extend_from_slice(digits);
         }
     } else {
         out.push(digits[0]);

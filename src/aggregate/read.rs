@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(parse_value(b"1e3"), Value::Number(1000.0));
         assert_eq!(
             parse_value(b"1234567890.123456789"),
-            Value::Number(1234567890.123456789)
+            Value::Number("1234567890.123456789".parse().unwrap())
         );
         assert_eq!(parse_value(b".5"), Value::Number(0.5));
         assert_eq!(parse_value(b"+2"), Value::Number(2.0));

@@ -394,19 +394,20 @@ pub fn pass(
     let delim = spec.delimiter;
     let mut quoted_backing;
     while let Some(rec) = records.next_record()? {
-        if fast_lane && !rec.quoted {
-            let b = rec.bytes;
-            if b.len() > 20 && b[19] == delim {
-                if let (Some(t), Some(v)) = (p.cache.lookup(&b[..19]), read::parse_simple(&b[20..]))
-                {
-                    if t >= key_lo && t < key_hi && current == Some(key_hit) {
-                        p.stats.rows += 1;
-                        p.numeric[0] = true;
-                        open[0].push(v);
-                        continue;
-                    }
-                }
-            }
+        if fast_lane
+            && !rec.quoted
+            && rec.bytes.len() > 20
+            && rec.bytes[19] == delim
+            && let Some(t) = p.cache.lookup(&rec.bytes[..19])
+            && t >= key_lo
+            && t < key_hi
+            && current == Some(key_hit)
+            && let Some(v) = read::parse_simple(&rec.bytes[20..])
+        {
+            p.stats.rows += 1;
+            p.numeric[0] = true;
+            open[0].push(v);
+            continue;
         }
         if rec.bytes.is_empty() {
             continue;

@@ -268,19 +268,20 @@ fn render(rows: &[(i64, String, String)]) -> Vec<u8> {
     out
 }
 
+/// count, mean, std, min, max.
+type Stats = (u64, f64, Option<f64>, f64, f64);
+
 /// The naive reference: group values per hour, then mean and a second pass for the variance.
-fn reference(
-    rows: &[(i64, String, String)],
-) -> Vec<(i64, [Option<(u64, f64, Option<f64>, f64, f64)>; 2])> {
+fn reference(rows: &[(i64, String, String)]) -> Vec<(i64, [Option<Stats>; 2])> {
     let mut groups: BTreeMap<i64, [Vec<f64>; 2]> = BTreeMap::new();
     for (minute, a, b) in rows {
         let t = 1_600_000_000 + minute * 60 + minute % 7;
         let g = groups.entry(t.div_euclid(3600)).or_default();
         for (i, v) in [a, b].into_iter().enumerate() {
-            if let Ok(x) = v.parse::<f64>() {
-                if !x.is_nan() {
-                    g[i].push(x);
-                }
+            if let Ok(x) = v.parse::<f64>()
+                && !x.is_nan()
+            {
+                g[i].push(x);
             }
         }
     }
