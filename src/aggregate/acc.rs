@@ -31,7 +31,7 @@ pub struct Acc {
 
 impl Acc {
     /// Adds one value.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, x: f64) {
         if self.n == 0 {
             *self = Acc {

@@ -80,6 +80,20 @@ impl<'r> Records<'r> {
         self.q_pos < to
     }
 
+    /// The buffered, not yet consumed input (for the reducer's fast lane).
+    #[inline]
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Consumes `n` buffered bytes that the caller parsed as one line, line break included.
+    #[inline]
+    pub fn consume_line(&mut self, n: usize) {
+        debug_assert!(self.start + n <= self.end);
+        self.start += n;
+        self.next_line += 1;
+    }
+
     /// Strips a UTF-8 byte order mark at the very start of the input.
     pub fn skip_bom(&mut self) -> Result<(), AggregateError> {
         while self.end - self.start < 3 && !self.eof {
@@ -354,6 +368,39 @@ pub fn parse_value(cell: &[u8]) -> Value {
         Some(v) => Value::Number(v),
         None => slow_value(s),
     }
+}
+
+/// Like [`parse_simple`] but on a prefix: parses `-?digits[.digits]` up to the first byte
+/// that cannot belong to it and returns the value and the bytes used.
+#[inline(always)]
+pub fn parse_simple_prefix(s: &[u8]) -> Option<(f64, usize)> {
+    let neg = s.first() == Some(&b'-');
+    let mut i = usize::from(neg);
+    let mut mantissa: u64 = 0;
+    let mut n_digits = 0u32;
+    let mut dot = None;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+                n_digits += 1;
+            }
+            b'.' if dot.is_none() => dot = Some(i),
+            _ => break,
+        }
+        i += 1;
+    }
+    if n_digits == 0 || n_digits > 15 {
+        return None;
+    }
+    let frac_digits = dot.map_or(0, |d| i - d - 1);
+    let m = mantissa as f64;
+    let v = if frac_digits == 0 {
+        m
+    } else {
+        m / POW10[frac_digits]
+    };
+    Some((if neg { -v } else { v }, i))
 }
 
 /// The fast path of [`parse_value`] alone: `-?digits[.digits]`, at most 15 digits, nothing

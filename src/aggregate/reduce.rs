@@ -393,22 +393,45 @@ pub fn pass(
         && p.layout.value_idx == [1];
     let delim = spec.delimiter;
     let mut quoted_backing;
-    while let Some(rec) = records.next_record()? {
-        if fast_lane
-            && !rec.quoted
-            && rec.bytes.len() > 20
-            && rec.bytes[19] == delim
-            && let Some(t) = p.cache.lookup(&rec.bytes[..19])
-            && t >= key_lo
-            && t < key_hi
-            && current == Some(key_hit)
-            && let Some(v) = read::parse_simple(&rec.bytes[20..])
-        {
-            p.stats.rows += 1;
-            p.numeric[0] = true;
-            open[0].push(v);
-            continue;
+    let max_line = spec.max_line_bytes;
+    loop {
+        // The fast lane works straight on the read buffer: a line it accepts has a cached
+        // 19-byte timestamp in the open bucket, the delimiter, a plain decimal and a line
+        // break, so it holds no quote and needs no newline search. It stops at anything else
+        // (and near the end of the buffer), leaving the line to the general path.
+        if fast_lane && current == Some(key_hit) {
+            loop {
+                let rest = records.buffered();
+                if rest.len() < 64 || rest[19] != delim {
+                    break;
+                }
+                let Some(t) = p.cache.lookup(&rest[..19]) else {
+                    break;
+                };
+                if t < key_lo || t >= key_hi {
+                    break;
+                }
+                let Some((v, len)) = read::parse_simple_prefix(&rest[20..]) else {
+                    break;
+                };
+                let end = 20 + len;
+                let consumed = match rest[end] {
+                    b'\n' => end + 1,
+                    b'\r' if rest.get(end + 1) == Some(&b'\n') => end + 2,
+                    _ => break,
+                };
+                if end > max_line {
+                    break;
+                }
+                records.consume_line(consumed);
+                p.stats.rows += 1;
+                p.numeric[0] = true;
+                open[0].push(v);
+            }
         }
+        let Some(rec) = records.next_record()? else {
+            break;
+        };
         if rec.bytes.is_empty() {
             continue;
         }
