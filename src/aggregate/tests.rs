@@ -418,6 +418,33 @@ proptest! {
     }
 
     #[test]
+    fn fast_lane_agrees_with_the_general_path(
+        mut rows in prop::collection::vec((0i64..3000, cell(), any::<bool>()), 0..300),
+        sizes in prop::collection::vec(1usize..200, 1..6),
+        crlf in any::<bool>(),
+    ) {
+        // Two columns, `time,value`: the layout the fast lane serves. Sorted, so streaming
+        // (fast lane) runs to the end; holding mode never uses the fast lane.
+        rows.sort_by_key(|r| r.0);
+        let eol = if crlf { "\r\n" } else { "\n" };
+        let mut input = format!("Datetime,T{eol}").into_bytes();
+        for (minute, v, pad) in &rows {
+            time::push_datetime(&mut input, 1_600_000_000 + minute * 60 + minute % 13);
+            let v = if *pad { format!(" {v}") } else { v.clone() };
+            input.extend_from_slice(format!(",{v}{eol}").as_bytes());
+        }
+        let mut streamed = Vec::new();
+        let mut source = Chunked { data: &input, sizes, reopen: true };
+        let a = run(&Spec::default(), &mut source, &mut streamed).unwrap();
+        let (held, b) = run_once(&Spec::default(), &input).unwrap();
+        prop_assert_eq!(a.mode, Some(Mode::Streaming));
+        prop_assert_eq!(a.rows, b.rows);
+        prop_assert_eq!(String::from_utf8(streamed).unwrap(), held.clone());
+        let (whole, _) = run_bytes(&Spec::default(), &input).unwrap();
+        prop_assert_eq!(whole, held);
+    }
+
+    #[test]
     fn fast_value_parse_is_correctly_rounded(int in 0u64..1_000_000_000_000_000, frac in 0usize..16, neg in any::<bool>()) {
         let digits = int.to_string();
         let text = if frac > 0 && frac < digits.len() {
