@@ -194,6 +194,7 @@ impl Out<'_> {
 /// Per-row state.
 struct Pass<'a> {
     spec: &'a Spec,
+    time_name: String,
     tz: Tz,
     layout: Layout,
     grid: Option<Grid>,
@@ -363,6 +364,7 @@ pub fn pass(
     output::push_header(&mut out.buf, &time_name, &layout.value_names);
     let mut p = Pass {
         spec,
+        time_name: time_name.clone(),
         tz: spec.timezone,
         numeric: vec![false; n_cols],
         values: vec![0.0; n_cols],

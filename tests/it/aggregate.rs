@@ -270,6 +270,7 @@ fn bad_row_fails_with_line_and_text() {
     let err = fails(input, &[]);
     assert!(err.contains("line 4"), "{err}");
     assert!(err.contains("yesterday"), "{err}");
+    assert!(err.contains("\"Datetime\""), "names the time column: {err}");
     assert!(err.contains("--max-bad-rows"), "{err}");
 }
 
