@@ -290,12 +290,7 @@ impl Pass<'_> {
 
     #[cold]
     fn parse_time(&mut self, cell: &[u8]) -> Result<i64, String> {
-        let column = || {
-            format!(
-                "column {:?}",
-                self.spec.time_column.as_deref().unwrap_or("(first)")
-            )
-        };
+        let column = || format!("column {:?}", self.time_name);
         let parsed = match &self.spec.time_format {
             None => time::parse_default(cell),
             Some(f) => std::str::from_utf8(cell)
