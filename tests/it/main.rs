@@ -2,6 +2,7 @@
 
 mod support;
 
+mod aggregate;
 mod storage;
 mod storage_large;
 mod submit;
