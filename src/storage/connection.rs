@@ -278,6 +278,12 @@ pub async fn connect(args: &StorageArgs) -> Result<Connection, ConnectError> {
 
 pub(crate) fn resolve(args: &StorageArgs) -> Result<Resolved, ConnectError> {
     let timeout = args.storage_timeout;
+    if timeout < Duration::from_secs(1) {
+        return Err(ConnectError::Settings(format!(
+            "--storage-timeout {} is too short: give at least 1s",
+            humantime::format_duration(timeout)
+        )));
+    }
     if let Some(cs) = &args.connection_string {
         let parsed = parse_connection_string(cs.expose_secret())?;
         let blob = args.blob_endpoint.clone().unwrap_or(parsed.blob_endpoint);
@@ -689,6 +695,16 @@ mod tests {
         ] {
             assert!(!text.contains(secret), "secret leaked in {text}");
         }
+    }
+
+    #[test]
+    fn storage_timeout_must_allow_a_request() {
+        let args = StorageArgs {
+            storage_timeout: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let err = resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("--storage-timeout 10ms is too short"), "{err}");
     }
 
     #[test]
