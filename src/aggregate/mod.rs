@@ -4,24 +4,104 @@
 //! async/Azure: it reads a [`Source`] and writes a [`Sink`], so it runs in `spawn_blocking`
 //! in the worker and under criterion in the benches.
 //!
-//! NOTE: this file is the public contract; the implementation is being built.
+//! Semantics and memory model: `docs/reducer.md`. Submodules: `read` (bytes to records and
+//! values), `time` (timestamps and the bucket grid), `acc` (the accumulator), `output`
+//! (formatting), `reduce` (one streaming or holding pass).
 
 use std::io::{self, Read, Write};
+use std::str::FromStr;
 
+pub mod acc;
 pub mod args;
+#[doc(hidden)]
+pub mod bench_support;
+pub mod output;
+pub mod read;
+mod reduce;
+pub mod time;
 pub use args::ReducerArgs;
+
+#[cfg(test)]
+mod tests;
+
+/// Version of the output format; bump it whenever the same input and options would produce
+/// different bytes (the worker stores it with [`Spec::fingerprint`] in blob metadata).
+pub const OUTPUT_FORMAT_VERSION: u32 = 1;
 
 /// Bucket width.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Bucket {
+    /// One minute (`1m`).
     Minute1,
+    /// Five minutes (`5m`).
     Minute5,
+    /// Fifteen minutes (`15m`).
     Minute15,
+    /// Thirty minutes (`30m`).
     Minute30,
+    /// One hour (`1h`, the default; pandas `'h'`).
     #[default]
     Hour1,
+    /// Six hours (`6h`).
     Hour6,
+    /// One day (`1d`; a local calendar day with `--timezone`).
     Day1,
+}
+
+impl Bucket {
+    /// Every width with its canonical name.
+    pub const ALL: [(Bucket, &'static str); 7] = [
+        (Bucket::Minute1, "1m"),
+        (Bucket::Minute5, "5m"),
+        (Bucket::Minute15, "15m"),
+        (Bucket::Minute30, "30m"),
+        (Bucket::Hour1, "1h"),
+        (Bucket::Hour6, "6h"),
+        (Bucket::Day1, "1d"),
+    ];
+
+    /// Nominal width in seconds (a local day may be 23 or 25 hours long).
+    pub fn seconds(self) -> i64 {
+        match self {
+            Bucket::Minute1 => 60,
+            Bucket::Minute5 => 300,
+            Bucket::Minute15 => 900,
+            Bucket::Minute30 => 1800,
+            Bucket::Hour1 => 3600,
+            Bucket::Hour6 => 6 * 3600,
+            Bucket::Day1 => 86_400,
+        }
+    }
+
+    /// The canonical name (`1h`).
+    pub fn name(self) -> &'static str {
+        Bucket::ALL
+            .iter()
+            .find(|(b, _)| *b == self)
+            .map_or("1h", |(_, n)| n)
+    }
+}
+
+impl FromStr for Bucket {
+    type Err = String;
+
+    /// Accepts the canonical names, case-insensitively, plus `60m`, `24h`, `h`, `d`, `min`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let alias = match lower.as_str() {
+            "min" | "1min" => "1m",
+            "h" | "60m" => "1h",
+            "d" | "24h" => "1d",
+            other => other,
+        };
+        Bucket::ALL
+            .iter()
+            .find(|(_, n)| *n == alias)
+            .map(|(b, _)| *b)
+            .ok_or_else(|| {
+                format!("unknown bucket {s:?}: expected one of 1m, 5m, 15m, 30m, 1h, 6h, 1d")
+            })
+    }
 }
 
 /// Everything that decides the output for a given input (validated settings).
@@ -31,14 +111,19 @@ pub struct Spec {
     pub time_column: Option<String>,
     /// Value columns; `None` means every column but the time column.
     pub columns: Option<Vec<String>>,
+    /// Bucket width.
     pub bucket: Bucket,
+    /// Field delimiter of the input (output is always comma-separated).
     pub delimiter: u8,
     /// A strftime-style format; `None` accepts the documented default forms.
     pub time_format: Option<String>,
     /// Bucket boundaries are computed in this zone; naive timestamps are taken as local to it.
     pub timezone: chrono_tz::Tz,
+    /// Unparseable rows that may be skipped (and counted) before the run fails.
     pub max_bad_rows: u64,
+    /// Most buckets from the first to the last (output rows; also bounds holding memory).
     pub max_buckets: usize,
+    /// Longest record in bytes (line break excluded); bounds the read buffer.
     pub max_line_bytes: usize,
 }
 
@@ -61,8 +146,28 @@ impl Default for Spec {
 impl Spec {
     /// A stable hex digest of every option that changes the output (recorded in the output
     /// blob's metadata so the worker can skip work it has already done).
+    /// Limits are included: they decide whether a run succeeds, so they decide the output.
     pub fn fingerprint(&self) -> String {
-        String::new()
+        use md5::{Digest, Md5};
+        // A canonical, versioned text form; field separators cannot occur inside the
+        // Debug-quoted strings, so distinct specs give distinct texts.
+        let canonical = format!(
+            "rollq-spec/1;format={};time={:?};columns={:?};bucket={};delimiter={};time_format={:?};timezone={};max_bad_rows={};max_buckets={};max_line_bytes={}",
+            OUTPUT_FORMAT_VERSION,
+            self.time_column,
+            self.columns,
+            self.bucket.name(),
+            self.delimiter,
+            self.time_format,
+            self.timezone.name(),
+            self.max_bad_rows,
+            self.max_buckets,
+            self.max_line_bytes,
+        );
+        Md5::digest(canonical.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -77,7 +182,33 @@ pub trait Source {
 /// Output bytes; `restart` discards everything written so far (used when streaming mode
 /// meets an out-of-order row and the input is read again in holding mode).
 pub trait Sink: Write {
+    /// Discards everything written so far; the next write starts the output again.
     fn restart(&mut self) -> io::Result<()>;
+    /// Whether `restart` works. A sink that cannot restart (stdout) gets holding mode from
+    /// the start, so nothing it receives is ever taken back.
+    fn can_restart(&self) -> bool {
+        true
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+/// A [`Source`] over bytes in memory (tests, benches, small blobs).
+#[derive(Clone, Debug)]
+pub struct BytesSource<'a>(pub &'a [u8]);
+
+impl Source for BytesSource<'_> {
+    fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.0))
+    }
+    fn can_reopen(&self) -> bool {
+        true
+    }
 }
 
 /// How the output was produced.
@@ -111,17 +242,20 @@ pub enum AggregateError {
     /// `StorageError` to decide whether to retry).
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    /// The input has no header line (zero bytes, or only blank lines).
     #[error("the input is empty (zero bytes): expected a CSV header line")]
     EmptyInput,
     /// A problem with the header or the options (unknown column, duplicate names, ...).
     #[error("{0}")]
     Header(String),
+    /// A row that cannot be parsed (beyond `--max-bad-rows`).
     #[error("line {line}: {reason}: {text:?}")]
     BadRow {
         line: u64,
         text: String,
         reason: String,
     },
+    /// A value column whose first value is not a number (a text column).
     #[error(
         "line {line}: column {column:?} is not numeric ({text:?}); choose value columns with --columns"
     )]
@@ -130,9 +264,11 @@ pub enum AggregateError {
         line: u64,
         text: String,
     },
+    /// The span from the first to the last bucket exceeds `--max-buckets`.
     #[error("more than {limit} buckets: raise --max-buckets or use a wider --bucket")]
     TooManyBuckets { limit: usize },
-    #[error("line {line} is longer than {limit} bytes (--max-line-bytes)")]
+    /// A record exceeds `--max-line-bytes`.
+    #[error("line {line} is longer than {limit} bytes: raise --max-line-bytes if it is real data")]
     LineTooLong { line: u64, limit: usize },
 }
 
@@ -144,14 +280,43 @@ impl AggregateError {
 }
 
 /// Rolls `source` up into `sink` under `spec`.
+///
+/// Streams when both sides allow a second attempt (`source.can_reopen()` and
+/// `sink.can_restart()`): buckets are written as they close, and the first row for an
+/// already-closed bucket restarts the sink and re-reads the source in holding mode. Otherwise
+/// holding mode runs from the start. Both modes produce the same bytes.
 pub fn run(
-    _spec: &Spec,
-    _source: &mut dyn Source,
-    _sink: &mut dyn Sink,
+    spec: &Spec,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
 ) -> Result<Report, AggregateError> {
-    Err(AggregateError::Header(
-        "the reducer is not built yet".into(),
-    ))
+    let mut report = Report::default();
+    if source.can_reopen() && sink.can_restart() {
+        let mut records = read::Records::new(source.open()?, spec.max_line_bytes);
+        let result = reduce::pass(spec, &mut records, sink, Mode::Streaming);
+        report.bytes_read += records.bytes_read;
+        drop(records);
+        match result? {
+            (reduce::PassEnd::Done, stats) => return Ok(finish(report, stats, Mode::Streaming)),
+            (reduce::PassEnd::OutOfOrder, _) => {
+                tracing::debug!("rows out of order: re-reading the input in holding mode");
+                sink.restart()?;
+            }
+        }
+    }
+    let mut records = read::Records::new(source.open()?, spec.max_line_bytes);
+    let result = reduce::pass(spec, &mut records, sink, Mode::Holding);
+    report.bytes_read += records.bytes_read;
+    let (_, stats) = result?;
+    Ok(finish(report, stats, Mode::Holding))
+}
+
+fn finish(mut report: Report, stats: reduce::PassStats, mode: Mode) -> Report {
+    report.rows = stats.rows;
+    report.bad_rows = stats.bad_rows;
+    report.buckets = stats.buckets;
+    report.mode = Some(mode);
+    report
 }
 
 /// The output blob/file name for an input: `temperature1.csv` → `temperature1_aggregated.csv`

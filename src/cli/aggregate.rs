@@ -1,10 +1,200 @@
 //! `rollq aggregate`: roll up one local CSV file or stdin.
+//!
+//! Output goes to a temporary file beside the target, renamed into place only after the run
+//! succeeds, so a failed run leaves no output file and never a half-written one.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::aggregate::{self, Mode, ReducerArgs, Sink, Source};
 
 /// Arguments of `rollq aggregate`.
 #[derive(Debug, clap::Args)]
-pub struct AggregateArgs {}
+pub struct AggregateArgs {
+    /// Input CSV file (`.gz` is decompressed on the fly), or `-` for stdin.
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+
+    /// Output file, or `-` for stdout [default: beside the input, `<name>_aggregated.csv`].
+    #[arg(short, long, env = "ROLLQ_OUTPUT", value_name = "OUTPUT")]
+    pub output: Option<String>,
+
+    #[command(flatten)]
+    pub reducer: ReducerArgs,
+}
+
+/// A local file, re-readable for holding mode.
+struct FileSource {
+    path: PathBuf,
+}
+
+impl Source for FileSource {
+    fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        let file = File::open(&self.path)?;
+        Ok(aggregate::maybe_gunzip(
+            &self.path.to_string_lossy(),
+            Box::new(file),
+        ))
+    }
+    fn can_reopen(&self) -> bool {
+        true
+    }
+}
+
+/// Standard input: read once, so the reducer holds buckets from the start.
+struct StdinSource {
+    used: bool,
+}
+
+impl Source for StdinSource {
+    fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        if std::mem::replace(&mut self.used, true) {
+            return Err(io::Error::other("standard input cannot be read twice"));
+        }
+        Ok(Box::new(io::stdin().lock()))
+    }
+    fn can_reopen(&self) -> bool {
+        false
+    }
+}
+
+/// A temporary file in the output's directory, renamed over the output by `commit`; removed
+/// on drop if never committed.
+struct TempFileSink {
+    tmp: PathBuf,
+    file: BufWriter<File>,
+    committed: bool,
+}
+
+impl TempFileSink {
+    fn create(target: &Path) -> io::Result<Self> {
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = target
+            .file_name()
+            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let file = File::options().write(true).create_new(true).open(&tmp)?;
+        Ok(Self {
+            tmp,
+            file: BufWriter::with_capacity(256 * 1024, file),
+            committed: false,
+        })
+    }
+
+    fn commit(mut self, target: &Path) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        fs::rename(&self.tmp, target)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Write for TempFileSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Sink for TempFileSink {
+    fn restart(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let f = self.file.get_mut();
+        f.set_len(0)?;
+        f.rewind()?;
+        Ok(())
+    }
+}
+
+impl Drop for TempFileSink {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Standard output; cannot take back what it wrote, so the reducer holds buckets and writes
+/// only complete output.
+struct StdoutSink(io::StdoutLock<'static>);
+
+impl Write for StdoutSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Sink for StdoutSink {
+    fn restart(&mut self) -> io::Result<()> {
+        Err(io::Error::other("standard output cannot be restarted"))
+    }
+    fn can_restart(&self) -> bool {
+        false
+    }
+}
 
 /// Runs `rollq aggregate`.
-pub fn run(_args: AggregateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("rollq aggregate is not built yet")
+pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
+    let spec = args.reducer.to_spec().map_err(anyhow::Error::msg)?;
+    let output = match (&args.output, args.input.as_str()) {
+        (Some(o), _) => o.clone(),
+        (None, "-") => "-".to_string(),
+        (None, input) => aggregate::output_name(input),
+    };
+    let mut source: Box<dyn Source> = if args.input == "-" {
+        Box::new(StdinSource { used: false })
+    } else {
+        let path = PathBuf::from(&args.input);
+        // Open once up front so a missing file is reported before any output is created.
+        File::open(&path).with_context(|| format!("cannot open {}", args.input))?;
+        Box::new(FileSource { path })
+    };
+    let what = if args.input == "-" {
+        "standard input"
+    } else {
+        args.input.as_str()
+    };
+    let report = if output == "-" {
+        let mut sink = StdoutSink(io::stdout().lock());
+        aggregate::run(&spec, source.as_mut(), &mut sink)
+            .with_context(|| format!("rolling up {what}"))?
+    } else {
+        let target = PathBuf::from(&output);
+        let mut sink = TempFileSink::create(&target)
+            .with_context(|| format!("cannot create the output beside {output}"))?;
+        let report = aggregate::run(&spec, source.as_mut(), &mut sink)
+            .with_context(|| format!("rolling up {what}"))?;
+        sink.commit(&target)
+            .with_context(|| format!("cannot write {output}"))?;
+        report
+    };
+    let mode = match report.mode {
+        Some(Mode::Streaming) => "streaming",
+        _ => "holding",
+    };
+    eprintln!(
+        "rollq: {} rows, {} bad rows skipped, {} buckets ({mode}), {} bytes read -> {}",
+        report.rows,
+        report.bad_rows,
+        report.buckets,
+        report.bytes_read,
+        if output == "-" {
+            "standard output"
+        } else {
+            output.as_str()
+        }
+    );
+    Ok(())
 }

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::{self, LogArgs};
 
 pub mod aggregate;
+pub mod queue_tools;
+pub mod submit;
 
 /// rollq: CSV time-series roll-ups, locally or as a queue worker on Azure Storage.
 #[derive(Debug, Parser)]
@@ -26,6 +28,14 @@ pub struct Cli {
 pub enum Command {
     /// Roll up one CSV file (or stdin) into per-bucket statistics.
     Aggregate(aggregate::AggregateArgs),
+    /// Upload CSV files to a container and enqueue one message per blob.
+    Submit(submit::SubmitArgs),
+    /// Enqueue every input blob in a container that has no current output.
+    Backfill(queue_tools::BackfillArgs),
+    /// Inspect a queue.
+    Queue(queue_tools::QueueArgs),
+    /// Inspect or requeue the poison queue `<queue>-poison`.
+    Poison(queue_tools::PoisonArgs),
 }
 
 /// Runs the parsed command line; prints a failure as one line plus its causes.
@@ -33,6 +43,10 @@ pub fn run(cli: Cli) -> ExitCode {
     telemetry::init(&cli.log);
     let result = match cli.command {
         Command::Aggregate(args) => aggregate::run(args),
+        Command::Submit(args) => submit::run(args),
+        Command::Backfill(args) => queue_tools::backfill(args),
+        Command::Queue(args) => queue_tools::queue(args),
+        Command::Poison(args) => queue_tools::poison(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! Storage seams: the small traits the rest of rollq uses for Azure Storage Queues and Blobs.
 //!
-//! `azure.rs` implements them on the official Azure SDK (the only file that imports it);
+//! `azure/` implements them on the official Azure SDK (the only folder that imports it);
 //! `memory.rs` is an in-memory fake for fast unit tests. Callers see `StorageError` only.
 
 use std::fmt;
@@ -15,6 +15,14 @@ use futures::Stream;
 pub mod error;
 pub mod memory;
 pub use error::{ErrorKind, StorageError};
+
+pub mod azure;
+pub mod connection;
+pub mod names;
+pub use connection::{
+    ConnectError, Connection, ConnectionInfo, CredentialKind, StorageArgs, connect,
+};
+pub use names::{poison_queue_name, validate_container_name, validate_queue_name};
 
 // === queue types ===
 
@@ -176,6 +184,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + S
 pub trait BlockUpload: Send {
     /// Stages one block (up to 4000 MiB; rollq uses a few MiB).
     async fn stage(&mut self, block: Bytes) -> Result<(), StorageError>;
+    /// Records the whole blob's MD5 to store at commit (Azure computes it only for single
+    /// puts). Optional: the default ignores it, which is right for stores that compute it.
+    fn set_content_md5(&mut self, _md5: [u8; 16]) {}
     /// Commits every staged block, in order, under the upload's options; returns the new ETag.
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError>;
 }

@@ -1,0 +1,469 @@
+//! Reducer tests: literal rows, and property tests against a naive two-pass reference
+//! (random order, repeats, gaps, missing values), byte-boundary splits, streaming versus
+//! holding, and the fast parser versus the `csv` crate. CLI and pandas fixtures live in
+//! `tests/it/aggregate.rs`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A source that hands out `data` in chunks of the given sizes (cycled), like a network
+/// stream returning whatever it has.
+struct Chunked<'a> {
+    data: &'a [u8],
+    sizes: Vec<usize>,
+    reopen: bool,
+}
+
+struct ChunkReader<'a> {
+    data: &'a [u8],
+    sizes: Vec<usize>,
+    i: usize,
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = self.sizes[self.i % self.sizes.len()].max(1);
+        self.i += 1;
+        let n = want.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+impl Source for Chunked<'_> {
+    fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(ChunkReader {
+            data: self.data,
+            sizes: self.sizes.clone(),
+            i: 0,
+        }))
+    }
+    fn can_reopen(&self) -> bool {
+        self.reopen
+    }
+}
+
+fn run_bytes(spec: &Spec, input: &[u8]) -> Result<(String, Report), AggregateError> {
+    let mut out = Vec::new();
+    let report = run(spec, &mut BytesSource(input), &mut out)?;
+    Ok((String::from_utf8(out).unwrap(), report))
+}
+
+fn run_once(spec: &Spec, input: &[u8]) -> Result<(String, Report), AggregateError> {
+    let mut out = Vec::new();
+    let mut source = Chunked {
+        data: input,
+        sizes: vec![1 << 16],
+        reopen: false,
+    };
+    let report = run(spec, &mut source, &mut out)?;
+    Ok((String::from_utf8(out).unwrap(), report))
+}
+
+const HEADER: &str = "Datetime,T_count,T_mean,T_std,T_min,T_max\n";
+
+#[test]
+fn literal_rows() {
+    let input = b"Datetime,T\n\
+        2021-01-01 00:00:00,1\n\
+        2021-01-01 00:59:59,3\n\
+        2021-01-01 03:00:00,NaN\n\
+        2021-01-01 03:30:00,2.5\n";
+    let (out, report) = run_bytes(&Spec::default(), input).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "{HEADER}2021-01-01 00:00:00,2,2.0,1.4142135623730951,1.0,3.0\n\
+             2021-01-01 01:00:00,0,,,,\n\
+             2021-01-01 02:00:00,0,,,,\n\
+             2021-01-01 03:00:00,1,2.5,,2.5,2.5\n"
+        )
+    );
+    assert_eq!(
+        report,
+        Report {
+            rows: 4,
+            bad_rows: 0,
+            buckets: 4,
+            bytes_read: input.len() as u64,
+            mode: Some(Mode::Streaming)
+        }
+    );
+}
+
+#[test]
+fn rows_with_only_missing_values_still_span_buckets() {
+    let input = b"Datetime,T\n2021-01-01 00:10:00,\n2021-01-01 02:10:00,4\n";
+    let (out, _) = run_bytes(&Spec::default(), input).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "{HEADER}2021-01-01 00:00:00,0,,,,\n2021-01-01 01:00:00,0,,,,\n2021-01-01 02:00:00,1,4.0,,4.0,4.0\n"
+        )
+    );
+}
+
+#[test]
+fn out_of_order_rows_switch_to_holding_and_count_both_passes() {
+    let input = b"Datetime,T\n2021-01-01 05:00:00,1\n2021-01-01 01:00:00,2\n";
+    let (out, report) = run_bytes(&Spec::default(), input).unwrap();
+    assert_eq!(report.mode, Some(Mode::Holding));
+    assert_eq!(report.bytes_read, 2 * input.len() as u64);
+    assert_eq!(report.buckets, 5);
+    assert!(
+        out.starts_with(&format!("{HEADER}2021-01-01 01:00:00,1,2.0")),
+        "{out}"
+    );
+}
+
+#[test]
+fn header_only_and_empty_inputs() {
+    let (out, report) = run_bytes(&Spec::default(), b"Datetime,T\n").unwrap();
+    assert_eq!(out, HEADER);
+    assert_eq!(report.buckets, 0);
+    assert!(matches!(
+        run_bytes(&Spec::default(), b""),
+        Err(AggregateError::EmptyInput)
+    ));
+    assert!(matches!(
+        run_bytes(&Spec::default(), b"\xEF\xBB\xBF\n\n"),
+        Err(AggregateError::EmptyInput)
+    ));
+}
+
+#[test]
+fn header_errors_name_the_columns() {
+    let spec = Spec {
+        columns: Some(vec!["Humidity".into()]),
+        ..Spec::default()
+    };
+    let err = run_bytes(&spec, b"Datetime,T\n").unwrap_err().to_string();
+    assert!(
+        err.contains("Humidity") && err.contains("Datetime, T"),
+        "{err}"
+    );
+    let err = run_bytes(&Spec::default(), b"Datetime\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no value column"), "{err}");
+    let err = run_bytes(&Spec::default(), b"t,a,a\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+}
+
+#[test]
+fn wrong_field_count_and_bad_values_are_bad_rows() {
+    let input =
+        b"Datetime,T\n2021-01-01 00:00:00,1\n2021-01-01 00:01:00,1,9\n2021-01-01 00:02:00,x\n";
+    match run_bytes(&Spec::default(), input) {
+        Err(AggregateError::BadRow {
+            line: 3, reason, ..
+        }) => assert!(reason.contains("expected 2 fields"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let spec = Spec {
+        max_bad_rows: 2,
+        ..Spec::default()
+    };
+    let (out, report) = run_bytes(&spec, input).unwrap();
+    assert_eq!(report.bad_rows, 2);
+    assert_eq!(report.rows, 1);
+    assert!(
+        out.ends_with("2021-01-01 00:00:00,1,1.0,,1.0,1.0\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn nonexistent_local_time_is_a_bad_row() {
+    let spec = Spec {
+        timezone: "Europe/Berlin".parse().unwrap(),
+        ..Spec::default()
+    };
+    let err = run_bytes(&spec, b"t,v\n2021-03-28 02:30:00,1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("Europe/Berlin"),
+        "{err}"
+    );
+}
+
+#[test]
+fn custom_time_format() {
+    let spec = Spec {
+        time_format: Some("%d/%m/%Y %H.%M".into()),
+        bucket: Bucket::Day1,
+        ..Spec::default()
+    };
+    let (out, _) = run_bytes(&spec, b"t,v\n31/12/2021 23.59,1\n01/01/2022 00.01,3\n").unwrap();
+    assert_eq!(
+        out,
+        "t,v_count,v_mean,v_std,v_min,v_max\n2021-12-31 00:00:00,1,1.0,,1.0,1.0\n2022-01-01 00:00:00,1,3.0,,3.0,3.0\n"
+    );
+}
+
+#[test]
+fn fingerprint_is_stable_and_sensitive() {
+    let a = Spec::default();
+    assert_eq!(a.fingerprint(), Spec::default().fingerprint());
+    assert_eq!(a.fingerprint().len(), 32);
+    let b = Spec {
+        bucket: Bucket::Day1,
+        ..Spec::default()
+    };
+    let c = Spec {
+        columns: Some(vec!["x".into()]),
+        ..Spec::default()
+    };
+    assert_ne!(a.fingerprint(), b.fingerprint());
+    assert_ne!(a.fingerprint(), c.fingerprint());
+}
+
+#[test]
+fn output_names() {
+    assert_eq!(
+        output_name("temperature1.csv"),
+        "temperature1_aggregated.csv"
+    );
+    assert_eq!(output_name("dir.v2/t.csv.gz"), "dir.v2/t_aggregated.csv");
+    assert_eq!(output_name("dir.v2/noext"), "dir.v2/noext_aggregated.csv");
+}
+
+// === property tests ===
+
+/// One generated row: minute offset, and a value cell.
+fn cell() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => (-100_000i64..100_000, 0u32..4).prop_map(|(m, d)| {
+            let v = m as f64 / 10f64.powi(d as i32);
+            format!("{v}")
+        }),
+        1 => Just(String::new()),
+        1 => Just("NaN".to_string()),
+        1 => (-1e6f64..1e6).prop_map(|v| format!("{v:e}")),
+        1 => (0i64..1000).prop_map(|n| format!("{}", 1e9 + n as f64 * 1e-3)),
+    ]
+}
+
+fn rows() -> impl Strategy<Value = Vec<(i64, String, String)>> {
+    // Minutes within ~4 days, so repeats and gaps both happen.
+    prop::collection::vec((0i64..6000, cell(), cell()), 0..120)
+}
+
+fn render(rows: &[(i64, String, String)]) -> Vec<u8> {
+    let mut out = b"Datetime,A,B\n".to_vec();
+    for (minute, a, b) in rows {
+        let mut ts = Vec::new();
+        time::push_datetime(&mut ts, 1_600_000_000 + minute * 60 + minute % 7);
+        out.extend_from_slice(&ts);
+        out.extend_from_slice(format!(",{a},{b}\n").as_bytes());
+    }
+    out
+}
+
+/// count, mean, std, min, max.
+type Stats = (u64, f64, Option<f64>, f64, f64);
+
+/// The naive reference: group values per hour, then mean and a second pass for the variance.
+fn reference(rows: &[(i64, String, String)]) -> Vec<(i64, [Option<Stats>; 2])> {
+    let mut groups: BTreeMap<i64, [Vec<f64>; 2]> = BTreeMap::new();
+    for (minute, a, b) in rows {
+        let t = 1_600_000_000 + minute * 60 + minute % 7;
+        let g = groups.entry(t.div_euclid(3600)).or_default();
+        for (i, v) in [a, b].into_iter().enumerate() {
+            if let Ok(x) = v.parse::<f64>()
+                && !x.is_nan()
+            {
+                g[i].push(x);
+            }
+        }
+    }
+    let (Some(&lo), Some(&hi)) = (groups.keys().next(), groups.keys().last()) else {
+        return Vec::new();
+    };
+    (lo..=hi)
+        .map(|k| {
+            let empty = Default::default();
+            let g = groups.get(&k).unwrap_or(&empty);
+            let stats = |xs: &Vec<f64>| {
+                if xs.is_empty() {
+                    return None;
+                }
+                let n = xs.len() as f64;
+                let mean = xs.iter().sum::<f64>() / n;
+                let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+                let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                Some((
+                    xs.len() as u64,
+                    mean,
+                    (xs.len() > 1).then(|| var.sqrt()),
+                    min,
+                    max,
+                ))
+            };
+            (k, [stats(&g[0]), stats(&g[1])])
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+fn check_against_reference(out: &str, rows: &[(i64, String, String)]) -> Result<(), TestCaseError> {
+    let want = reference(rows);
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    prop_assert_eq!(lines.len(), want.len());
+    for (line, (key, stats)) in lines.iter().zip(&want) {
+        let cells: Vec<&str> = line.split(',').collect();
+        let mut label = Vec::new();
+        time::push_datetime(&mut label, key * 3600);
+        prop_assert_eq!(cells[0], std::str::from_utf8(&label).unwrap());
+        for (c, s) in stats.iter().enumerate() {
+            let got = &cells[1 + 5 * c..6 + 5 * c];
+            match s {
+                None => prop_assert_eq!(got, &["0", "", "", "", ""][..]),
+                Some((n, mean, std, min, max)) => {
+                    prop_assert_eq!(got[0], n.to_string());
+                    prop_assert!(
+                        close(got[1].parse().unwrap(), *mean),
+                        "mean {} vs {}",
+                        got[1],
+                        mean
+                    );
+                    match std {
+                        None => prop_assert_eq!(got[2], ""),
+                        // The two-pass reference loses digits when the spread is tiny next to
+                        // the mean, so compare the variance scaled by the magnitude involved.
+                        Some(sd) => {
+                            let g: f64 = got[2].parse().unwrap();
+                            let scale = mean.abs().max(1.0) * 1e-9 + 1e-9;
+                            prop_assert!(
+                                (g - sd).abs() <= scale.max(1e-9 * sd),
+                                "std {} vs {}",
+                                g,
+                                sd
+                            );
+                        }
+                    }
+                    prop_assert_eq!(got[3].parse::<f64>().unwrap(), *min);
+                    prop_assert_eq!(got[4].parse::<f64>().unwrap(), *max);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn matches_the_naive_reference(rows in rows()) {
+        let input = render(&rows);
+        let (out, report) = run_bytes(&Spec::default(), &input).unwrap();
+        prop_assert_eq!(report.rows, rows.len() as u64);
+        check_against_reference(&out, &rows)?;
+    }
+
+    #[test]
+    fn streaming_equals_holding(mut rows in rows()) {
+        rows.sort_by_key(|r| r.0);
+        let input = render(&rows);
+        let (streamed, a) = run_bytes(&Spec::default(), &input).unwrap();
+        let (held, b) = run_once(&Spec::default(), &input).unwrap();
+        prop_assert_eq!(a.mode, Some(Mode::Streaming));
+        prop_assert_eq!(b.mode, Some(Mode::Holding));
+        prop_assert_eq!(streamed, held);
+    }
+
+    #[test]
+    fn any_byte_split_gives_the_same_output(
+        rows in rows(),
+        sizes in prop::collection::vec(1usize..40, 1..8),
+        crlf in any::<bool>(),
+    ) {
+        let mut input = render(&rows);
+        if crlf {
+            input = String::from_utf8(input).unwrap().replace('\n', "\r\n").into_bytes();
+        }
+        let (whole, _) = run_bytes(&Spec::default(), &input).unwrap();
+        let mut out = Vec::new();
+        let mut source = Chunked { data: &input, sizes, reopen: true };
+        run(&Spec::default(), &mut source, &mut out).unwrap();
+        prop_assert_eq!(String::from_utf8(out).unwrap(), whole);
+    }
+
+    #[test]
+    fn quoted_input_takes_the_csv_crate_path_and_agrees(rows in rows(), pad in any::<bool>()) {
+        let plain = render(&rows);
+        let sp = if pad { " " } else { "" };
+        // Quote every field (and optionally pad inside the quotes): the csv-crate path.
+        let quoted: String = String::from_utf8(plain.clone())
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').map(|f| format!("\"{sp}{f}{sp}\"")).collect::<Vec<_>>().join(",") + "\n")
+            .collect();
+        let (a, _) = run_bytes(&Spec::default(), &plain).unwrap();
+        let (b, _) = run_bytes(&Spec::default(), quoted.as_bytes()).unwrap();
+        prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn fast_lane_agrees_with_the_general_path(
+        mut rows in prop::collection::vec((0i64..3000, cell(), any::<bool>()), 0..300),
+        sizes in prop::collection::vec(1usize..200, 1..6),
+        crlf in any::<bool>(),
+    ) {
+        // Two columns, `time,value`: the layout the fast lane serves. Sorted, so streaming
+        // (fast lane) runs to the end; holding mode never uses the fast lane.
+        rows.sort_by_key(|r| r.0);
+        let eol = if crlf { "\r\n" } else { "\n" };
+        let mut input = format!("Datetime,T{eol}").into_bytes();
+        for (minute, v, pad) in &rows {
+            time::push_datetime(&mut input, 1_600_000_000 + minute * 60 + minute % 13);
+            let v = if *pad { format!(" {v}") } else { v.clone() };
+            input.extend_from_slice(format!(",{v}{eol}").as_bytes());
+        }
+        let mut streamed = Vec::new();
+        let mut source = Chunked { data: &input, sizes, reopen: true };
+        let a = run(&Spec::default(), &mut source, &mut streamed).unwrap();
+        let (held, b) = run_once(&Spec::default(), &input).unwrap();
+        prop_assert_eq!(a.mode, Some(Mode::Streaming));
+        prop_assert_eq!(a.rows, b.rows);
+        prop_assert_eq!(String::from_utf8(streamed).unwrap(), held.clone());
+        let (whole, _) = run_bytes(&Spec::default(), &input).unwrap();
+        prop_assert_eq!(whole, held);
+    }
+
+    #[test]
+    fn fast_value_parse_is_correctly_rounded(int in 0u64..1_000_000_000_000_000, frac in 0usize..16, neg in any::<bool>()) {
+        let digits = int.to_string();
+        let text = if frac > 0 && frac < digits.len() {
+            format!("{}{}.{}", if neg { "-" } else { "" }, &digits[..digits.len() - frac], &digits[digits.len() - frac..])
+        } else {
+            format!("{}{digits}", if neg { "-" } else { "" })
+        };
+        let want: f64 = text.parse().unwrap();
+        prop_assert_eq!(read::parse_value(text.as_bytes()), read::Value::Number(want));
+    }
+
+    #[test]
+    fn timestamp_forms_agree_with_chrono(secs in -2_000_000_000i64..4_000_000_000, t in any::<bool>()) {
+        let dt = chrono::DateTime::from_timestamp(secs, 0).unwrap().naive_utc();
+        let text = dt.format(if t { "%Y-%m-%dT%H:%M:%S" } else { "%Y-%m-%d %H:%M:%S" }).to_string();
+        let parsed = time::parse_default(text.as_bytes()).unwrap();
+        prop_assert_eq!(parsed.wall, secs);
+        let mut back = Vec::new();
+        time::push_datetime(&mut back, secs);
+        prop_assert_eq!(String::from_utf8(back).unwrap(), dt.format("%Y-%m-%d %H:%M:%S").to_string());
+    }
+}

@@ -1,0 +1,318 @@
+//! `rollq backfill`, `rollq queue stats` and `rollq poison list|requeue`: operator tools for
+//! the queue the workers consume.
+//!
+//! Every message these tools send never expires (the `Queue::send` contract), and requeue
+//! sends before it deletes, so a crash leaves a duplicate, never a loss.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use crate::aggregate::output_name;
+use crate::cli::submit::MessageArgs;
+use crate::storage::{
+    BlobPath, Connection, ErrorKind, StorageArgs, StorageError, connect, poison_queue_name,
+    validate_container_name, validate_queue_name,
+};
+
+/// The output metadata key that records which input ETag an output was made from (written
+/// by the worker).
+pub const META_SOURCE_ETAG: &str = "rollq_source_etag";
+
+/// Enqueue every input blob that has no current output.
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// Container holding the inputs.
+    #[arg(long, env = "ROLLQ_CONTAINER")]
+    pub container: String,
+    /// Queue to enqueue to (created if missing).
+    #[arg(long, env = "ROLLQ_QUEUE")]
+    pub queue: String,
+    /// Only inputs whose names start with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Where the worker writes outputs (default: the input container).
+    #[arg(long, env = "ROLLQ_OUTPUT_CONTAINER")]
+    pub output_container: Option<String>,
+    /// List what would be enqueued without sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub message: MessageArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Queue inspection.
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// `rollq queue ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum QueueCommand {
+    /// Approximate and visible message counts of a queue and its poison queue.
+    Stats(QueueTarget),
+}
+
+/// The poison queue `<queue>-poison`.
+#[derive(Debug, clap::Args)]
+pub struct PoisonArgs {
+    #[command(subcommand)]
+    pub command: PoisonCommand,
+}
+
+/// `rollq poison ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum PoisonCommand {
+    /// Show the first poison messages (peek: at most 32, nothing is changed).
+    List(QueueTarget),
+    /// Move poison messages back to the main queue, bodies verbatim.
+    Requeue(RequeueArgs),
+}
+
+/// A queue and the connection to reach it.
+#[derive(Debug, clap::Args)]
+pub struct QueueTarget {
+    /// The main queue (its poison queue is `<queue>-poison`).
+    #[arg(long, env = "ROLLQ_QUEUE")]
+    pub queue: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// `rollq poison requeue`.
+#[derive(Debug, clap::Args)]
+pub struct RequeueArgs {
+    #[command(flatten)]
+    pub target: QueueTarget,
+    /// Move at most this many (default: the poison queue's count when the command starts,
+    /// so messages poisoned again meanwhile are not cycled forever).
+    #[arg(long)]
+    pub max: Option<u64>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn connected(storage: &StorageArgs) -> anyhow::Result<Connection> {
+    let conn = connect(storage).await?;
+    tracing::info!(connection = %conn.info, "connected");
+    Ok(conn)
+}
+
+fn explained(conn: &Connection) -> impl Fn(StorageError) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!(conn.info.explain(&e))
+}
+
+/// Runs `rollq backfill`.
+pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        validate_queue_name(&args.queue)?;
+        validate_container_name(&args.container)?;
+        let out_container = args
+            .output_container
+            .clone()
+            .unwrap_or_else(|| args.container.clone());
+        validate_container_name(&out_container)?;
+        let conn = connected(&args.storage).await?;
+        let explain = explained(&conn);
+        let queue = conn.queues.queue(&args.queue);
+        let inputs: Vec<_> = conn
+            .blobs
+            .list(&args.container, &args.prefix)
+            .await
+            .map_err(&explain)?
+            .into_iter()
+            .filter(|b| is_input(&b.name))
+            .collect();
+        if !args.dry_run {
+            queue.create_if_missing().await.map_err(&explain)?;
+        }
+        let (mut enqueued, mut current) = (0u64, 0u64);
+        for input in &inputs {
+            let out = BlobPath::new(&out_container, output_name(&input.name));
+            let needs = match conn.blobs.properties(&out).await {
+                Err(e) if e.kind == ErrorKind::NotFound => true,
+                Err(e) => return Err(explain(e)),
+                // An output made from another version of the input is stale.
+                Ok(p) => p
+                    .metadata
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(META_SOURCE_ETAG))
+                    .is_some_and(|(_, v)| unquote(v) != unquote(&input.etag.0)),
+            };
+            if !needs {
+                current += 1;
+                continue;
+            }
+            if args.dry_run {
+                println!("would enqueue {}", input.name);
+            } else {
+                queue
+                    .send(&args.message.body(&args.container, &input.name))
+                    .await
+                    .map_err(&explain)?;
+                tracing::info!(blob = %input.name, "enqueued");
+            }
+            enqueued += 1;
+        }
+        let verb = if args.dry_run {
+            "would enqueue"
+        } else {
+            "enqueued"
+        };
+        println!(
+            "{verb} {enqueued} of {} inputs to queue {} ({current} already have a current output)",
+            inputs.len(),
+            args.queue
+        );
+        Ok(())
+    })
+}
+
+fn unquote(s: &str) -> &str {
+    s.trim_matches('"')
+}
+
+/// Inputs are CSV (optionally gzipped) blobs that are not themselves outputs.
+fn is_input(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (lower.ends_with(".csv") || lower.ends_with(".csv.gz")) && !lower.ends_with("_aggregated.csv")
+}
+
+/// Runs `rollq queue ...`.
+pub fn queue(args: QueueArgs) -> anyhow::Result<()> {
+    match args.command {
+        QueueCommand::Stats(t) => runtime()?.block_on(stats(t)),
+    }
+}
+
+async fn stats(t: QueueTarget) -> anyhow::Result<()> {
+    validate_queue_name(&t.queue)?;
+    let conn = connected(&t.storage).await?;
+    let explain = explained(&conn);
+    let q = conn.queues.queue(&t.queue);
+    let approx = q.approximate_count().await.map_err(&explain)?;
+    let visible = q.peek(32).await.map_err(&explain)?.len();
+    let pname = poison_queue_name(&t.queue);
+    let poison = match conn.queues.queue(&pname).approximate_count().await {
+        Ok(n) => n.to_string(),
+        Err(e) if e.kind == ErrorKind::NotFound => "0 (queue does not exist)".to_owned(),
+        Err(e) => return Err(explain(e)),
+    };
+    println!("queue: {}", t.queue);
+    println!("approximate_messages: {approx}");
+    let more = if visible == 32 { "+" } else { "" };
+    println!("visible_messages: {visible}{more} (peek, at most 32)");
+    println!("poison_queue: {pname}");
+    println!("poison_approximate_messages: {poison}");
+    Ok(())
+}
+
+/// Runs `rollq poison ...`.
+pub fn poison(args: PoisonArgs) -> anyhow::Result<()> {
+    match args.command {
+        PoisonCommand::List(t) => runtime()?.block_on(list(t)),
+        PoisonCommand::Requeue(r) => runtime()?.block_on(requeue(r)),
+    }
+}
+
+fn age(t: Option<SystemTime>) -> String {
+    t.and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+async fn list(t: QueueTarget) -> anyhow::Result<()> {
+    validate_queue_name(&t.queue)?;
+    let conn = connected(&t.storage).await?;
+    let explain = explained(&conn);
+    let pname = poison_queue_name(&t.queue);
+    let p = conn.queues.queue(&pname);
+    let msgs = match p.peek(32).await {
+        Ok(m) => m,
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            println!("poison queue {pname} does not exist (nothing was ever poisoned)");
+            return Ok(());
+        }
+        Err(e) => return Err(explain(e)),
+    };
+    let total = p.approximate_count().await.map_err(&explain)?;
+    println!(
+        "poison queue {pname}: {total} message(s), showing {} visible",
+        msgs.len()
+    );
+    for m in msgs {
+        // Debug formatting escapes control characters, so one message stays one line.
+        println!(
+            "{}\tage {}\tdequeued {}\t{:?}",
+            m.id,
+            age(m.inserted_on),
+            m.dequeue_count,
+            m.text
+        );
+    }
+    Ok(())
+}
+
+async fn requeue(r: RequeueArgs) -> anyhow::Result<()> {
+    let t = &r.target;
+    validate_queue_name(&t.queue)?;
+    let conn = connected(&t.storage).await?;
+    let explain = explained(&conn);
+    let pname = poison_queue_name(&t.queue);
+    let p = conn.queues.queue(&pname);
+    let main = conn.queues.queue(&t.queue);
+    let limit = match r.max {
+        Some(n) => n,
+        None => match p.approximate_count().await {
+            Ok(n) => n,
+            Err(e) if e.kind == ErrorKind::NotFound => 0,
+            Err(e) => return Err(explain(e)),
+        },
+    };
+    if limit > 0 {
+        main.create_if_missing().await.map_err(&explain)?;
+    }
+    let mut moved = 0u64;
+    while moved < limit {
+        let want = (limit - moved).min(32) as u8;
+        let batch = p
+            .receive(want, Duration::from_secs(120))
+            .await
+            .map_err(&explain)?;
+        if batch.is_empty() {
+            break;
+        }
+        for m in batch {
+            // Send first, then delete: a crash in between leaves a copy in the poison
+            // queue (visible again after the timeout), never a lost message.
+            main.send(&m.text).await.map_err(&explain)?;
+            p.delete(&m.id, &m.pop_receipt).await.map_err(&explain)?;
+            moved += 1;
+        }
+    }
+    println!("requeued {moved} message(s) from {pname} to {}", t.queue);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_exclude_outputs() {
+        assert!(is_input("a/temperature1.csv"));
+        assert!(is_input("x.CSV.gz"));
+        assert!(!is_input("temperature1_aggregated.csv"));
+        assert!(!is_input("readme.txt"));
+        assert_eq!(output_name("dir/t1.csv"), "dir/t1_aggregated.csv");
+    }
+}

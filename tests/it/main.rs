@@ -1,0 +1,8 @@
+//! The one integration-test binary: each module below is a group of tests.
+
+mod support;
+
+mod aggregate;
+mod storage;
+mod storage_large;
+mod submit;

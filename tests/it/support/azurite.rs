@@ -1,0 +1,224 @@
+//! Starts the Azure Storage emulator (the project's pinned npm `azurite`) on free loopback
+//! ports for one test, and kills it when the handle drops.
+//!
+//! Each test owns its own instance: no shared state between tests, and no orphan process (the
+//! child is `node` itself, never `npx`, so killing it stops the server).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rollq::storage::{Connection, StorageArgs, connection::DEV_KEY};
+use secrecy::SecretString;
+
+/// How long Azurite may take to print its three "listening" lines (1.3–3 s seen; CI is slower).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running Azurite with blob, queue and table services on their own ports.
+pub struct Azurite {
+    /// Killed and reaped on drop, so no emulator outlives its test.
+    child: Child,
+    pub blob_port: u16,
+    pub queue_port: u16,
+    pub table_port: u16,
+}
+
+impl Azurite {
+    /// Spawns `node node_modules/azurite/dist/src/azurite.js` in memory on port 0 for every
+    /// service and waits until all three report their real ports.
+    pub fn start() -> Azurite {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let script = root.join("node_modules/azurite/dist/src/azurite.js");
+        assert!(
+            script.exists(),
+            "Azurite is not installed at {}: run `npm ci` in the repository root first \
+             (scripts/test.sh does)",
+            script.display()
+        );
+        let mut child = Command::new("node")
+            .arg(&script)
+            .args([
+                "--silent",
+                "--disableTelemetry",
+                "--inMemoryPersistence",
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--queueHost",
+                "127.0.0.1",
+                "--queuePort",
+                "0",
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                "0",
+            ])
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `node` to start Azurite: {e}"));
+
+        // Reader threads keep draining both pipes for the child's whole life, so a chatty
+        // emulator can never block on a full pipe.
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (etx, erx) = mpsc::channel::<String>();
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = etx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+
+        let deadline = Instant::now() + START_DEADLINE;
+        let (mut blob, mut queue, mut table) = (None, None, None);
+        while blob.is_none() || queue.is_none() || table.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let port = line
+                        .rsplit_once("http://127.0.0.1:")
+                        .and_then(|(_, p)| p.trim().parse::<u16>().ok());
+                    if let Some(port) = port {
+                        if line.contains("Blob service") {
+                            blob = Some(port);
+                        } else if line.contains("Queue service") {
+                            queue = Some(port);
+                        } else if line.contains("Table service") {
+                            table = Some(port);
+                        }
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let err: String = erx.try_iter().collect();
+                    panic!(
+                        "Azurite did not report its three ports within {START_DEADLINE:?} \
+                         (blob {blob:?}, queue {queue:?}, table {table:?}); stderr: {err}"
+                    );
+                }
+            }
+        }
+        Azurite {
+            child,
+            blob_port: blob.unwrap(),
+            queue_port: queue.unwrap(),
+            table_port: table.unwrap(),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/devstoreaccount1` for the blob service.
+    pub fn blob_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.blob_port)
+    }
+
+    /// `http://127.0.0.1:PORT/devstoreaccount1` for the queue service.
+    pub fn queue_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.queue_port)
+    }
+
+    /// A full connection string for this instance (the emulator's public well-known key).
+    pub fn connection_string(&self) -> String {
+        connection_string_for(&self.blob_endpoint(), &self.queue_endpoint(), DEV_KEY)
+    }
+
+    /// Settings pointing at this instance, for tests to mutate (e.g. a wrong key).
+    pub fn storage_args(&self) -> StorageArgs {
+        StorageArgs {
+            connection_string: Some(SecretString::from(self.connection_string())),
+            storage_timeout: Duration::from_secs(10),
+            ..Default::default()
+        }
+    }
+
+    /// A connected `Connection` (clients only; no request is made).
+    pub async fn connect(&self) -> Connection {
+        rollq::storage::connect(&self.storage_args())
+            .await
+            .expect("connect to Azurite")
+    }
+
+    /// The `rollq` binary with this emulator's connection string in its environment (and
+    /// every other storage setting cleared, so the developer's shell cannot leak in).
+    pub fn rollq(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollq"));
+        for var in [
+            "AZURE_STORAGE_ACCOUNT",
+            "ROLLQ_BLOB_ENDPOINT",
+            "ROLLQ_QUEUE_ENDPOINT",
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("AZURE_STORAGE_CONNECTION_STRING", self.connection_string());
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection string in the emulator's shape with any endpoints and key.
+pub fn connection_string_for(blob: &str, queue: &str, key: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};\
+         BlobEndpoint={blob};QueueEndpoint={queue};"
+    )
+}
+
+/// A fresh queue/container name: `prefix-` and 12 random hex digits (valid for both).
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("{prefix}-{}", &id[..12]);
+    assert!(
+        rollq::storage::validate_queue_name(&name).is_ok(),
+        "prefix {prefix:?} makes an invalid name {name:?}"
+    );
+    name
+}
+
+/// An account SAS for the emulator account, signed per Microsoft's account-SAS rules
+/// (version 2020-12-06 and later: nine fields plus the encryption scope, each ending in \n).
+pub fn account_sas(permissions: &str) -> String {
+    use azure_core::credentials::Secret;
+    use rollq::storage::connection::{DEV_ACCOUNT, DEV_KEY};
+    let (sv, ss, srt, se, spr) = (
+        "2022-11-02",
+        "bq",
+        "sco",
+        "2099-01-01T00:00:00Z",
+        "https,http",
+    );
+    let sts = format!("{DEV_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n\n");
+    let sig = azure_core::hmac::hmac_sha256(&sts, &Secret::new(DEV_KEY)).unwrap();
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={}&spr={}&sig={}",
+        enc(se),
+        enc(spr),
+        enc(&sig)
+    )
+}
