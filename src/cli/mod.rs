@@ -12,6 +12,7 @@ use crate::telemetry::{self, LogArgs};
 pub mod aggregate;
 pub mod queue_tools;
 pub mod submit;
+pub mod worker;
 
 /// rollq: CSV time-series roll-ups, locally or as a queue worker on Azure Storage.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ pub enum Command {
     Aggregate(aggregate::AggregateArgs),
     /// Upload CSV files to a container and enqueue one message per blob.
     Submit(submit::SubmitArgs),
+    /// Run the queue worker: lease messages, roll up the blobs they name, write the outputs.
+    Worker(worker::WorkerArgs),
     /// Enqueue every input blob in a container that has no current output.
     Backfill(queue_tools::BackfillArgs),
     /// Inspect a queue.
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Aggregate(args) => aggregate::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Worker(args) => worker::run(args),
         Command::Backfill(args) => queue_tools::backfill(args),
         Command::Queue(args) => queue_tools::queue(args),
         Command::Poison(args) => queue_tools::poison(args),

@@ -3,14 +3,20 @@
 //! events and output-named blobs are acknowledged and skipped.
 
 use base64::Engine;
-use rollq::storage::QueueService;
 
 use crate::support::Azurite;
 use crate::worker_support::*;
 
 const TOPIC: &str = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1";
 
-fn event_grid(event_type: &str, container: &str, blob: &str, url_base: &str, len: usize, api: &str) -> String {
+fn event_grid(
+    event_type: &str,
+    container: &str,
+    blob: &str,
+    url_base: &str,
+    len: usize,
+    api: &str,
+) -> String {
     serde_json::json!({
         "topic": TOPIC,
         "subject": format!("/blobServices/default/containers/{container}/blobs/{blob}"),
@@ -60,21 +66,59 @@ async fn event_grid_and_cloud_events() {
     let (queue, container) = fresh_queue_and_container(&conn).await;
     let url = az.blob_endpoint();
     let mut processed = Vec::new();
-    for (i, name) in ["eg-raw.csv", "eg-b64.csv", "ce-raw.csv", "ce-b64.csv"].iter().enumerate() {
+    for (i, name) in ["eg-raw.csv", "eg-b64.csv", "ce-raw.csv", "ce-b64.csv"]
+        .iter()
+        .enumerate()
+    {
         let body = seed_csv(i as u64, 90);
         processed.push((name.to_string(), expected_output(&body)));
         upload(&conn.blobs, &container, name, body).await;
     }
     let len = 100;
     let messages = [
-        event_grid("Microsoft.Storage.BlobCreated", &container, "eg-raw.csv", &url, len, "PutBlob"),
-        b64(&event_grid("Microsoft.Storage.BlobCreated", &container, "eg-b64.csv", &url, len, "PutBlob")),
+        event_grid(
+            "Microsoft.Storage.BlobCreated",
+            &container,
+            "eg-raw.csv",
+            &url,
+            len,
+            "PutBlob",
+        ),
+        b64(&event_grid(
+            "Microsoft.Storage.BlobCreated",
+            &container,
+            "eg-b64.csv",
+            &url,
+            len,
+            "PutBlob",
+        )),
         cloud_event(&container, "ce-raw.csv", &url, len),
         b64(&cloud_event(&container, "ce-b64.csv", &url, len)),
         // Skipped: another event type, a zero-length CreateFile, an output-named blob.
-        event_grid("Microsoft.Storage.BlobDeleted", &container, "eg-raw.csv", &url, len, "DeleteBlob"),
-        event_grid("Microsoft.Storage.BlobCreated", &container, "adls.csv", &url, 0, "CreateFile"),
-        event_grid("Microsoft.Storage.BlobCreated", &container, "eg-raw_aggregated.csv", &url, len, "PutBlob"),
+        event_grid(
+            "Microsoft.Storage.BlobDeleted",
+            &container,
+            "eg-raw.csv",
+            &url,
+            len,
+            "DeleteBlob",
+        ),
+        event_grid(
+            "Microsoft.Storage.BlobCreated",
+            &container,
+            "adls.csv",
+            &url,
+            0,
+            "CreateFile",
+        ),
+        event_grid(
+            "Microsoft.Storage.BlobCreated",
+            &container,
+            "eg-raw_aggregated.csv",
+            &url,
+            len,
+            "PutBlob",
+        ),
     ];
     for m in &messages {
         queue.send(m).await.unwrap();
@@ -87,11 +131,23 @@ async fn event_grid_and_cloud_events() {
         let got = download(&conn.blobs, &container, &out).await;
         assert!(got.as_ref() == Some(expected), "{out} missing or wrong");
     }
-    assert!(download(&conn.blobs, &container, "adls_aggregated.csv").await.is_none());
-    assert!(download(&conn.blobs, &container, "eg-raw_aggregated_aggregated.csv").await.is_none());
+    assert!(
+        download(&conn.blobs, &container, "adls_aggregated.csv")
+            .await
+            .is_none()
+    );
+    assert!(
+        download(&conn.blobs, &container, "eg-raw_aggregated_aggregated.csv")
+            .await
+            .is_none()
+    );
     assert_eq!(queue.approximate_count().await.unwrap(), 0);
     let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0, "nothing poisoned");
+    assert_eq!(
+        poison.approximate_count().await.unwrap(),
+        0,
+        "nothing poisoned"
+    );
     let log = worker.log();
     assert_eq!(log.matches("message completed").count(), 4, "{log}");
     assert_eq!(log.matches("message skipped").count(), 3, "{log}");

@@ -3,6 +3,11 @@
 mod support;
 
 mod aggregate;
+mod events;
 mod storage;
 mod storage_large;
 mod submit;
+mod worker;
+mod worker_failures;
+mod worker_shutdown;
+mod worker_support;

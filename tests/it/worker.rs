@@ -25,7 +25,11 @@ async fn six_seed_files_match_rollq_aggregate() {
     }
     let mut worker = WorkerProc::spawn(&az, queue.name(), &container, &["--exit-when-idle", "3s"]);
     let status = worker.wait_exit(Duration::from_secs(600)).await;
-    assert!(status.success(), "worker exit {status}; log:\n{}", worker.log());
+    assert!(
+        status.success(),
+        "worker exit {status}; log:\n{}",
+        worker.log()
+    );
 
     for i in 1..=6u64 {
         let input = dir.path().join(format!("temperature{i}.csv"));
@@ -37,11 +41,22 @@ async fn six_seed_files_match_rollq_aggregate() {
             .arg(&expected)
             .output()
             .unwrap();
-        assert!(out.status.success(), "rollq aggregate: {}", String::from_utf8_lossy(&out.stderr));
-        let got = download(&conn.blobs, &container, &format!("temperature{i}_aggregated.csv"))
-            .await
-            .unwrap_or_else(|| panic!("no output for temperature{i}.csv"));
-        assert!(got == std::fs::read(&expected).unwrap(), "temperature{i}: output differs from rollq aggregate");
+        assert!(
+            out.status.success(),
+            "rollq aggregate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = download(
+            &conn.blobs,
+            &container,
+            &format!("temperature{i}_aggregated.csv"),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no output for temperature{i}.csv"));
+        assert!(
+            got == std::fs::read(&expected).unwrap(),
+            "temperature{i}: output differs from rollq aggregate"
+        );
         // One row per hour of the year plus the header.
         assert_eq!(got.iter().filter(|&&b| b == b'\n').count(), 365 * 24 + 1);
     }
@@ -102,25 +117,37 @@ async fn metrics_count_what_happened() {
     queue.send("{this is not json").await.unwrap();
     queue.send("already_aggregated.csv").await.unwrap();
 
-    let worker = WorkerProc::spawn(&az, queue.name(), &container, &["--queue-stats-interval", "1s"]);
+    let worker = WorkerProc::spawn(
+        &az,
+        queue.name(),
+        &container,
+        &["--queue-stats-interval", "1s"],
+    );
     let total = |s: &prometheus_parse::Scrape| {
         ["completed", "poisoned", "skipped", "retried", "released"]
             .iter()
             .map(|o| sample(s, "rollq_messages_total", &[("outcome", o)]).unwrap_or(0.0))
             .sum::<f64>()
     };
-    let scrape = eventually("five outcomes and sampled queue gauges", PATIENCE, || async {
-        let s = worker.metrics().await;
-        let settled = total(&s) == 5.0
-            && sample(&s, "rollq_queue_messages", &[]) == Some(0.0)
-            && sample(&s, "rollq_poison_queue_messages", &[]) == Some(1.0);
-        settled.then_some(s)
-    })
+    let scrape = eventually(
+        "five outcomes and sampled queue gauges",
+        PATIENCE,
+        || async {
+            let s = worker.metrics().await;
+            let settled = total(&s) == 5.0
+                && sample(&s, "rollq_queue_messages", &[]) == Some(0.0)
+                && sample(&s, "rollq_poison_queue_messages", &[]) == Some(1.0);
+            settled.then_some(s)
+        },
+    )
     .await;
     let get = |name: &str, labels: &[(&str, &str)]| {
         sample(&scrape, name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
     };
-    assert_eq!(get("rollq_messages_total", &[("outcome", "completed")]), 3.0);
+    assert_eq!(
+        get("rollq_messages_total", &[("outcome", "completed")]),
+        3.0
+    );
     assert_eq!(get("rollq_messages_total", &[("outcome", "poisoned")]), 1.0);
     assert_eq!(get("rollq_messages_total", &[("outcome", "skipped")]), 1.0);
     assert_eq!(get("rollq_messages_total", &[("outcome", "retried")]), 0.0);
@@ -133,7 +160,13 @@ async fn metrics_count_what_happened() {
     assert_eq!(get("rollq_message_age_seconds_count", &[]), 3.0);
     assert_eq!(get("rollq_oldest_message_age_seconds", &[]), 0.0);
     assert!(get("rollq_last_success_timestamp_seconds", &[]) > 1.7e9);
-    assert_eq!(get("rollq_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert_eq!(
+        get(
+            "rollq_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
     let (status, _) = worker.get("/healthz").await.unwrap();
     assert_eq!(status, 200);
     let (status, _) = worker.get("/readyz").await.unwrap();

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use rollq::storage::QueueService;
-
 use crate::support::{Azurite, TcpProxy};
 use crate::worker_support::*;
 
@@ -15,7 +13,13 @@ async fn poison_paths() {
     let az = Azurite::start();
     let conn = az.connect().await;
     let (queue, container) = fresh_queue_and_container(&conn).await;
-    upload(&conn.blobs, &container, "malformed.csv", b"Datetime,Temperature\nnot a time,1\n".to_vec()).await;
+    upload(
+        &conn.blobs,
+        &container,
+        "malformed.csv",
+        b"Datetime,Temperature\nnot a time,1\n".to_vec(),
+    )
+    .await;
     upload(&conn.blobs, &container, "fine.csv", seed_csv(1, 10)).await;
     let texts = [
         "{\"garbage\": true",
@@ -36,13 +40,19 @@ async fn poison_paths() {
                 if m.text == "fine.csv" {
                     mine = Some(m);
                 } else {
-                    queue.update(&m.id, &m.pop_receipt, Duration::ZERO, None).await.unwrap();
+                    queue
+                        .update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+                        .await
+                        .unwrap();
                 }
             }
             mine
         })
         .await;
-        queue.update(&got.id, &got.pop_receipt, Duration::ZERO, None).await.unwrap();
+        queue
+            .update(&got.id, &got.pop_receipt, Duration::ZERO, None)
+            .await
+            .unwrap();
     }
 
     let mut worker = WorkerProc::spawn(
@@ -61,10 +71,24 @@ async fn poison_paths() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    assert!(download(&conn.blobs, &container, "fine_aggregated.csv").await.is_none(), "poisoned before work");
-    assert!(download(&conn.blobs, &container, "malformed_aggregated.csv").await.is_none());
+    assert!(
+        download(&conn.blobs, &container, "fine_aggregated.csv")
+            .await
+            .is_none(),
+        "poisoned before work"
+    );
+    assert!(
+        download(&conn.blobs, &container, "malformed_aggregated.csv")
+            .await
+            .is_none()
+    );
     let log = worker.log();
-    assert!(log.contains("too_many_attempts") && log.contains("invalid_input") && log.contains("refused"), "{log}");
+    assert!(
+        log.contains("too_many_attempts")
+            && log.contains("invalid_input")
+            && log.contains("refused"),
+        "{log}"
+    );
 }
 
 /// Seed rows whose size at `rate` bytes/s takes about `secs` to download.
@@ -89,26 +113,52 @@ async fn renewal_keeps_a_slow_message_leased() {
     let (blob, queue_addr) = azurite_addrs(&az);
     let slow = ThrottleProxy::start(blob, rate);
     let mut cmd = az.rollq();
-    cmd.env("AZURE_STORAGE_CONNECTION_STRING", connection_string_via(slow.addr(), queue_addr));
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        connection_string_via(slow.addr(), queue_addr),
+    );
     let worker = WorkerProc::spawn_with(
         cmd,
         queue.name(),
         &container,
-        &["--visibility-timeout", "5s", "--download-block-size", "256KiB", "--download-parallel", "1"],
+        &[
+            "--visibility-timeout",
+            "5s",
+            "--download-block-size",
+            "256KiB",
+            "--download-parallel",
+            "1",
+        ],
     );
     // A competing consumer polls all along; it must never get the message.
     let started = std::time::Instant::now();
     loop {
         let stolen = queue.receive(32, Duration::from_secs(1)).await.unwrap();
-        assert!(stolen.is_empty(), "a second consumer received {:?} after {:?}", stolen[0].text, started.elapsed());
-        if download(&conn.blobs, &container, "slow_aggregated.csv").await.is_some() {
+        assert!(
+            stolen.is_empty(),
+            "a second consumer received {:?} after {:?}",
+            stolen[0].text,
+            started.elapsed()
+        );
+        if download(&conn.blobs, &container, "slow_aggregated.csv")
+            .await
+            .is_some()
+        {
             break;
         }
-        assert!(started.elapsed() < PATIENCE, "the slow message never finished");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the slow message never finished"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(started.elapsed() > Duration::from_secs(15), "the input was not slow enough to prove renewal");
-    let got = download(&conn.blobs, &container, "slow_aggregated.csv").await.unwrap();
+    assert!(
+        started.elapsed() > Duration::from_secs(15),
+        "the input was not slow enough to prove renewal"
+    );
+    let got = download(&conn.blobs, &container, "slow_aggregated.csv")
+        .await
+        .unwrap();
     assert!(got == expected);
     eventually("the message deleted", PATIENCE, || async {
         (queue.approximate_count().await.unwrap() == 0).then_some(())
@@ -116,7 +166,10 @@ async fn renewal_keeps_a_slow_message_leased() {
     .await;
     let m = worker.metrics().await;
     assert!(sample(&m, "rollq_lease_renewals_total", &[("result", "ok")]).unwrap_or(0.0) >= 3.0);
-    assert_eq!(sample(&m, "rollq_lease_renewals_total", &[("result", "lost")]).unwrap_or(0.0), 0.0);
+    assert_eq!(
+        sample(&m, "rollq_lease_renewals_total", &[("result", "lost")]).unwrap_or(0.0),
+        0.0
+    );
 }
 
 /// Issue 4, test 4: `kill -9` of a worker mid-file; another worker finishes it after the
@@ -135,12 +188,22 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
     let (blob, queue_addr) = azurite_addrs(&az);
     let slow = ThrottleProxy::start(blob, rate);
     let mut cmd = az.rollq();
-    cmd.env("AZURE_STORAGE_CONNECTION_STRING", connection_string_via(slow.addr(), queue_addr));
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        connection_string_via(slow.addr(), queue_addr),
+    );
     let mut first = WorkerProc::spawn_with(
         cmd,
         queue.name(),
         &container,
-        &["--visibility-timeout", "5s", "--download-block-size", "256KiB", "--download-parallel", "1"],
+        &[
+            "--visibility-timeout",
+            "5s",
+            "--download-block-size",
+            "256KiB",
+            "--download-parallel",
+            "1",
+        ],
     );
     eventually("the first worker reading the input", PATIENCE, || async {
         let m = first.metrics().await;
@@ -148,7 +211,11 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
     })
     .await;
     first.kill9();
-    assert!(download(&conn.blobs, &container, "big_aggregated.csv").await.is_none());
+    assert!(
+        download(&conn.blobs, &container, "big_aggregated.csv")
+            .await
+            .is_none()
+    );
 
     let mut second = WorkerProc::spawn(
         &az,
@@ -184,19 +251,35 @@ async fn storage_outage_flips_readiness_and_loses_nothing() {
         cmd,
         queue.name(),
         &container,
-        &["--unready-after", "2s", "--visibility-timeout", "5s", "--storage-timeout", "2s", "--queue-stats-interval", "1s"],
+        &[
+            "--unready-after",
+            "2s",
+            "--visibility-timeout",
+            "5s",
+            "--storage-timeout",
+            "2s",
+            "--queue-stats-interval",
+            "1s",
+        ],
     );
-    let status_of = |path: &'static str| {
-        let w = &worker;
-        async move { w.get(path).await.map(|(s, _)| s).unwrap_or(0) }
-    };
-    eventually("ready before the outage", PATIENCE, || async { (status_of("/readyz").await == 200).then_some(()) }).await;
+    eventually("ready before the outage", PATIENCE, || async {
+        (worker.status("/readyz").await == 200).then_some(())
+    })
+    .await;
     for i in 0..3u64 {
-        upload(&conn.blobs, &container, &format!("before{i}.csv"), seed_csv(i, 100)).await;
+        upload(
+            &conn.blobs,
+            &container,
+            &format!("before{i}.csv"),
+            seed_csv(i, 100),
+        )
+        .await;
         queue.send(&format!("before{i}.csv")).await.unwrap();
     }
     eventually("the first three done", PATIENCE, || async {
-        (download(&conn.blobs, &container, "before2_aggregated.csv").await.is_some()
+        (download(&conn.blobs, &container, "before2_aggregated.csv")
+            .await
+            .is_some()
             && queue.approximate_count().await.unwrap() == 0)
             .then_some(())
     })
@@ -207,30 +290,54 @@ async fn storage_outage_flips_readiness_and_loses_nothing() {
     let cut_at = std::time::Instant::now();
     // Work submitted during the outage (straight to Azurite) must not be lost.
     for i in 0..3u64 {
-        upload(&conn.blobs, &container, &format!("during{i}.csv"), seed_csv(10 + i, 100)).await;
+        upload(
+            &conn.blobs,
+            &container,
+            &format!("during{i}.csv"),
+            seed_csv(10 + i, 100),
+        )
+        .await;
         queue.send(&format!("during{i}.csv")).await.unwrap();
     }
-    eventually("readiness 503 during the outage", PATIENCE, || async { (status_of("/readyz").await == 503).then_some(()) }).await;
-    assert_eq!(status_of("/healthz").await, 200, "liveness must not follow storage");
+    eventually("readiness 503 during the outage", PATIENCE, || async {
+        (worker.status("/readyz").await == 503).then_some(())
+    })
+    .await;
+    assert_eq!(
+        worker.status("/healthz").await,
+        200,
+        "liveness must not follow storage"
+    );
     let outage = Duration::from_secs(10).saturating_sub(cut_at.elapsed());
     tokio::time::sleep(outage).await;
     assert!(worker.alive(), "the worker died during the outage");
     blob_proxy.restore();
     queue_proxy.restore();
-    eventually("ready again", PATIENCE, || async { (status_of("/readyz").await == 200).then_some(()) }).await;
+    eventually("ready again", PATIENCE, || async {
+        (worker.status("/readyz").await == 200).then_some(())
+    })
+    .await;
 
     for i in 0..3u64 {
         let name = format!("during{i}_aggregated.csv");
-        let got = eventually("outputs of work sent during the outage", PATIENCE, || async {
-            download(&conn.blobs, &container, &name).await
-        })
+        let got = eventually(
+            "outputs of work sent during the outage",
+            PATIENCE,
+            || async { download(&conn.blobs, &container, &name).await },
+        )
         .await;
         assert!(got == expected_output(&seed_csv(10 + i, 100)));
     }
-    eventually("queue empty", PATIENCE, || async { (queue.approximate_count().await.unwrap() == 0).then_some(()) }).await;
+    eventually("queue empty", PATIENCE, || async {
+        (queue.approximate_count().await.unwrap() == 0).then_some(())
+    })
+    .await;
     let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
     assert_eq!(poison.approximate_count().await.unwrap(), 0);
     let m = worker.metrics().await;
-    assert!(sample(&m, "rollq_storage_errors_total", &[("op", "receive")]).is_some(), "receive errors were counted");
+    assert!(
+        sample(&m, "rollq_storage_errors_total", &[("op", "receive")]).is_some(),
+        "receive errors were counted"
+    );
     assert!(worker.alive());
 }

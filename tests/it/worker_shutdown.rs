@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use rollq::storage::QueueService;
-
 use crate::support::Azurite;
 use crate::worker_support::*;
 
@@ -26,7 +24,10 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
     let (blob, queue_addr) = azurite_addrs(&az);
     let slow = ThrottleProxy::start(blob, rate);
     let mut cmd = az.rollq();
-    cmd.env("AZURE_STORAGE_CONNECTION_STRING", connection_string_via(slow.addr(), queue_addr));
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        connection_string_via(slow.addr(), queue_addr),
+    );
     let mut worker = WorkerProc::spawn_with(
         cmd,
         queue.name(),
@@ -52,15 +53,29 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
     worker.sigterm();
     let signalled = Instant::now();
     // Draining: not ready, still serving probes.
-    eventually("readiness 503 while draining", Duration::from_secs(2), || async {
-        matches!(worker.get("/readyz").await, Ok((503, _))).then_some(())
-    })
+    eventually(
+        "readiness 503 while draining",
+        Duration::from_secs(2),
+        || async { matches!(worker.get("/readyz").await, Ok((503, _))).then_some(()) },
+    )
     .await;
     let status = worker.wait_exit(PATIENCE).await;
     assert!(status.success(), "exit {status}; log:\n{}", worker.log());
-    assert!(signalled.elapsed() < Duration::from_secs(15), "took {:?} to stop", signalled.elapsed());
-    assert!(worker.log().contains("releasing in-flight"), "{}", worker.log());
-    assert!(download(&conn.blobs, &container, "long_aggregated.csv").await.is_none());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    assert!(
+        worker.log().contains("releasing in-flight"),
+        "{}",
+        worker.log()
+    );
+    assert!(
+        download(&conn.blobs, &container, "long_aggregated.csv")
+            .await
+            .is_none()
+    );
 
     // Released with visibility 0: both messages are visible at once.
     eventually("both messages visible", PATIENCE, || async {
@@ -76,8 +91,15 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
     let status = finisher.wait_exit(PATIENCE).await;
     assert!(status.success(), "exit {status}");
     let got = download(&conn.blobs, &container, "long_aggregated.csv").await;
-    assert!(got.as_ref() == Some(&expected), "long.csv output missing or wrong");
-    assert!(download(&conn.blobs, &container, "short_aggregated.csv").await.is_some());
+    assert!(
+        got.as_ref() == Some(&expected),
+        "long.csv output missing or wrong"
+    );
+    assert!(
+        download(&conn.blobs, &container, "short_aggregated.csv")
+            .await
+            .is_some()
+    );
     assert_eq!(queue.approximate_count().await.unwrap(), 0);
     let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
     assert_eq!(poison.approximate_count().await.unwrap(), 0);

@@ -30,7 +30,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -64,7 +67,9 @@ impl WorkerProc {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, rx) = mpsc::channel();
@@ -86,7 +91,10 @@ impl WorkerProc {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("rollq worker did not start; its log:\n{}", log.lock().unwrap());
+                    panic!(
+                        "rollq worker did not start; its log:\n{}",
+                        log.lock().unwrap()
+                    );
                 }
             }
         };
@@ -153,6 +161,11 @@ impl WorkerProc {
             .expect("join")
     }
 
+    /// The status code of GET `path`, 0 when the request failed.
+    pub async fn status(&self, path: &str) -> u16 {
+        self.get(path).await.map(|(s, _)| s).unwrap_or(0)
+    }
+
     /// `/metrics` parsed with a Prometheus text parser.
     pub async fn metrics(&self) -> prometheus_parse::Scrape {
         let (status, body) = self.get("/metrics").await.expect("scrape /metrics");
@@ -175,7 +188,10 @@ impl Drop for WorkerProc {
 fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut rsp = String::new();
     s.read_to_string(&mut rsp)?;
     let status = rsp
@@ -183,19 +199,24 @@ fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| io::Error::other(format!("bad response {rsp:?}")))?;
-    let body = rsp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = rsp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     // axum answers small bodies with Content-Length; chunked only for streams.
     Ok((status, body))
 }
 
 /// The value of one sample: metric name and label pairs that must match.
-pub fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     scrape
         .samples
         .iter()
-        .find(|s| {
-            s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
@@ -218,7 +239,14 @@ pub fn seed_csv(seed: u64, rows: u64) -> Vec<u8> {
     for i in 0..rows {
         let t = start + chrono::Duration::minutes(i as i64);
         let tenths = 100 + (i * 7919 + seed * 31 + i / 60 * 13) % 300;
-        writeln!(out, "{},{}.{}", t.format("%Y-%m-%d %H:%M:%S"), tenths / 10, tenths % 10).unwrap();
+        writeln!(
+            out,
+            "{},{}.{}",
+            t.format("%Y-%m-%d %H:%M:%S"),
+            tenths / 10,
+            tenths % 10
+        )
+        .unwrap();
     }
     out
 }
@@ -265,14 +293,21 @@ pub async fn fresh_queue_and_container(conn: &Connection) -> (Arc<dyn Queue>, St
     let container = crate::support::unique_name("wc");
     let queue = conn.queues.queue(&queue_name);
     queue.create_if_missing().await.unwrap();
-    conn.blobs.create_container_if_missing(&container).await.unwrap();
+    conn.blobs
+        .create_container_if_missing(&container)
+        .await
+        .unwrap();
     (queue, container)
 }
 
 /// Uploads a blob.
 pub async fn upload(blobs: &Arc<dyn BlobStore>, container: &str, name: &str, body: Vec<u8>) {
     blobs
-        .put(&BlobPath::new(container, name), Bytes::from(body), PutOptions::default())
+        .put(
+            &BlobPath::new(container, name),
+            Bytes::from(body),
+            PutOptions::default(),
+        )
         .await
         .unwrap();
 }
@@ -293,7 +328,13 @@ pub async fn download(blobs: &Arc<dyn BlobStore>, container: &str, name: &str) -
 
 /// Every message text in a queue (peek sees visible ones only; the caller waits for that).
 pub async fn peek_texts(queue: &Arc<dyn Queue>) -> Vec<String> {
-    queue.peek(32).await.unwrap().into_iter().map(|m| m.text).collect()
+    queue
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
 }
 
 // === a slow link ===
@@ -317,7 +358,9 @@ impl ThrottleProxy {
                     break;
                 }
                 let Ok(client) = conn else { continue };
-                let Ok(server) = TcpStream::connect(target) else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
                 let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
                 let (mut s_read, mut s_write) = (server.try_clone().unwrap(), server);
                 std::thread::spawn(move || {
