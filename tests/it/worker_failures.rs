@@ -21,6 +21,22 @@ async fn poison_paths() {
     )
     .await;
     upload(&conn.blobs, &container, "fine.csv", seed_csv(1, 10)).await;
+    // A message already received twice, with --max-dequeue-count 1 below: poisoned unread.
+    queue.send("fine.csv").await.unwrap();
+    for _ in 0..2 {
+        let got = eventually("fine.csv visible", PATIENCE, || async {
+            queue
+                .receive(1, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .pop()
+        })
+        .await;
+        queue
+            .update(&got.id, &got.pop_receipt, Duration::ZERO, None)
+            .await
+            .unwrap();
+    }
     let texts = [
         "{\"garbage\": true",
         "https://someoneelse.blob.core.windows.net/data/t.csv",
@@ -29,30 +45,6 @@ async fn poison_paths() {
     ];
     for t in texts {
         queue.send(t).await.unwrap();
-    }
-    // A message already received twice, with --max-dequeue-count 1 below: poisoned unread.
-    queue.send("fine.csv").await.unwrap();
-    for _ in 0..2 {
-        let got = eventually("fine.csv visible", PATIENCE, || async {
-            let msgs = queue.receive(32, Duration::from_secs(30)).await.unwrap();
-            let mut mine = None;
-            for m in msgs {
-                if m.text == "fine.csv" {
-                    mine = Some(m);
-                } else {
-                    queue
-                        .update(&m.id, &m.pop_receipt, Duration::ZERO, None)
-                        .await
-                        .unwrap();
-                }
-            }
-            mine
-        })
-        .await;
-        queue
-            .update(&got.id, &got.pop_receipt, Duration::ZERO, None)
-            .await
-            .unwrap();
     }
 
     let mut worker = WorkerProc::spawn(

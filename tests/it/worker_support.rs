@@ -55,6 +55,7 @@ impl WorkerProc {
             .args(["--http-addr", "127.0.0.1:0", "--max-poll-interval", "500ms"])
             .args(args)
             .env("RUST_LOG", "rollq=debug,warn")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn rollq worker");
