@@ -122,8 +122,13 @@ async fn renewal_keeps_a_slow_message_leased() {
             "1",
         ],
     );
-    // A competing consumer polls all along; it must never get the message.
     let started = std::time::Instant::now();
+    eventually("the worker holding the message", PATIENCE, || async {
+        let m = worker.metrics().await;
+        (sample(&m, "rollq_messages_in_flight", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    // From now on a competing consumer polls all along; it must never get the message.
     loop {
         let stolen = queue.receive(32, Duration::from_secs(1)).await.unwrap();
         assert!(
