@@ -32,7 +32,7 @@ pub enum Command {
     /// Upload CSV files to a container and enqueue one message per blob.
     Submit(submit::SubmitArgs),
     /// Run the queue worker: lease messages, roll up the blobs they name, write the outputs.
-    Worker(worker::WorkerArgs),
+    Worker(Box<worker::WorkerArgs>),
     /// Enqueue every input blob in a container that has no current output.
     Backfill(queue_tools::BackfillArgs),
     /// Inspect a queue.
@@ -47,7 +47,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Aggregate(args) => aggregate::run(args),
         Command::Submit(args) => submit::run(args),
-        Command::Worker(args) => worker::run(args),
+        Command::Worker(args) => worker::run(*args),
         Command::Backfill(args) => queue_tools::backfill(args),
         Command::Queue(args) => queue_tools::queue(args),
         Command::Poison(args) => queue_tools::poison(args),
