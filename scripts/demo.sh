@@ -23,8 +23,9 @@ if [[ ! -f node_modules/azurite/dist/src/azurite.js ]]; then
 fi
 
 echo "== building rollq"
-cargo build --release --locked --quiet
-rollq="target/release/rollq"
+# A debug build is enough for six one-year files and shares target/ with the tests.
+cargo build --locked --quiet
+rollq="target/debug/rollq"
 
 echo "== starting Azurite"
 node node_modules/azurite/dist/src/azurite.js --silent --disableTelemetry --inMemoryPersistence \
@@ -33,8 +34,8 @@ node node_modules/azurite/dist/src/azurite.js --silent --disableTelemetry --inMe
 azurite_pid=$!
 blob_port="" queue_port=""
 for _ in $(seq 1 600); do
-    blob_port="$(sed -n 's|.*Blob service.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/azurite.out")"
-    queue_port="$(sed -n 's|.*Queue service.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/azurite.out")"
+    blob_port="$(sed -n 's|.*Blob service is successfully listening at http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/azurite.out")"
+    queue_port="$(sed -n 's|.*Queue service is successfully listening at http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/azurite.out")"
     [[ -n "$blob_port" && -n "$queue_port" ]] && break
     kill -0 "$azurite_pid" 2>/dev/null || { cat "$work/azurite.err"; exit 1; }
     sleep 0.1
