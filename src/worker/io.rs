@@ -156,7 +156,10 @@ impl BlobSink {
     }
 
     fn stage_buffer(&mut self) -> io::Result<()> {
-        let block = Bytes::from(std::mem::take(&mut self.buf));
+        // A full-size buffer up front: growing a fresh Vec by doubling for every block
+        // churns the allocator and raises the peak for no benefit.
+        let next = Vec::with_capacity(self.block_bytes);
+        let block = Bytes::from(std::mem::replace(&mut self.buf, next));
         let blobs = self.blobs.clone();
         let observe = self.observe.clone();
         let (path, opts) = (self.path.clone(), self.opts.clone());

@@ -9,5 +9,6 @@ mod storage_large;
 mod submit;
 mod worker;
 mod worker_failures;
+mod worker_memory;
 mod worker_shutdown;
 mod worker_support;
