@@ -461,9 +461,24 @@ def promql_metric_names(expr: str) -> set[str]:
 
 
 def scrape_names(text: str) -> set[str]:
+    """Series names a scrape exports: every sample's name, plus the names a `# TYPE` line
+    promises. A labelled counter family nobody has incremented yet (say storage errors on a
+    healthy worker) has a TYPE line but no sample, and still is a metric the worker emits."""
+    suffixes = {
+        "counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["_sum", "_count", ""], "info": ["_info"], "gauge": [""], "untyped": [""],
+        "unknown": [""], "stateset": [""], "gaugehistogram": ["_bucket", "_gsum", "_gcount"],
+    }
     names = set()
     for line in text.splitlines():
         line = line.strip()
+        m = re.match(r"#\s*TYPE\s+([A-Za-z_:][A-Za-z0-9_:]*)\s+(\w+)", line)
+        if m:
+            base, typ = m.group(1), m.group(2)
+            for suf in suffixes.get(typ, [""]):
+                # OpenMetrics names the counter family without `_total`; the text format with it.
+                names.add(base if base.endswith(suf) else base + suf)
+            continue
         if not line or line.startswith("#"):
             continue
         m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)", line)
