@@ -96,10 +96,18 @@ if [ -n "$ROLLQ_BIN" ]; then
     ROLLQ_MAX_IN_FLIGHT=2 ROLLQ_MAX_DEQUEUE_COUNT=2 ROLLQ_MAX_POLL_INTERVAL=1s \
     ROLLQ_QUEUE_STATS_INTERVAL=1s ROLLQ_LOG_FORMAT=text \
         "$ROLLQ_BIN" worker >"$WORK/worker.log" 2>&1 &
-    PIDS+=($!)
+    WORKER_PID=$!
+    PIDS+=("$WORKER_PID")
     echo "== rollq worker on 127.0.0.1:$TARGET_PORT"
-    wait_for "the worker to be ready" curl -fsS "http://127.0.0.1:$TARGET_PORT/readyz" \
-        || { cat "$WORK/worker.log" >&2; exit 1; }
+    worker_ready() {
+        if ! kill -0 "$WORKER_PID" 2>/dev/null; then
+            echo "e2e: the worker exited before it was ready:" >&2
+            cat "$WORK/worker.log" >&2
+            exit 1
+        fi
+        curl -fsS "http://127.0.0.1:$TARGET_PORT/readyz"
+    }
+    wait_for "the worker to be ready" worker_ready || { cat "$WORK/worker.log" >&2; exit 1; }
 else
     mkdir -p "$WORK/standin"
     cp "$STAND_IN" "$WORK/standin/metrics"

@@ -35,7 +35,10 @@ fn run_script(script: &str, args: &[&str]) -> String {
 /// Every offline check passes on the real files, and every check rejects its broken copy.
 #[test]
 fn deploy_files_pass_every_offline_check() {
-    let stdout = run_script("scripts/check-deploy.sh", &["--rollq", env!("CARGO_BIN_EXE_rollq")]);
+    let stdout = run_script(
+        "scripts/check-deploy.sh",
+        &["--rollq", env!("CARGO_BIN_EXE_rollq")],
+    );
     // The closing line counts checks and self-test rejections; a run that skipped them would
     // report far fewer.
     let summary = stdout
@@ -61,7 +64,10 @@ fn deploy_files_pass_every_offline_check() {
 fn prometheus_turns_the_poison_alert_pending_on_stand_in_metrics() {
     let stdout = run_script(
         "scripts/e2e-prometheus.sh",
-        &["--stand-in-metrics", "deploy/tests/fixtures/metrics.contract-fixture.prom"],
+        &[
+            "--stand-in-metrics",
+            "deploy/tests/fixtures/metrics.contract-fixture.prom",
+        ],
     );
     assert!(
         stdout.contains("RollqPoisonQueueNotEmpty is pending"),
