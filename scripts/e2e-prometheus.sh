@@ -43,6 +43,7 @@ fi
 PY=$ROOT/target/deploy-tools/venv/bin/python
 [ -f node_modules/azurite/dist/src/azurite.js ] || npm ci --no-audit --no-fund --loglevel=error
 
+exec 3>&2
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -101,8 +102,9 @@ if [ -n "$ROLLQ_BIN" ]; then
     echo "== rollq worker on 127.0.0.1:$TARGET_PORT"
     worker_ready() {
         if ! kill -0 "$WORKER_PID" 2>/dev/null; then
-            echo "e2e: the worker exited before it was ready:" >&2
-            cat "$WORK/worker.log" >&2
+            # fd 3 is the script's stderr: wait_for silences the probe's own output.
+            echo "e2e: the worker exited before it was ready:" >&3
+            cat "$WORK/worker.log" >&3
             exit 1
         fi
         curl -fsS "http://127.0.0.1:$TARGET_PORT/readyz"
