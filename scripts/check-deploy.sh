@@ -296,6 +296,11 @@ if [ "$SELF_TEST" -eq 1 ]; then
     mutate "$AKS" "$B/sel.yaml" 'find("PodMonitor")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = "rollq-worker"'
     expect_fail "PodMonitor selects no rollq pod" check_manifests "$B/sel.yaml"
 
+    mutate "$AKS" "$B/logfmt.yaml" 'find("ConfigMap","rollq-config")["data"]["ROLLQ_LOG_FORMAT"] = "yaml"'
+    expect_fail "env value outside clap's possible values" check_manifests "$B/logfmt.yaml"
+    mutate "$JOBS" "$B/flag.yaml" 'find("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["args"] = ["worker", "--max-msgs", "1"]'
+    expect_fail "container args with a flag rollq worker does not have" check_manifests "$B/flag.yaml"
+
     printf 'Usage: rollq worker\n  --queue <Q> [env: ROLLQ_QUEUE=]\n' >"$B/help.txt"
     expect_fail "help text that lists almost no env vars" "${CHECK[@]}" manifests --help-text "$B/help.txt" "$AKS"
 

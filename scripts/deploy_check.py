@@ -256,6 +256,32 @@ def accepted_env(help_text: str) -> set[str]:
     return set(re.findall(r"\[env:\s*([A-Za-z_][A-Za-z0-9_]*)[=\]]", help_text))
 
 
+def help_blocks(help_text: str) -> list[str]:
+    """One text block per option in clap's help (an option's description may wrap)."""
+    blocks: list[str] = []
+    for line in help_text.splitlines():
+        if re.match(r"\s*(-\w, )?--[\w-]+", line):
+            blocks.append(line)
+        elif blocks and line.strip():
+            blocks[-1] += " " + line.strip()
+    return blocks
+
+
+def possible_values(help_text: str) -> dict[str, set[str]]:
+    """Env var → the values clap lists as `[possible values: a, b]` for that option."""
+    out = {}
+    for block in help_blocks(help_text):
+        env = re.search(r"\[env:\s*([A-Za-z_][A-Za-z0-9_]*)[=\]]", block)
+        vals = re.search(r"\[possible values: ([^\]]*)\]", block)
+        if env and vals:
+            out[env.group(1)] = {v.strip() for v in vals.group(1).split(",")}
+    return out
+
+
+def accepted_flags(help_text: str) -> set[str]:
+    return {m.group(1) for b in help_blocks(help_text) for m in [re.search(r"(--[\w-]+)", b)] if m}
+
+
 def pod_template(obj: dict) -> dict | None:
     if obj["kind"] == "Deployment":
         return obj["spec"]["template"]
@@ -272,6 +298,8 @@ def cmd_manifests(args: argparse.Namespace) -> int:
         by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
     help_text = Path(args.help_text).read_text(encoding="utf-8")
     accepted = accepted_env(help_text)
+    choices = possible_values(help_text)
+    flags = accepted_flags(help_text)
     pr.check(len(accepted) >= 5, f"{args.help_text}: found only {sorted(accepted)} [env: ...] entries")
 
     workloads = [o for o in objs if pod_template(o) is not None
@@ -335,6 +363,15 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                 checked_env += 1
                 pr.check(name in accepted or name in WEBHOOK_ENV,
                          f"{wid}: env {name} is not accepted by `rollq worker` (see --help)")
+                allowed_values = choices.get(name)
+                if allowed_values and env[name] is not None:
+                    pr.check(env[name] in allowed_values,
+                             f"{wid}: {name}={env[name]!r} is not one of {sorted(allowed_values)}")
+            args = c.get("args", [])
+            pr.check(args[:1] == ["worker"], f"{wid}: container args must start with `worker`")
+            for a in args[1:]:
+                if a.startswith("--"):
+                    pr.check(a.split("=")[0] in flags, f"{wid}: `rollq worker` has no flag {a}")
 
             if w["kind"] == "Deployment":
                 for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
