@@ -8,11 +8,13 @@
 #   docker build -t rollq:dev .
 #   docker run --rm rollq:dev worker --help
 
-ARG RUST_VERSION=1.88
+# The toolchain the project is built and tested with (Cargo.toml's rust-version is the MSRV).
+# bookworm, to match the glibc of the distroless debian12 runtime.
+ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS chef
 # cargo-chef pinned so the dependency layer is reproducible.
-RUN cargo install cargo-chef --locked --version 0.1.71
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /app
 
 FROM chef AS planner
