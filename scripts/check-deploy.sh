@@ -84,7 +84,9 @@ install_tools() {
         apt_update_once
         local dl
         dl=$(mktemp -d)
-        (cd "$dl" && apt-get download -qq kubernetes-client 2>/dev/null)
+        # apt's download sandbox user must be able to write here.
+        chmod 0777 "$dl"
+        (cd "$dl" && apt-get download -qq kubernetes-client)
         mkdir -p "$TOOLS/kubernetes-client"
         dpkg-deb -x "$dl"/kubernetes-client_*.deb "$TOOLS/kubernetes-client"
         rm -rf "$dl"
@@ -314,6 +316,9 @@ if [ "$SELF_TEST" -eq 1 ]; then
         deploy/base/prometheusrule.yaml >"$B/rule-sum.yaml"
     expect_fail "queue gauge summed over replicas instead of max (unit test)" check_rules "$B/rule-sum.yaml" deploy/tests/rules.test.yaml
 
+    sed 's/max(rollq_queue_messages{/sum(rollq_queue_messages{/' deploy/dashboards/rollq.json >"$B/dash-sum.json"
+    expect_fail "dashboard summing a queue gauge over replicas" \
+        check_metrics "$SCRAPE" deploy/base/prometheusrule.yaml "$B/dash-sum.json"
     sed 's/rollq_bytes_read_total/rollq_bytes_total/' deploy/dashboards/rollq.json >"$B/dash.json"
     expect_fail "dashboard query with a metric the worker does not emit" \
         check_metrics "$SCRAPE" deploy/base/prometheusrule.yaml "$B/dash.json"

@@ -49,6 +49,9 @@ MIB = 1024 * 1024
 PER_MESSAGE_BYTES = 32 * MIB
 BASELINE_BYTES = 64 * MIB
 
+# Gauges describing the shared queue; every replica exports the same value.
+QUEUE_GAUGES = ("rollq_queue_messages", "rollq_poison_queue_messages", "rollq_oldest_message_age_seconds")
+
 AZURE_QUEUE_KEYS = {
     "queueName",
     "queueLength",
@@ -568,6 +571,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                 pr.check(n in recorded, f"{where}: {n} is not recorded by the PrometheusRule")
             else:
                 pr.check(n in allow, f"{where}: {n} is neither rollq's nor on the allow-list")
+    # Every replica reports the same queue gauges: summing them would multiply the backlog by
+    # the replica count, so they must be aggregated with max.
+    for where, e in exprs:
+        for gauge in QUEUE_GAUGES:
+            for m in re.finditer(rf"\b{gauge}\b", e):
+                wrapper = re.search(
+                    r"(\w+)\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*$", e[: m.start()])
+                pr.check(wrapper is not None and wrapper.group(1) == "max",
+                         f"{where}: {gauge} must be aggregated with max(...) in {e!r}")
     unused = allow - used
     pr.check(not unused, f"allow-list entries nothing uses: {sorted(unused)}")
     n_rollq = len([n for n in used if n.startswith("rollq_")])
