@@ -298,6 +298,8 @@ if [ "$SELF_TEST" -eq 1 ]; then
     mutate "$AKS" "$B/sel.yaml" 'find("PodMonitor")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = "rollq-worker"'
     expect_fail "PodMonitor selects no rollq pod" check_manifests "$B/sel.yaml"
 
+    mutate "$JOBS" "$B/image.yaml" 'find("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["image"] = "rollq"'
+    expect_fail "rollq image left unset by the variant" check_manifests "$B/image.yaml"
     mutate "$AKS" "$B/logfmt.yaml" 'find("ConfigMap","rollq-config")["data"]["ROLLQ_LOG_FORMAT"] = "yaml"'
     expect_fail "env value outside clap's possible values" check_manifests "$B/logfmt.yaml"
     mutate "$JOBS" "$B/flag.yaml" 'find("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["args"] = ["worker", "--max-msgs", "1"]'

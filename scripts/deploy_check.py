@@ -334,6 +334,11 @@ def cmd_manifests(args: argparse.Namespace) -> int:
         for c in spec["containers"]:
             if c["name"] != ROLLQ_CONTAINER:
                 continue
+            # The variant's `images` entry must have reached every rollq container, including the
+            # ScaledJob's nested template (a kustomize that missed it would ship `image: rollq`).
+            image = c.get("image", "")
+            pr.check(image != "rollq" and re.search(r":[\w.-]+$|@sha256:", image) is not None,
+                     f"{wid}: image {image!r} was not set by the variant's `images` (name:tag)")
             csc = c.get("securityContext", {})
             pr.check(csc.get("readOnlyRootFilesystem") is True, f"{wid}: readOnlyRootFilesystem")
             pr.check(csc.get("allowPrivilegeEscalation") is False, f"{wid}: allowPrivilegeEscalation")
