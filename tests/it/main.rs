@@ -3,6 +3,7 @@
 mod support;
 
 mod aggregate;
+mod deploy;
 mod storage;
 mod storage_large;
 mod submit;
