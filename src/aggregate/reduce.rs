@@ -155,11 +155,19 @@ impl Held {
             } else {
                 end
             };
-            let mut accs = vec![Acc::default(); (new_end - new_base) as usize * self.n_cols];
-            let off = (self.base - new_base) as usize * self.n_cols;
-            accs[off..off + self.accs.len()].copy_from_slice(&self.accs);
-            self.accs = accs;
-            self.base = new_base;
+            let new_len = (new_end - new_base) as usize * self.n_cols;
+            if new_base == self.base {
+                // Growing to the right (the common case, rows mostly ascending): extend in
+                // place, so old and new arrays never coexist.
+                self.accs.reserve_exact(new_len - self.accs.len());
+                self.accs.resize(new_len, Acc::default());
+            } else {
+                let mut accs = vec![Acc::default(); new_len];
+                let off = (self.base - new_base) as usize * self.n_cols;
+                accs[off..off + self.accs.len()].copy_from_slice(&self.accs);
+                self.accs = accs;
+                self.base = new_base;
+            }
         }
         self.min = min;
         self.max = max;
