@@ -293,22 +293,42 @@ pub fn run(
     let mut report = Report::default();
     if source.can_reopen() && sink.can_restart() {
         let mut records = read::Records::new(source.open()?, spec.max_line_bytes);
-        let result = reduce::pass(spec, &mut records, sink, Mode::Streaming);
+        let result = reduce::pass(spec, &mut records, sink, Mode::Streaming, None, false);
         report.bytes_read += records.bytes_read;
         drop(records);
         match result? {
             (reduce::PassEnd::Done, stats) => return Ok(finish(report, stats, Mode::Streaming)),
-            (reduce::PassEnd::OutOfOrder, _) => {
+            (reduce::PassEnd::OutOfOrder | reduce::PassEnd::Reanchor(_), _) => {
                 tracing::debug!("rows out of order: re-reading the input in holding mode");
                 sink.restart()?;
             }
         }
     }
-    let mut records = read::Records::new(source.open()?, spec.max_line_bytes);
-    let result = reduce::pass(spec, &mut records, sink, Mode::Holding);
-    report.bytes_read += records.bytes_read;
-    let (_, stats) = result?;
-    Ok(finish(report, stats, Mode::Holding))
+    let mut anchor = None;
+    let may_reanchor = source.can_reopen();
+    loop {
+        let mut records = read::Records::new(source.open()?, spec.max_line_bytes);
+        let result = reduce::pass(
+            spec,
+            &mut records,
+            sink,
+            Mode::Holding,
+            anchor,
+            may_reanchor,
+        );
+        report.bytes_read += records.bytes_read;
+        drop(records);
+        match result? {
+            // pandas anchors sub-day buckets in a zone to the earliest row's local midnight;
+            // when that puts boundaries elsewhere than the first row's day did, read again.
+            // A source read once keeps the first row's anchor (documented in docs/reducer.md).
+            (reduce::PassEnd::Reanchor(earliest), _) => {
+                tracing::debug!("re-reading the input with the grid anchored to the earliest row");
+                anchor = Some(earliest);
+            }
+            (_, stats) => return Ok(finish(report, stats, Mode::Holding)),
+        }
+    }
 }
 
 fn finish(mut report: Report, stats: reduce::PassStats, mode: Mode) -> Report {

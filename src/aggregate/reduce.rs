@@ -20,13 +20,20 @@ pub enum PassEnd {
     Done,
     /// Streaming met a row for a bucket it had already passed.
     OutOfOrder,
+    /// Holding mode read everything but wrote nothing: the grid must be anchored to this
+    /// earlier row's day (sub-day buckets in a zone whose offset differs between that day and
+    /// the first row's day). Run again with it as the anchor.
+    Reanchor(i64),
 }
 
 /// Counters of one pass.
 #[derive(Default)]
 pub struct PassStats {
+    /// Rows aggregated.
     pub rows: u64,
+    /// Rows skipped under `--max-bad-rows`.
     pub bad_rows: u64,
+    /// Buckets written.
     pub buckets: u64,
 }
 
@@ -155,11 +162,19 @@ impl Held {
             } else {
                 end
             };
-            let mut accs = vec![Acc::default(); (new_end - new_base) as usize * self.n_cols];
-            let off = (self.base - new_base) as usize * self.n_cols;
-            accs[off..off + self.accs.len()].copy_from_slice(&self.accs);
-            self.accs = accs;
-            self.base = new_base;
+            let new_len = (new_end - new_base) as usize * self.n_cols;
+            if new_base == self.base {
+                // Growing to the right (the common case, rows mostly ascending): extend in
+                // place, so old and new arrays never coexist.
+                self.accs.reserve_exact(new_len - self.accs.len());
+                self.accs.resize(new_len, Acc::default());
+            } else {
+                let mut accs = vec![Acc::default(); new_len];
+                let off = (self.base - new_base) as usize * self.n_cols;
+                accs[off..off + self.accs.len()].copy_from_slice(&self.accs);
+                self.accs = accs;
+                self.base = new_base;
+            }
         }
         self.min = min;
         self.max = max;
@@ -320,12 +335,16 @@ impl Pass<'_> {
     }
 }
 
-/// Runs one pass in `mode`. Counters go to `stats`; bytes read are added to `bytes_read`.
+/// Runs one pass in `mode`. `anchor` is the UTC second whose day anchors the bucket grid
+/// (default: the first row). `may_reanchor` lets holding mode return
+/// [`PassEnd::Reanchor`] instead of writing output anchored to the wrong day.
 pub fn pass(
     spec: &Spec,
     records: &mut Records<'_>,
     sink: &mut dyn Sink,
     mode: Mode,
+    anchor: Option<i64>,
+    may_reanchor: bool,
 ) -> Result<(PassEnd, PassStats), AggregateError> {
     records.skip_bom()?;
     let mut fields: Vec<Range<usize>> = Vec::new();
@@ -356,7 +375,13 @@ pub fn pass(
         sink,
         buf: Vec::with_capacity(128 * 1024),
     };
-    output::push_header(&mut out.buf, &time_name, &layout.value_names);
+    // Holding mode writes nothing before the end (it may still decide to re-anchor).
+    if mode == Mode::Streaming {
+        output::push_header(&mut out.buf, &time_name, &layout.value_names);
+    }
+    let value_names = layout.value_names.clone();
+    // The earliest row (holding mode): pandas anchors sub-day grids to its day.
+    let mut earliest: Option<i64> = None;
     let mut p = Pass {
         spec,
         time_name: time_name.clone(),
@@ -454,7 +479,7 @@ pub fn pass(
         };
         let grid = *p
             .grid
-            .get_or_insert_with(|| Grid::new(spec.bucket, spec.timezone, t));
+            .get_or_insert_with(|| Grid::new(spec.bucket, spec.timezone, anchor.unwrap_or(t)));
         let key = if t >= key_lo && t < key_hi {
             key_hit
         } else {
@@ -494,6 +519,7 @@ pub fn pass(
             continue;
         }
         // Holding mode.
+        earliest = Some(earliest.map_or(t, |e| e.min(t)));
         let h = held.get_or_insert_with(|| Held {
             n_cols,
             base: key,
@@ -517,6 +543,14 @@ pub fn pass(
                 }
             }
             Mode::Holding => {
+                if may_reanchor
+                    && anchor.is_none()
+                    && let Some(e) = earliest
+                    && !grid.same_phase(&Grid::new(spec.bucket, spec.timezone, e))
+                {
+                    return Ok((PassEnd::Reanchor(e), p.stats));
+                }
+                output::push_header(&mut out.buf, &time_name, &value_names);
                 if let Some(h) = &held {
                     for key in h.min..=h.max {
                         let at = (key - h.base) as usize * n_cols;
@@ -526,6 +560,10 @@ pub fn pass(
                 }
             }
         }
+    }
+    if mode == Mode::Holding && p.grid.is_none() {
+        // Header-only input: no grid, no buckets, just the header.
+        output::push_header(&mut out.buf, &time_name, &value_names);
     }
     out.finish()?;
     Ok((PassEnd::Done, p.stats))

@@ -386,6 +386,29 @@ proptest! {
     }
 
     #[test]
+    fn streaming_equals_holding_in_zones_and_widths(
+        mut rows in prop::collection::vec((0i64..6000, cell(), cell()), 1..120),
+        bucket in prop::sample::select(Bucket::ALL.iter().map(|b| b.0).collect::<Vec<_>>()),
+        zone in prop::sample::select(vec!["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]),
+        base in prop::sample::select(vec![1_603_580_000i64, 1_604_190_000]),
+    ) {
+        // The bases put the rows across the autumn 2020 clock changes of Europe and the US.
+        rows.sort_by_key(|r| r.0);
+        let mut input = b"Datetime,A,B\n".to_vec();
+        for (minute, a, b) in &rows {
+            time::push_datetime(&mut input, base + minute * 60);
+            input.extend_from_slice(format!(",{a},{b}\n").as_bytes());
+        }
+        let spec = Spec { bucket, timezone: zone.parse().unwrap(), ..Spec::default() };
+        let (streamed, a) = run_bytes(&spec, &input).unwrap();
+        let (held, b) = run_once(&spec, &input).unwrap();
+        prop_assert_eq!(a.mode, Some(Mode::Streaming));
+        prop_assert_eq!(b.mode, Some(Mode::Holding));
+        prop_assert_eq!(a.rows, rows.len() as u64);
+        prop_assert_eq!(streamed, held);
+    }
+
+    #[test]
     fn any_byte_split_gives_the_same_output(
         rows in rows(),
         sizes in prop::collection::vec(1usize..40, 1..8),

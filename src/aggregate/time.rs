@@ -347,6 +347,16 @@ impl Grid {
         Grid::Fixed { width, origin, tz }
     }
 
+    /// Whether both grids put bucket boundaries at the same instants (keys may differ).
+    pub fn same_phase(&self, other: &Grid) -> bool {
+        match (*self, *other) {
+            (Grid::Fixed { width, origin, .. }, Grid::Fixed { origin: o2, .. }) => {
+                (origin - o2).rem_euclid(width) == 0
+            }
+            _ => true,
+        }
+    }
+
     /// The bucket key of a UTC second.
     #[inline]
     pub fn key(&self, t: i64) -> i64 {

@@ -99,6 +99,25 @@ fn matches_pandas_on_every_fixture() {
         let out = rollq(&argv, b"", &[], &dir);
         assert!(out.status.success(), "{}: {}", case.name, stderr(&out));
         let got = String::from_utf8(out.stdout.clone()).unwrap();
+        // stdout cannot take output back, so that run held every bucket; a file output
+        // streams (re-reading in holding mode only for unordered input). Same bytes.
+        let tmp = tempfile::tempdir().unwrap();
+        let file_out = tmp.path().join("out.csv");
+        args[2] = file_out.to_string_lossy().into_owned();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let streamed = rollq(&argv, b"", &[], &dir);
+        assert!(
+            streamed.status.success(),
+            "{}: {}",
+            case.name,
+            stderr(&streamed)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file_out).unwrap(),
+            got,
+            "{}: streaming != holding",
+            case.name
+        );
         let want = std::fs::read_to_string(dir.join("expected").join(format!("{}.csv", case.name)))
             .unwrap();
         let (got_lines, want_lines): (Vec<&str>, Vec<&str>) =
@@ -349,4 +368,132 @@ fn missing_input_file_is_an_error() {
     let out = rollq(&["nope.csv"], b"", &[], dir.path());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nope.csv"), "{}", stderr(&out));
+}
+
+// === bounded memory, counted ===
+
+/// Counts the bytes each thread holds on the heap (and its peak), so a test can measure what
+/// one `aggregate::run` call holds without the noise of tests running on other threads.
+/// This is the binary's global allocator; it only adds two thread-local updates per call.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static HELD: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // `try_with`: allocations during thread teardown find the cells gone; skip them.
+        let _ = HELD.try_with(|held| {
+            let now = held.get() + delta;
+            held.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; only sizes are
+    // recorded.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    /// Runs `f` and returns its result and the most heap bytes it held at once on this thread.
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let start = HELD.with(Cell::get);
+        PEAK.with(|p| p.set(start));
+        let out = f();
+        (out, (PEAK.with(Cell::get) - start).max(0) as usize)
+    }
+}
+
+#[global_allocator]
+static ALLOC: counting::Counting = counting::Counting;
+
+/// A source read once, forcing holding mode.
+struct Once<'a>(&'a [u8]);
+
+impl rollq::aggregate::Source for Once<'_> {
+    fn open(&mut self) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        Ok(Box::new(self.0))
+    }
+    fn can_reopen(&self) -> bool {
+        false
+    }
+}
+
+/// Discards output (so output bytes are not counted as held).
+struct Discard;
+
+impl Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl rollq::aggregate::Sink for Discard {
+    fn restart(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn streaming_memory_does_not_grow_with_rows_or_span() {
+    use rollq::aggregate::{self, BytesSource, Mode, Spec, bench_support};
+    let spec = Spec::default();
+    let mut peaks = Vec::new();
+    for rows in [100_000u64, 2_000_000] {
+        let mut input = Vec::new();
+        bench_support::write_seed_rows(rows, &mut input).unwrap();
+        let (report, peak) = counting::peak_during(|| {
+            aggregate::run(&spec, &mut BytesSource(&input), &mut Discard).unwrap()
+        });
+        assert_eq!(report.mode, Some(Mode::Streaming));
+        assert_eq!(report.rows, rows);
+        peaks.push(peak);
+    }
+    // 2M rows span 33,334 hours; 100k rows span 1,667. The peak is the read buffer and the
+    // output buffer, whatever the size: well under 1 MiB, and the same for both inputs.
+    assert!(peaks[1] < 1 << 20, "streaming held {} bytes", peaks[1]);
+    assert!(
+        peaks[1] <= peaks[0] + 4096,
+        "streaming memory grew with input: {peaks:?}"
+    );
+
+    // Holding mode holds the buckets: proportional to the span, bounded by 2 x buckets x 48 B
+    // plus the buffers.
+    let mut input = Vec::new();
+    bench_support::write_seed_rows(2_000_000, &mut input).unwrap();
+    let (report, peak) =
+        counting::peak_during(|| aggregate::run(&spec, &mut Once(&input), &mut Discard).unwrap());
+    assert_eq!(report.mode, Some(Mode::Holding));
+    let bound = 2 * report.buckets as usize * 48 + (1 << 20);
+    assert!(peak <= bound, "holding held {peak} bytes, bound {bound}");
+    assert!(
+        peak > report.buckets as usize * 48,
+        "holding must hold every bucket: {peak}"
+    );
 }

@@ -3,7 +3,11 @@
 mod support;
 
 mod aggregate;
+<<<<<<< HEAD
 mod events;
+=======
+mod deploy;
+>>>>>>> main
 mod storage;
 mod storage_large;
 mod submit;
