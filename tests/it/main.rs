@@ -3,11 +3,8 @@
 mod support;
 
 mod aggregate;
-<<<<<<< HEAD
-mod events;
-=======
 mod deploy;
->>>>>>> main
+mod events;
 mod storage;
 mod storage_large;
 mod submit;
