@@ -271,13 +271,25 @@ def help_blocks(help_text: str) -> list[str]:
 
 
 def possible_values(help_text: str) -> dict[str, set[str]]:
-    """Env var → the values clap lists as `[possible values: a, b]` for that option."""
+    """Env var → the values clap lists for that option.
+
+    clap prints them inline as `[possible values: a, b]` (short help, or values without
+    descriptions) or, in long help for documented values, as a `Possible values:` list of
+    `- name: description` items; both forms are read.
+    """
     out = {}
     for block in help_blocks(help_text):
         env = re.search(r"\[env:\s*([A-Za-z_][A-Za-z0-9_]*)[=\]]", block)
-        vals = re.search(r"\[possible values: ([^\]]*)\]", block)
-        if env and vals:
-            out[env.group(1)] = {v.strip() for v in vals.group(1).split(",")}
+        if not env:
+            continue
+        inline = re.search(r"\[possible values: ([^\]]*)\]", block)
+        listed = re.search(r"Possible values:(.*?)(\[env:|\[default:|$)", block)
+        if inline:
+            out[env.group(1)] = {v.strip() for v in inline.group(1).split(",")}
+        elif listed:
+            names = re.findall(r"(?:^|\s)- ([\w.-]+):", listed.group(1))
+            if names:
+                out[env.group(1)] = set(names)
     return out
 
 

@@ -2,6 +2,8 @@
 //!
 //! Called once by [`crate::cli::run`]; tests install their own subscriber (or none).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// The default filter when `RUST_LOG` is unset: rollq at info, everything else at warn.
@@ -44,6 +46,10 @@ pub fn init(args: &LogArgs) {
             .flatten_event(true)
             .with_current_span(true)
             .try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        // Colour only on a terminal: piped or collected logs must stay plain text.
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
 }

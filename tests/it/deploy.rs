@@ -79,7 +79,6 @@ fn prometheus_turns_the_poison_alert_pending_on_stand_in_metrics() {
 /// scrapes it with the alert rules loaded, the poison alert goes pending, and every rollq_* name
 /// in the dashboard and alerts is in the worker's real scrape.
 #[test]
-#[ignore = "needs `rollq worker` (the worker branch); run with --ignored once it is merged"]
 fn poison_alert_goes_pending_against_a_real_worker() {
     let stdout = run_script(
         "scripts/e2e-prometheus.sh",
