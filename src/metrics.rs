@@ -227,6 +227,9 @@ impl Metrics {
         for outcome in OutcomeLabel::ALL {
             let _ = m.messages.get_or_create(&OutcomeLabels { outcome });
         }
+        for result in [RenewalResult::Ok, RenewalResult::Error, RenewalResult::Lost] {
+            let _ = m.lease_renewals.get_or_create(&RenewalLabels { result });
+        }
         m
     }
 
