@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::{self, LogArgs};
 
 pub mod aggregate;
+pub mod blob_tools;
+mod common;
 pub mod queue_tools;
 pub mod submit;
 
@@ -32,8 +34,10 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// Enqueue every input blob in a container that has no current output.
     Backfill(queue_tools::BackfillArgs),
-    /// Inspect a queue.
+    /// Send messages to a queue, create it, or inspect it.
     Queue(queue_tools::QueueArgs),
+    /// List, download or create blobs' containers.
+    Blob(blob_tools::BlobArgs),
     /// Inspect or requeue the poison queue `<queue>-poison`.
     Poison(queue_tools::PoisonArgs),
 }
@@ -46,6 +50,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Submit(args) => submit::run(args),
         Command::Backfill(args) => queue_tools::backfill(args),
         Command::Queue(args) => queue_tools::queue(args),
+        Command::Blob(args) => blob_tools::blob(args),
         Command::Poison(args) => queue_tools::poison(args),
     };
     match result {
