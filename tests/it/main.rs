@@ -7,3 +7,4 @@ mod deploy;
 mod storage;
 mod storage_large;
 mod submit;
+mod tools;
