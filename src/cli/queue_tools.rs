@@ -440,4 +440,31 @@ mod tests {
         assert!(!is_input("readme.txt"));
         assert_eq!(output_name("dir/t1.csv"), "dir/t1_aggregated.csv");
     }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn message_texts_expand_stdin_in_place_and_skip_blank_lines() {
+        let stdin = std::io::Cursor::new("x\r\n\n  \ny z\n");
+        let got = message_texts(&strings(&["a", "-", "b"]), false, stdin).unwrap();
+        assert_eq!(got, ["a", "x", "y z", "b"]);
+        let got = message_texts(&strings(&["t.csv"]), true, std::io::empty()).unwrap();
+        assert_eq!(got, ["dC5jc3Y="]);
+    }
+
+    #[test]
+    fn message_texts_name_the_bad_one() {
+        let stdin = std::io::Cursor::new("ok\nnul\0here\n");
+        let err = message_texts(&strings(&["-"]), false, stdin).unwrap_err();
+        assert!(format!("{err:#}").contains("stdin line 2"), "{err:#}");
+        let err = message_texts(&strings(&["-"]), false, std::io::Cursor::new("\n")).unwrap_err();
+        assert!(err.to_string().contains("no messages"), "{err}");
+        // Exactly at the limit is fine; one byte over is not.
+        let max = "a".repeat(MAX_MESSAGE_BYTES);
+        assert!(message_texts(std::slice::from_ref(&max), false, std::io::empty()).is_ok());
+        let err = message_texts(&[max + "a"], false, std::io::empty()).unwrap_err();
+        assert!(format!("{err:#}").contains("argument 1"), "{err:#}");
+    }
 }
