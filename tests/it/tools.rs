@@ -519,3 +519,78 @@ impl Drop for CutProxy {
         }
     }
 }
+
+/// `blob get -o FILE` of a 128 MiB blob never holds the blob: the child's peak resident set
+/// (VmHWM, sampled until it exits; a high-water mark, so late samples lose nothing that
+/// happened before them) stays far below the blob's size.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn blob_get_memory_stays_bounded_for_a_large_blob() {
+    const BLOB_BYTES: usize = 128 << 20;
+    const BLOCK: usize = 8 << 20;
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let c = unique_name("hwm");
+    conn.blobs.create_container_if_missing(&c).await.unwrap();
+    let path = BlobPath::new(&c, "big.csv");
+    let mut up = conn
+        .blobs
+        .start_upload(&path, PutOptions::default())
+        .await
+        .unwrap();
+    for start in (0..BLOB_BYTES).step_by(BLOCK) {
+        let block: Vec<u8> = (start..start + BLOCK).map(|i| (i % 251) as u8).collect();
+        up.stage(Bytes::from(block)).await.unwrap();
+    }
+    up.commit().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("big.csv");
+    let child = az
+        .rollq()
+        .args(["blob", "get", "--container", &c, "big.csv", "-o"])
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let status_file = format!("/proc/{}/status", child.0.id());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut peak_kib = 0u64;
+    let status = loop {
+        // Read before try_wait: once reaped, the /proc entry is gone.
+        if let Ok(s) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "rollq blob get did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "rollq blob get failed: {status}");
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().len(),
+        BLOB_BYTES as u64,
+        "the whole blob arrived"
+    );
+    let peak_mib = peak_kib / 1024;
+    eprintln!(
+        "rollq blob get of {} MiB: peak RSS {peak_mib} MiB",
+        BLOB_BYTES >> 20
+    );
+    assert!(peak_kib > 0, "no VmHWM sample was read");
+    // Partitions of 4 MiB × 2 in flight (about 16 MiB) plus the process itself (about 22 MiB
+    // for `blob list`): 80 MiB leaves room for allocator slack, and is well under the blob.
+    assert!(
+        peak_mib < 80,
+        "peak RSS {peak_mib} MiB for a {} MiB blob",
+        BLOB_BYTES >> 20
+    );
+}
