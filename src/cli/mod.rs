@@ -36,7 +36,7 @@ pub enum Command {
     Backfill(queue_tools::BackfillArgs),
     /// Send messages to a queue, create it, or inspect it.
     Queue(queue_tools::QueueArgs),
-    /// List, download or create blobs' containers.
+    /// List and download blobs, or create a container.
     Blob(blob_tools::BlobArgs),
     /// Inspect or requeue the poison queue `<queue>-poison`.
     Poison(queue_tools::PoisonArgs),

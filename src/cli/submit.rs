@@ -125,6 +125,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .await
         .map_err(&explain)?;
     queue.create_if_missing().await.map_err(&explain)?;
+    // The explainer borrows `conn`, which moves into an `Arc` for the uploads below.
     drop(explain);
 
     let bar = std::io::stderr().is_terminal().then(|| {
