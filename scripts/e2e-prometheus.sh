@@ -6,11 +6,13 @@
 # saved and every rollq_* name used by the dashboard and the alerts is checked against it.
 #
 #   scripts/e2e-prometheus.sh --rollq target/debug/rollq [--save-scrape FILE]
-#   scripts/e2e-prometheus.sh --stand-in-metrics FILE
+#   scripts/e2e-prometheus.sh --rollq target/debug/rollq --stand-in-metrics FILE
 #
-# --stand-in-metrics serves FILE (e.g. the contract fixture) in place of a worker, to check this
-# harness, the Prometheus configuration and the rules themselves before the worker exists; it
-# still exercises Azurite and the REST helper. It is NOT the end-to-end test.
+# The rollq binary also sets up Azurite (`rollq queue create|send|stats`, `rollq blob
+# create-container`). --stand-in-metrics serves FILE (e.g. the contract fixture) in place of a
+# worker, to check this harness, the Prometheus configuration and the rules themselves before
+# the worker exists; it still exercises Azurite and rollq's queue tools. It is NOT the
+# end-to-end test.
 #
 # Everything listens on 127.0.0.1 only; Azurite picks its own ports, the others get free ports
 # from the kernel. Every process started here is stopped by its own PID on exit. Needs
@@ -28,12 +30,12 @@ while [ $# -gt 0 ]; do
         --rollq) ROLLQ_BIN=$2; shift 2 ;;
         --stand-in-metrics) STAND_IN=$2; shift 2 ;;
         --save-scrape) SAVE_SCRAPE=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "e2e: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-if [ -z "$ROLLQ_BIN" ] && [ -z "$STAND_IN" ]; then
-    echo "e2e: give --rollq BIN (or --stand-in-metrics FILE to check the harness)" >&2
+if [ -z "$ROLLQ_BIN" ]; then
+    echo "e2e: give --rollq BIN (plus --stand-in-metrics FILE to check the harness only)" >&2
     exit 2
 fi
 
@@ -74,24 +76,30 @@ BLOB_PORT=$(sed -n 's|.*Blob service is successfully listening at http://127.0.0
 QUEUE_PORT=$(sed -n 's|.*Queue service is successfully listening at http://127.0.0.1:\([0-9]*\).*|\1|p' "$WORK/azurite.log")
 BLOB=http://127.0.0.1:$BLOB_PORT/devstoreaccount1
 QUEUE_URL=http://127.0.0.1:$QUEUE_PORT/devstoreaccount1
-AZ=("$PY" scripts/azurite_rest.py --blob "$BLOB" --queue "$QUEUE_URL")
+# Azurite's published development account key (not a secret). The rollq tools below and the
+# worker read the connection from the environment.
+DEV_KEY=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
+export AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$DEV_KEY;BlobEndpoint=$BLOB;QueueEndpoint=$QUEUE_URL;"
 echo "== Azurite: blob $BLOB_PORT, queue $QUEUE_PORT"
+
+# rq ARGS...: a rollq tool against this Azurite; only warnings on stderr, results on stdout.
+rq() { ROLLQ_LOG=warn RUST_LOG=warn "$ROLLQ_BIN" "$@"; }
+# qstat QUEUE FIELD: one number from `rollq queue stats` (e.g. approximate_messages).
+qstat() { rq queue stats --queue "$1" | sed -n "s/^$2: \([0-9]*\).*/\1/p"; }
 
 SUFFIX=$(printf '%04x%04x' "$RANDOM" "$RANDOM")
 Q=e2e-$SUFFIX
-"${AZ[@]}" create-queue "$Q"
-"${AZ[@]}" create-queue "$Q-poison"
-"${AZ[@]}" create-container "in-$SUFFIX"
-"${AZ[@]}" create-container "out-$SUFFIX"
+rq queue create --queue "$Q" >/dev/null # and $Q-poison
+rq blob create-container --container "in-$SUFFIX" >/dev/null
+rq blob create-container --container "out-$SUFFIX" >/dev/null
 # The poison scenario: a message that names no blob at all. The worker cannot parse it, so it
 # goes straight to the poison queue (bad input is never retried).
-"${AZ[@]}" put-message "$Q" "this is not a rollq job"
-[ "$("${AZ[@]}" queue-length "$Q")" = 1 ] || { echo "e2e: message not enqueued" >&2; exit 1; }
+rq queue send --queue "$Q" "this is not a rollq job" >/dev/null
+[ "$(qstat "$Q" approximate_messages)" = 1 ] || { echo "e2e: message not enqueued" >&2; exit 1; }
 
 # --- the worker (or the stand-in) --------------------------------------------------------------
 TARGET_PORT=$(free_port)
-if [ -n "$ROLLQ_BIN" ]; then
-    AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=$BLOB;QueueEndpoint=$QUEUE_URL;" \
+if [ -z "$STAND_IN" ]; then
     ROLLQ_QUEUE=$Q ROLLQ_CONTAINER=in-$SUFFIX ROLLQ_OUTPUT_CONTAINER=out-$SUFFIX \
     ROLLQ_ALLOWED_CONTAINERS=in-$SUFFIX ROLLQ_HTTP_ADDR=127.0.0.1:$TARGET_PORT \
     ROLLQ_MAX_IN_FLIGHT=2 ROLLQ_MAX_DEQUEUE_COUNT=2 ROLLQ_MAX_POLL_INTERVAL=1s \
@@ -158,9 +166,9 @@ if ! wait_for "RollqPoisonQueueNotEmpty to be pending" alert_pending; then
 fi
 echo "ok   RollqPoisonQueueNotEmpty is pending (read from /api/v1/alerts)"
 
-if [ -n "$ROLLQ_BIN" ]; then
-    POISON_LEN=$("${AZ[@]}" queue-length "$Q-poison")
-    [ "$POISON_LEN" -ge 1 ] || { echo "e2e: poison queue $Q-poison is empty" >&2; exit 1; }
+if [ -z "$STAND_IN" ]; then
+    POISON_LEN=$(qstat "$Q" poison_approximate_messages)
+    [ "${POISON_LEN:-0}" -ge 1 ] || { echo "e2e: poison queue $Q-poison is empty" >&2; exit 1; }
     echo "ok   $Q-poison holds $POISON_LEN message(s) (read from Azurite)"
 fi
 
@@ -169,7 +177,7 @@ curl -fsS "http://127.0.0.1:$TARGET_PORT/metrics" >"$WORK/scrape.prom"
 [ -n "$SAVE_SCRAPE" ] && cp "$WORK/scrape.prom" "$SAVE_SCRAPE"
 "$PY" scripts/deploy_check.py metrics --scrape "$WORK/scrape.prom" --allow deploy/tests/external-metrics.txt \
     --rules deploy/base/prometheusrule.yaml --dashboard deploy/dashboards/rollq.json
-if [ -n "$ROLLQ_BIN" ]; then
+if [ -z "$STAND_IN" ]; then
     echo "e2e: 1 passed, 0 failed"
 else
     echo "e2e harness check with STAND-IN metrics passed (not the end-to-end test)"

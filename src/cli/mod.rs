@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::{self, LogArgs};
 
 pub mod aggregate;
+pub mod blob_tools;
+mod common;
 pub mod queue_tools;
 pub mod submit;
 pub mod worker;
@@ -35,8 +37,10 @@ pub enum Command {
     Worker(Box<worker::WorkerArgs>),
     /// Enqueue every input blob in a container that has no current output.
     Backfill(queue_tools::BackfillArgs),
-    /// Inspect a queue.
+    /// Send messages to a queue, create it, or inspect it.
     Queue(queue_tools::QueueArgs),
+    /// List and download blobs, or create a container.
+    Blob(blob_tools::BlobArgs),
     /// Inspect or requeue the poison queue `<queue>-poison`.
     Poison(queue_tools::PoisonArgs),
 }
@@ -50,6 +54,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Worker(args) => worker::run(*args),
         Command::Backfill(args) => queue_tools::backfill(args),
         Command::Queue(args) => queue_tools::queue(args),
+        Command::Blob(args) => blob_tools::blob(args),
         Command::Poison(args) => queue_tools::poison(args),
     };
     match result {

@@ -1,18 +1,19 @@
-//! `rollq backfill`, `rollq queue stats` and `rollq poison list|requeue`: operator tools for
-//! the queue the workers consume.
+//! `rollq backfill`, `rollq queue send|create|stats` and `rollq poison list|requeue`:
+//! producer and operator tools for the queue the workers consume.
 //!
 //! Every message these tools send never expires (the `Queue::send` contract), and requeue
 //! sends before it deletes, so a crash leaves a duplicate, never a loss.
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::aggregate::output_name;
+use crate::cli::common::{connected, explained, runtime};
 use crate::cli::submit::MessageArgs;
 use crate::storage::{
-    BlobPath, Connection, ErrorKind, StorageArgs, StorageError, connect, poison_queue_name,
-    validate_container_name, validate_queue_name,
+    BlobPath, ErrorKind, StorageArgs, poison_queue_name, validate_container_name,
+    validate_queue_name,
 };
 
 /// The output metadata key that records which input ETag an output was made from (written
@@ -53,8 +54,30 @@ pub struct QueueArgs {
 /// `rollq queue ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueCommand {
+    /// Send message texts verbatim (they never expire) and print their ids.
+    Send(SendArgs),
+    /// Create a queue and its poison queue `<queue>-poison` if missing.
+    Create(QueueTarget),
     /// Approximate and visible message counts of a queue and its poison queue.
     Stats(QueueTarget),
+}
+
+/// `rollq queue send`.
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// Queue to send to (created if missing).
+    #[arg(long, env = "ROLLQ_QUEUE")]
+    pub queue: String,
+    /// Base64-encode each text before sending (what Azure Functions' queue trigger expects
+    /// by default).
+    #[arg(long)]
+    pub base64: bool,
+    /// Message texts, each sent as one message exactly as given. `-` reads one message per
+    /// line from stdin (blank lines are skipped). Put `--` before a text that starts with `-`.
+    #[arg(required = true, value_name = "TEXT")]
+    pub texts: Vec<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// The poison queue `<queue>-poison`.
@@ -92,23 +115,6 @@ pub struct RequeueArgs {
     /// so messages poisoned again meanwhile are not cycled forever).
     #[arg(long)]
     pub max: Option<u64>,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-async fn connected(storage: &StorageArgs) -> anyhow::Result<Connection> {
-    let conn = connect(storage).await?;
-    tracing::info!(connection = %conn.info, "connected");
-    Ok(conn)
-}
-
-fn explained(conn: &Connection) -> impl Fn(StorageError) -> anyhow::Error + '_ {
-    move |e| anyhow::anyhow!(conn.info.explain(&e))
 }
 
 /// Runs `rollq backfill`.
@@ -190,8 +196,127 @@ fn is_input(name: &str) -> bool {
 /// Runs `rollq queue ...`.
 pub fn queue(args: QueueArgs) -> anyhow::Result<()> {
     match args.command {
+        QueueCommand::Send(a) => {
+            // Everything is read and checked before the first request, so a bad line sends
+            // nothing rather than half a batch.
+            let texts = message_texts(&a.texts, a.base64, std::io::stdin().lock())?;
+            runtime()?.block_on(send(&a, &texts))
+        }
+        QueueCommand::Create(t) => runtime()?.block_on(create(t)),
         QueueCommand::Stats(t) => runtime()?.block_on(stats(t)),
     }
+}
+
+/// The largest message text Azure accepts (64 KiB, after any base64 encoding).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Expands `-` into stdin's lines, applies base64, and checks every text against what the
+/// service accepts.
+fn message_texts(
+    args: &[String],
+    base64: bool,
+    stdin: impl std::io::BufRead,
+) -> anyhow::Result<Vec<String>> {
+    if args.iter().filter(|a| *a == "-").count() > 1 {
+        bail!("`-` (read stdin) may be given only once");
+    }
+    let mut stdin = Some(stdin);
+    let mut texts = Vec::new();
+    for arg in args {
+        if arg != "-" {
+            texts.push((arg.clone(), format!("argument {}", texts.len() + 1)));
+            continue;
+        }
+        let input = stdin.take().expect("`-` appears once");
+        for (i, line) in input.lines().enumerate() {
+            let line = line.context("reading messages from stdin")?;
+            // `lines` strips `\n` and `\r\n`; a blank line is a separator, not a message.
+            if !line.trim().is_empty() {
+                texts.push((line, format!("stdin line {}", i + 1)));
+            }
+        }
+    }
+    if texts.is_empty() {
+        bail!("no messages to send (stdin had only blank lines)");
+    }
+    texts
+        .into_iter()
+        .map(|(text, origin)| {
+            let text = if base64 {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(text)
+            } else {
+                text
+            };
+            check_message(&text).with_context(|| format!("{origin} cannot be sent"))?;
+            Ok(text)
+        })
+        .collect()
+}
+
+/// Rejects texts the service would refuse: over 64 KiB, or characters XML 1.0 cannot carry
+/// (the message travels in an XML body).
+fn check_message(text: &str) -> anyhow::Result<()> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        bail!(
+            "the message is {} bytes; a queue message holds at most {MAX_MESSAGE_BYTES} \
+             (put the payload in a blob and send its name)",
+            text.len()
+        );
+    }
+    let not_xml = |c: char| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    };
+    if let Some(c) = text.chars().find(|&c| not_xml(c)) {
+        bail!(
+            "the message contains the control character {c:?}, which a queue message cannot \
+             carry as text; use --base64"
+        );
+    }
+    Ok(())
+}
+
+async fn send(a: &SendArgs, texts: &[String]) -> anyhow::Result<()> {
+    validate_queue_name(&a.queue)?;
+    let conn = connected(&a.storage).await?;
+    let explain = explained(&conn);
+    let q = conn.queues.queue(&a.queue);
+    q.create_if_missing().await.map_err(&explain)?;
+    // One at a time, in order: a reader sees the messages in the order given, and a failure
+    // reports exactly how many went out.
+    for (i, text) in texts.iter().enumerate() {
+        match q.send(text).await {
+            Ok(id) => println!("{id}"),
+            Err(e) => {
+                return Err(explain(e).context(format!(
+                    "sent {i} of {} message(s) to queue {} before this failure",
+                    texts.len(),
+                    a.queue
+                )));
+            }
+        }
+    }
+    tracing::info!(queue = %a.queue, count = texts.len(), "sent");
+    Ok(())
+}
+
+async fn create(t: QueueTarget) -> anyhow::Result<()> {
+    validate_queue_name(&t.queue)?;
+    let pname = poison_queue_name(&t.queue);
+    let conn = connected(&t.storage).await?;
+    let explain = explained(&conn);
+    conn.queues
+        .queue(&t.queue)
+        .create_if_missing()
+        .await
+        .map_err(&explain)?;
+    conn.queues
+        .queue(&pname)
+        .create_if_missing()
+        .await
+        .map_err(&explain)?;
+    println!("queues {} and {pname} exist", t.queue);
+    Ok(())
 }
 
 async fn stats(t: QueueTarget) -> anyhow::Result<()> {
@@ -314,5 +439,32 @@ mod tests {
         assert!(!is_input("temperature1_aggregated.csv"));
         assert!(!is_input("readme.txt"));
         assert_eq!(output_name("dir/t1.csv"), "dir/t1_aggregated.csv");
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn message_texts_expand_stdin_in_place_and_skip_blank_lines() {
+        let stdin = std::io::Cursor::new("x\r\n\n  \ny z\n");
+        let got = message_texts(&strings(&["a", "-", "b"]), false, stdin).unwrap();
+        assert_eq!(got, ["a", "x", "y z", "b"]);
+        let got = message_texts(&strings(&["t.csv"]), true, std::io::empty()).unwrap();
+        assert_eq!(got, ["dC5jc3Y="]);
+    }
+
+    #[test]
+    fn message_texts_name_the_bad_one() {
+        let stdin = std::io::Cursor::new("ok\nnul\0here\n");
+        let err = message_texts(&strings(&["-"]), false, stdin).unwrap_err();
+        assert!(format!("{err:#}").contains("stdin line 2"), "{err:#}");
+        let err = message_texts(&strings(&["-"]), false, std::io::Cursor::new("\n")).unwrap_err();
+        assert!(err.to_string().contains("no messages"), "{err}");
+        // Exactly at the limit is fine; one byte over is not.
+        let max = "a".repeat(MAX_MESSAGE_BYTES);
+        assert!(message_texts(std::slice::from_ref(&max), false, std::io::empty()).is_ok());
+        let err = message_texts(&[max + "a"], false, std::io::empty()).unwrap_err();
+        assert!(format!("{err:#}").contains("argument 1"), "{err:#}");
     }
 }

@@ -15,9 +15,10 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
+use crate::cli::common::{connected, explained};
 use crate::storage::{
     BlobPath, BlobStore, Connection, ErrorKind, PutOptions, Queue, StorageArgs, StorageError,
-    connect, validate_container_name, validate_queue_name,
+    validate_container_name, validate_queue_name,
 };
 
 /// Files up to this size go up in one Put Blob request; larger ones as staged blocks.
@@ -116,15 +117,16 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     validate_container_name(&args.container)?;
     // Everything local is checked before the first request: a typo loses nothing.
     let items = collect(&args.paths, &args.prefix)?;
-    let conn = connect(&args.storage).await?;
-    tracing::info!(connection = %conn.info, "connected");
+    let conn = connected(&args.storage).await?;
     let queue = conn.queues.queue(&args.queue);
-    let explain = |e: StorageError| anyhow::anyhow!(conn.info.explain(&e));
+    let explain = explained(&conn);
     conn.blobs
         .create_container_if_missing(&args.container)
         .await
-        .map_err(explain)?;
-    queue.create_if_missing().await.map_err(explain)?;
+        .map_err(&explain)?;
+    queue.create_if_missing().await.map_err(&explain)?;
+    // The explainer borrows `conn`, which moves into an `Arc` for the uploads below.
+    drop(explain);
 
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(items.len() as u64);
@@ -207,7 +209,7 @@ async fn submit_one(
     item: &Item,
     message: MessageArgs,
 ) -> anyhow::Result<Done> {
-    let explain = |e: StorageError| anyhow::anyhow!(conn.info.explain(&e));
+    let explain = explained(conn);
     let path = BlobPath::new(container, &item.blob);
     let (len, md5) = hash_file(&item.file).await?;
     let same = match conn.blobs.properties(&path).await {
@@ -231,7 +233,7 @@ async fn submit_one(
     queue
         .send(&message.body(container, &item.blob))
         .await
-        .map_err(explain)?;
+        .map_err(&explain)?;
     Ok(done)
 }
 

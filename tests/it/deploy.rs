@@ -65,6 +65,10 @@ fn prometheus_turns_the_poison_alert_pending_on_stand_in_metrics() {
     let stdout = run_script(
         "scripts/e2e-prometheus.sh",
         &[
+            // The binary sets up Azurite (queue and container tools); the stand-in replaces
+            // only the worker.
+            "--rollq",
+            env!("CARGO_BIN_EXE_rollq"),
             "--stand-in-metrics",
             "deploy/tests/fixtures/metrics.contract-fixture.prom",
         ],

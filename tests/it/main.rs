@@ -8,6 +8,7 @@ mod events;
 mod storage;
 mod storage_large;
 mod submit;
+mod tools;
 mod worker;
 mod worker_failures;
 mod worker_memory;
