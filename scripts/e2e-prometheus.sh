@@ -92,10 +92,11 @@ Q=e2e-$SUFFIX
 rq queue create --queue "$Q" >/dev/null # and $Q-poison
 rq blob create-container --container "in-$SUFFIX" >/dev/null
 rq blob create-container --container "out-$SUFFIX" >/dev/null
-# The poison scenario: a message that names no blob at all. The worker cannot parse it, so it
-# goes straight to the poison queue (bad input is never retried).
-rq queue send --queue "$Q" "this is not a rollq job" >/dev/null
-[ "$(qstat "$Q" approximate_messages)" = 1 ] || { echo "e2e: message not enqueued" >&2; exit 1; }
+# The poison scenario: a message that is not a job (the worker cannot parse it) and one naming
+# a blob that does not exist (a storage not_found error). Both go straight to the poison queue
+# (bad input is never retried), and between them every rollq metric family gets a series.
+rq queue send --queue "$Q" '{"not": "a rollq job"}' "missing-$SUFFIX.csv" >/dev/null
+[ "$(qstat "$Q" approximate_messages)" = 2 ] || { echo "e2e: messages not enqueued" >&2; exit 1; }
 
 # --- the worker (or the stand-in) --------------------------------------------------------------
 TARGET_PORT=$(free_port)
@@ -167,8 +168,13 @@ fi
 echo "ok   RollqPoisonQueueNotEmpty is pending (read from /api/v1/alerts)"
 
 if [ -z "$STAND_IN" ]; then
+    both_poisoned() {
+        curl -fsS "http://127.0.0.1:$TARGET_PORT/metrics" | grep -q '^rollq_messages_total{outcome="poisoned"} 2$'
+    }
+    wait_for "the worker to count both messages poisoned" both_poisoned \
+        || { tail -50 "$WORK/worker.log" >&2; exit 1; }
     POISON_LEN=$(qstat "$Q" poison_approximate_messages)
-    [ "${POISON_LEN:-0}" -ge 1 ] || { echo "e2e: poison queue $Q-poison is empty" >&2; exit 1; }
+    [ "${POISON_LEN:-0}" -eq 2 ] || { echo "e2e: poison queue $Q-poison holds '${POISON_LEN}', not 2" >&2; exit 1; }
     echo "ok   $Q-poison holds $POISON_LEN message(s) (read from Azurite)"
 fi
 
