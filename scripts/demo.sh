@@ -72,34 +72,7 @@ echo "== submitting"
 echo "== running the worker until the queue stays idle for 5 s"
 "$rollq" worker --exit-when-idle 5s --http-addr 127.0.0.1:0
 
-# Read the results back with a few lines of Shared Key signing (Azurite refuses anonymous
-# requests); rollq itself has no download command.
-python3 - "$blob_port" "$key" <<'PY'
-import base64, hmac, hashlib, sys, urllib.request, email.utils, re
-port, key = sys.argv[1], base64.b64decode(sys.argv[2])
-account, container = "devstoreaccount1", "data"
-
-def get(path, query=()):
-    date = email.utils.formatdate(usegmt=True)
-    headers = {"x-ms-date": date, "x-ms-version": "2021-12-02"}
-    canon_headers = "".join(f"{k}:{v}\n" for k, v in sorted(headers.items()))
-    canon_res = f"/{account}/{account}/{path}" + "".join(f"\n{k}:{v}" for k, v in sorted(query))
-    sts = "GET\n" + "\n" * 11 + canon_headers + canon_res
-    sig = base64.b64encode(hmac.new(key, sts.encode(), hashlib.sha256).digest()).decode()
-    headers["Authorization"] = f"SharedKey {account}:{sig}"
-    qs = "&".join(f"{k}={v}" for k, v in query)
-    url = f"http://127.0.0.1:{port}/{account}/{path}" + (f"?{qs}" if qs else "")
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as r:
-        return r.read()
-
-listing = get(container, [("comp", "list"), ("restype", "container")]).decode()
-names = re.findall(r"<Name>([^<]*)</Name>", listing)
-sizes = re.findall(r"<Content-Length>(\d+)</Content-Length>", listing)
-print("== outputs in container 'data'")
-for name, size in zip(names, sizes):
-    if name.endswith("_aggregated.csv"):
-        print(f"   {name:32} {int(size):>9} bytes")
-print("== head of temperature1_aggregated.csv")
-for line in get(f"{container}/temperature1_aggregated.csv").decode().splitlines()[:6]:
-    print("   " + line)
-PY
+echo "== outputs in container 'data' (rollq blob list)"
+ROLLQ_LOG=warn "$rollq" blob list --container data | grep '_aggregated\.csv' | sed 's/^/   /'
+echo "== head of temperature1_aggregated.csv (rollq blob get)"
+ROLLQ_LOG=warn "$rollq" blob get --container data temperature1_aggregated.csv | head -n 6 | sed 's/^/   /'
