@@ -46,7 +46,7 @@ WEBHOOK_ENV = {
 
 # Memory arithmetic, see deploy/base/deployment.yaml. Update together with the worker's docs.
 MIB = 1024 * 1024
-PER_MESSAGE_BYTES = 32 * MIB
+PER_MESSAGE_BYTES = 40 * MIB
 BASELINE_BYTES = 64 * MIB
 
 # Gauges describing the shared queue; every replica exports the same value.
