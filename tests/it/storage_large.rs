@@ -13,8 +13,9 @@ use crate::support::{Azurite, ChildGuard, unique_name};
 const BLOB_BYTES: usize = 256 << 20;
 const BLOCK: usize = 8 << 20;
 
-/// The example binary cargo builds next to this test binary (`cargo test` and
-/// `cargo test --all-targets` build examples; `cargo test --test it` alone does not).
+/// The example binary `cargo build --examples` puts next to this test binary's folder
+/// (`cargo test` builds examples only as test harnesses, which is why scripts/test.sh builds
+/// them first).
 fn probe_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
@@ -23,7 +24,7 @@ fn probe_path() -> PathBuf {
         .join(format!("blob_read_probe{}", std::env::consts::EXE_SUFFIX));
     assert!(
         probe.exists(),
-        "{} is missing: run the tests as `cargo test --all-targets` (scripts/test.sh does), \
+        "{} is missing: run the tests with scripts/test.sh (it builds the examples first), \
          or build it first with `cargo build --example blob_read_probe`",
         probe.display()
     );
