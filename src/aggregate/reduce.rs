@@ -364,10 +364,22 @@ pub fn pass(
             read::split_plain(rec.bytes, spec.delimiter, &mut fields);
             rec.bytes.to_vec()
         };
+        // Names are echoed into the output header, so they must be text: a header that is
+        // not UTF-8 (a Latin-1 export, a binary file) is refused rather than mangled.
         break fields
             .iter()
-            .map(|r| String::from_utf8_lossy(read::trim(&backing[r.clone()])).into_owned())
-            .collect();
+            .map(|r| {
+                std::str::from_utf8(read::trim(&backing[r.clone()]))
+                    .map(str::to_owned)
+                    .map_err(|_| {
+                        AggregateError::Header(format!(
+                            "line {}: the header is not valid UTF-8 (convert the file to UTF-8): {:?}",
+                            rec.line,
+                            String::from_utf8_lossy(rec.bytes)
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
     };
     let (time_name, layout) = header_layout(spec, &names)?;
     let n_cols = layout.value_idx.len();
