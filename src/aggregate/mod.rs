@@ -370,6 +370,29 @@ pub fn maybe_gunzip<'a>(name: &str, reader: Box<dyn Read + 'a>) -> Box<dyn Read 
     }
 }
 
+/// Wraps an unnamed stream (standard input) in a gzip decoder when it starts with the gzip
+/// magic bytes `1f 8b`, which no CSV text starts with; other streams pass through unchanged.
+pub fn sniff_gunzip<'a>(mut reader: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
+    // Read the first two bytes (a pipe may hand them out one at a time), then put them back
+    // in front of the rest.
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        match reader.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let whole = io::Cursor::new(magic[..got].to_vec()).chain(reader);
+    Ok(if magic[..got] == [0x1f, 0x8b] {
+        Box::new(Gunzip(flate2::read::MultiGzDecoder::new(MarkErrors(whole))))
+    } else {
+        Box::new(whole)
+    })
+}
+
 /// An error of the reader under the gzip decoder, carried through it unchanged.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]

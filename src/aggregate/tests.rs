@@ -201,6 +201,37 @@ fn truncated_or_corrupt_gzip_is_an_input_error_and_read_errors_stay_io() {
 }
 
 #[test]
+fn unnamed_streams_are_gunzipped_by_their_magic_bytes() {
+    use std::io::Write as _;
+    let csv = b"Datetime,T\n2021-01-01 00:00:00,1\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(csv).unwrap();
+    let gz = gz.finish().unwrap();
+    for (input, want) in [(&gz[..], &csv[..]), (csv, csv), (b"D", b"D"), (b"", b"")] {
+        // One byte per read, like the slowest pipe.
+        let slow = ChunkReader {
+            data: input,
+            sizes: vec![1],
+            i: 0,
+        };
+        let mut out = Vec::new();
+        sniff_gunzip(Box::new(slow))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, want);
+    }
+    let err = sniff_gunzip(Box::new(&gz[..gz.len() - 9]))
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(
+        AggregateError::from(err),
+        AggregateError::CorruptGzip(_)
+    ));
+}
+
+#[test]
 fn nan_spellings_outside_pandas_markers_are_not_numbers() {
     // `NAN` is text to pandas (its marker list has `NaN`, `nan`, `-NaN`, `-nan` only).
     let err = run_bytes(&Spec::default(), b"Datetime,T\n2021-01-01 00:00:00,NAN\n").unwrap_err();
