@@ -257,7 +257,9 @@ impl Pass<'_> {
         backing: &[u8],
         fields: &[Range<usize>],
     ) -> Result<Row, AggregateError> {
-        if fields.len() != self.layout.n_fields {
+        // A short row is what pandas reads with NaN for the absent trailing fields, so it is
+        // accepted as long as it reaches the time column; an overlong row is an error there.
+        if fields.len() > self.layout.n_fields || fields.len() <= self.layout.time_idx {
             return self.bad(
                 line,
                 backing,
@@ -278,7 +280,7 @@ impl Pass<'_> {
             },
         };
         for (c, &i) in self.layout.value_idx.iter().enumerate() {
-            let cell = &backing[fields[i].clone()];
+            let cell = fields.get(i).map_or(&b""[..], |f| &backing[f.clone()]);
             self.values[c] = match read::parse_value(cell) {
                 Value::Number(v) => v,
                 Value::Missing => f64::NAN,

@@ -306,6 +306,28 @@ fn wrong_field_count_and_bad_values_are_bad_rows() {
 }
 
 #[test]
+fn short_rows_have_missing_trailing_values_like_pandas() {
+    let input =
+        b"Datetime,A,B\n2021-01-01 00:00:00,1,2\n2021-01-01 00:01:00,3\n2021-01-01 00:02:00\n";
+    let (out, report) = run_bytes(&Spec::default(), input).unwrap();
+    assert_eq!(report.rows, 3);
+    assert!(
+        out.ends_with("2021-01-01 00:00:00,2,2.0,1.4142135623730951,1.0,3.0,1,2.0,,2.0,2.0\n"),
+        "{out}"
+    );
+    // A row that stops before the time column has no timestamp: a bad row.
+    let spec = Spec {
+        time_column: Some("B".into()),
+        ..Spec::default()
+    };
+    let err = run_bytes(&spec, b"A,B\n1,2021-01-01 00:00:00\n2\n").unwrap_err();
+    assert!(
+        matches!(err, AggregateError::BadRow { line: 3, .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn nonexistent_local_time_is_a_bad_row() {
     let spec = Spec {
         timezone: "Europe/Berlin".parse().unwrap(),
