@@ -14,6 +14,11 @@
 //!
 //! [`Acc::merge`] combines partial results with Chan's formula, so the accumulator is
 //! mergeable.
+//!
+//! Infinities (`inf`, `-Infinity`, `1e400`: numbers to pandas) follow pandas: they count, the
+//! mean is the sum's infinity (or missing when both signs occur), the std is missing, and
+//! min/max take them. A first value that is infinite shifts by 0 so that the sums, not the
+//! shift, carry it; from then on `s1` is `±inf` or NaN and the std is reported missing.
 
 /// Running statistics of the non-missing values of one column in one bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -34,10 +39,12 @@ impl Acc {
     #[inline(always)]
     pub fn push(&mut self, x: f64) {
         if self.n == 0 {
+            // An infinite shift would turn every later difference into NaN or the wrong sign.
+            let (k, s1) = if x.is_finite() { (x, 0.0) } else { (0.0, x) };
             *self = Acc {
                 n: 1,
-                k: x,
-                s1: 0.0,
+                k,
+                s1,
                 s2: 0.0,
                 min: x,
                 max: x,
@@ -63,9 +70,10 @@ impl Acc {
         self.n
     }
 
-    /// The mean (`None` without values).
+    /// The mean (`None` without values, or when both `inf` and `-inf` occurred: pandas' NaN).
     pub fn mean(&self) -> Option<f64> {
-        (self.n > 0).then(|| self.k + self.s1 / self.n as f64)
+        let mean = self.k + self.s1 / self.n as f64;
+        (self.n > 0 && !mean.is_nan()).then_some(mean)
     }
 
     /// Sum of squared deviations from the mean.
@@ -73,7 +81,14 @@ impl Acc {
         if self.n == 0 {
             return 0.0;
         }
-        (self.s2 - self.s1 * self.s1 / self.n as f64).max(0.0)
+        // Squares beyond f64 (values above ~1e154 apart): the true m2 may still be finite, but
+        // it is lost; say infinity, as pandas' Welford does there, never a false 0.
+        if self.s2 == f64::INFINITY {
+            return f64::INFINITY;
+        }
+        // `s1 * (s1 / n)` rather than `s1 * s1 / n`: the square of the sum overflows ~n times
+        // sooner than the sum of squares does.
+        (self.s2 - self.s1 * (self.s1 / self.n as f64)).max(0.0)
     }
 
     /// Smallest and largest value (`None` without values).
@@ -81,9 +96,10 @@ impl Acc {
         (self.n > 0).then_some((self.min, self.max))
     }
 
-    /// Sample standard deviation (ddof = 1); `None` when fewer than two values.
+    /// Sample standard deviation (ddof = 1); `None` when fewer than two values or when an
+    /// infinite value occurred (pandas gives NaN there).
     pub fn std(&self) -> Option<f64> {
-        (self.n >= 2).then(|| (self.m2() / (self.n - 1) as f64).sqrt())
+        (self.n >= 2 && self.s1.is_finite()).then(|| (self.m2() / (self.n - 1) as f64).sqrt())
     }
 
     /// Merges another partial result into this one (Chan et al.).
@@ -94,6 +110,18 @@ impl Acc {
             }
             return;
         };
+        if !(self.s1.is_finite() && other.s1.is_finite()) {
+            // An infinity dominates every finite part; opposite infinities give NaN.
+            *self = Acc {
+                n: self.n + other.n,
+                k: 0.0,
+                s1: (self.k + self.s1) + (other.k + other.s1),
+                s2: f64::NAN,
+                min: self.min.min(other.min),
+                max: self.max.max(other.max),
+            };
+            return;
+        }
         let (na, nb) = (self.n as f64, other.n as f64);
         let n = na + nb;
         let delta = mb - ma;
@@ -158,6 +186,61 @@ mod tests {
             assert!((a.m2() - all.m2()).abs() < 1e-9);
             assert_eq!(a.min_max(), all.min_max());
         }
+    }
+
+    #[test]
+    fn infinities_follow_pandas() {
+        // pandas: [1, inf] -> mean inf, std NaN; [inf, -inf] -> mean NaN; [-inf, 5, 6] -> -inf.
+        let run = |xs: &[f64]| {
+            let mut acc = Acc::default();
+            xs.iter().for_each(|&x| acc.push(x));
+            (acc.count(), acc.mean(), acc.std(), acc.min_max())
+        };
+        let inf = f64::INFINITY;
+        assert_eq!(run(&[1.0, inf]), (2, Some(inf), None, Some((1.0, inf))));
+        assert_eq!(run(&[inf, 1.0]), (2, Some(inf), None, Some((1.0, inf))));
+        assert_eq!(run(&[inf, inf]), (2, Some(inf), None, Some((inf, inf))));
+        assert_eq!(run(&[inf, -inf]), (2, None, None, Some((-inf, inf))));
+        assert_eq!(
+            run(&[-inf, 5.0, 6.0]),
+            (3, Some(-inf), None, Some((-inf, 6.0)))
+        );
+        assert_eq!(run(&[inf]), (1, Some(inf), None, Some((inf, inf))));
+        // Merging keeps the same answers whichever side holds the infinity.
+        for (a, b, mean) in [
+            (&[1.0, 2.0][..], &[inf][..], Some(inf)),
+            (&[inf][..], &[1.0, 2.0][..], Some(inf)),
+            (&[-inf][..], &[inf, 3.0][..], None),
+        ] {
+            let (mut x, mut y) = (Acc::default(), Acc::default());
+            a.iter().for_each(|&v| x.push(v));
+            b.iter().for_each(|&v| y.push(v));
+            x.merge(&y);
+            assert_eq!((x.count(), x.mean(), x.std()), (3, mean, None));
+        }
+    }
+
+    #[test]
+    fn huge_magnitudes_do_not_collapse_to_zero() {
+        // Deviations around 1e153: each square fits in f64 but the square of their sum would
+        // not; the std must still come out right (pandas: 8.26e152 here).
+        let xs: Vec<f64> = (0..20).map(|i| f64::from(i % 3) * 1e153).collect();
+        let mut acc = Acc::default();
+        xs.iter().for_each(|&x| acc.push(x));
+        let mean = xs.iter().sum::<f64>() / 20.0;
+        let sd = (xs
+            .iter()
+            .map(|x| (x / 1e153 - mean / 1e153).powi(2))
+            .sum::<f64>()
+            / 19.0)
+            .sqrt()
+            * 1e153;
+        let got = acc.std().unwrap();
+        assert!((got - sd).abs() <= 1e-12 * sd, "{got} vs {sd}");
+        // Squares beyond f64: infinity (as pandas), never 0.
+        let mut acc = Acc::default();
+        [1e200, 2e200].iter().for_each(|&x| acc.push(x));
+        assert_eq!(acc.std(), Some(f64::INFINITY));
     }
 
     #[test]

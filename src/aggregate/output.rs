@@ -119,12 +119,15 @@ pub fn push_stats(out: &mut Vec<u8>, accs: &[Acc]) {
     for acc in accs {
         out.push(b',');
         out.extend_from_slice(acc.count().to_string().as_bytes());
-        let (Some(mean), Some((min, max))) = (acc.mean(), acc.min_max()) else {
+        let Some((min, max)) = acc.min_max() else {
             out.extend_from_slice(b",,,,");
             continue;
         };
         out.push(b',');
-        push_float(out, mean);
+        // No mean with values means both `inf` and `-inf` occurred: pandas' NaN, empty.
+        if let Some(mean) = acc.mean() {
+            push_float(out, mean);
+        }
         out.push(b',');
         if let Some(std) = acc.std() {
             push_float(out, std);

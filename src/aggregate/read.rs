@@ -453,7 +453,10 @@ fn slow_value(s: &[u8]) -> Value {
         .ok()
         .and_then(|t| t.parse::<f64>().ok())
     {
-        Some(v) if v.is_nan() => Value::Missing,
+        // `NAN`, `+nan`, `nAn` parse as NaN in Rust but are text to pandas (only the markers
+        // above are missing), so they are not numbers. Infinities (`inf`, `-Infinity`,
+        // `1e400`) are numbers to both.
+        Some(v) if v.is_nan() => Value::Bad,
         Some(v) => Value::Number(v),
         None => Value::Bad,
     }
@@ -522,7 +525,26 @@ mod tests {
         for missing in [&b""[..], b"  ", b"NaN", b"nan", b"NA", b"null"] {
             assert_eq!(parse_value(missing), Value::Missing);
         }
-        for bad in [&b"abc"[..], b"1.2.3", b"-", b"12a", b"."] {
+        // pandas reads these as infinities.
+        for (text, v) in [
+            (&b"inf"[..], f64::INFINITY),
+            (b"-Infinity", f64::NEG_INFINITY),
+            (b"+INF", f64::INFINITY),
+            (b"1e400", f64::INFINITY),
+        ] {
+            assert_eq!(parse_value(text), Value::Number(v), "{text:?}");
+        }
+        // NaN spellings outside pandas' marker list are text to pandas.
+        for bad in [
+            &b"abc"[..],
+            b"1.2.3",
+            b"-",
+            b"12a",
+            b".",
+            b"NAN",
+            b"+nan",
+            b"nAn",
+        ] {
             assert_eq!(parse_value(bad), Value::Bad, "{bad:?}");
         }
     }

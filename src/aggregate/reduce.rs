@@ -257,7 +257,9 @@ impl Pass<'_> {
         backing: &[u8],
         fields: &[Range<usize>],
     ) -> Result<Row, AggregateError> {
-        if fields.len() != self.layout.n_fields {
+        // A short row is what pandas reads with NaN for the absent trailing fields, so it is
+        // accepted as long as it reaches the time column; an overlong row is an error there.
+        if fields.len() > self.layout.n_fields || fields.len() <= self.layout.time_idx {
             return self.bad(
                 line,
                 backing,
@@ -278,7 +280,7 @@ impl Pass<'_> {
             },
         };
         for (c, &i) in self.layout.value_idx.iter().enumerate() {
-            let cell = &backing[fields[i].clone()];
+            let cell = fields.get(i).map_or(&b""[..], |f| &backing[f.clone()]);
             self.values[c] = match read::parse_value(cell) {
                 Value::Number(v) => v,
                 Value::Missing => f64::NAN,
@@ -364,10 +366,22 @@ pub fn pass(
             read::split_plain(rec.bytes, spec.delimiter, &mut fields);
             rec.bytes.to_vec()
         };
+        // Names are echoed into the output header, so they must be text: a header that is
+        // not UTF-8 (a Latin-1 export, a binary file) is refused rather than mangled.
         break fields
             .iter()
-            .map(|r| String::from_utf8_lossy(read::trim(&backing[r.clone()])).into_owned())
-            .collect();
+            .map(|r| {
+                std::str::from_utf8(read::trim(&backing[r.clone()]))
+                    .map(str::to_owned)
+                    .map_err(|_| {
+                        AggregateError::Header(format!(
+                            "line {}: the header is not valid UTF-8 (convert the file to UTF-8): {:?}",
+                            rec.line,
+                            String::from_utf8_lossy(rec.bytes)
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
     };
     let (time_name, layout) = header_layout(spec, &names)?;
     let n_cols = layout.value_idx.len();

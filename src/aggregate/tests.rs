@@ -137,6 +137,131 @@ fn header_only_and_empty_inputs() {
 }
 
 #[test]
+fn bom_only_and_non_utf8_header_are_input_errors() {
+    let err = run_bytes(&Spec::default(), b"\xEF\xBB\xBF").unwrap_err();
+    assert!(matches!(err, AggregateError::EmptyInput), "{err}");
+    assert!(err.to_string().contains("byte order mark"), "{err}");
+    let err = run_bytes(&Spec::default(), b"Datetime,T\xFF\n2021-01-01 00:00:00,1\n").unwrap_err();
+    assert!(matches!(err, AggregateError::Header(_)), "{err}");
+    assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+}
+
+/// A source that gunzips like a `.gz` file, over bytes in memory.
+struct GzBytes<'a>(&'a [u8]);
+
+impl Source for GzBytes<'_> {
+    fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        Ok(maybe_gunzip("t.csv.gz", Box::new(self.0)))
+    }
+    fn can_reopen(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn truncated_or_corrupt_gzip_is_an_input_error_and_read_errors_stay_io() {
+    use std::io::Write as _;
+    let mut csv = b"Datetime,T\n".to_vec();
+    for i in 0..4000 {
+        csv.extend_from_slice(
+            format!("2021-01-01 {:02}:{:02}:00,{i}\n", i / 60 % 24, i % 60).as_bytes(),
+        );
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&csv).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut out = Vec::new();
+    run(&Spec::default(), &mut GzBytes(&gz), &mut out).unwrap();
+    for damaged in [&gz[..gz.len() / 2], &gz[..5], b"not gzip at all"] {
+        let err = run(&Spec::default(), &mut GzBytes(damaged), &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, AggregateError::CorruptGzip(_)), "{err}");
+        assert!(err.is_input_error());
+    }
+    // A failing reader under the decoder is a read failure (retryable), not a bad file.
+    struct Failing;
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+        }
+    }
+    struct FailingGz;
+    impl Source for FailingGz {
+        fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+            Ok(maybe_gunzip("t.csv.gz", Box::new(Failing)))
+        }
+        fn can_reopen(&self) -> bool {
+            true
+        }
+    }
+    let err = run(&Spec::default(), &mut FailingGz, &mut Vec::new()).unwrap_err();
+    match err {
+        AggregateError::Io(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        other => panic!("expected Io, got {other}"),
+    }
+}
+
+#[test]
+fn unnamed_streams_are_gunzipped_by_their_magic_bytes() {
+    use std::io::Write as _;
+    let csv = b"Datetime,T\n2021-01-01 00:00:00,1\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(csv).unwrap();
+    let gz = gz.finish().unwrap();
+    for (input, want) in [(&gz[..], &csv[..]), (csv, csv), (b"D", b"D"), (b"", b"")] {
+        // One byte per read, like the slowest pipe.
+        let slow = ChunkReader {
+            data: input,
+            sizes: vec![1],
+            i: 0,
+        };
+        let mut out = Vec::new();
+        sniff_gunzip(Box::new(slow))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, want);
+    }
+    let err = sniff_gunzip(Box::new(&gz[..gz.len() - 9]))
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(
+        AggregateError::from(err),
+        AggregateError::CorruptGzip(_)
+    ));
+}
+
+#[test]
+fn nan_spellings_outside_pandas_markers_are_not_numbers() {
+    // `NAN` is text to pandas (its marker list has `NaN`, `nan`, `-NaN`, `-nan` only).
+    let err = run_bytes(&Spec::default(), b"Datetime,T\n2021-01-01 00:00:00,NAN\n").unwrap_err();
+    assert!(
+        matches!(err, AggregateError::NonNumericColumn { .. }),
+        "{err}"
+    );
+    let err = run_bytes(
+        &Spec::default(),
+        b"Datetime,T\n2021-01-01 00:00:00,1\n2021-01-01 00:01:00,+nan\n",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, AggregateError::BadRow { line: 3, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn infinities_count_and_give_pandas_stats() {
+    let input = b"Datetime,T\n2021-01-01 00:00:00,1\n2021-01-01 00:10:00,inf\n\
+        2021-01-01 01:00:00,-Infinity\n2021-01-01 01:30:00,+INF\n";
+    let (out, _) = run_bytes(&Spec::default(), input).unwrap();
+    assert_eq!(
+        out,
+        format!("{HEADER}2021-01-01 00:00:00,2,inf,,1.0,inf\n2021-01-01 01:00:00,2,,,-inf,inf\n")
+    );
+}
+
+#[test]
 fn header_errors_name_the_columns() {
     let spec = Spec {
         columns: Some(vec!["Humidity".into()]),
@@ -177,6 +302,28 @@ fn wrong_field_count_and_bad_values_are_bad_rows() {
     assert!(
         out.ends_with("2021-01-01 00:00:00,1,1.0,,1.0,1.0\n"),
         "{out}"
+    );
+}
+
+#[test]
+fn short_rows_have_missing_trailing_values_like_pandas() {
+    let input =
+        b"Datetime,A,B\n2021-01-01 00:00:00,1,2\n2021-01-01 00:01:00,3\n2021-01-01 00:02:00\n";
+    let (out, report) = run_bytes(&Spec::default(), input).unwrap();
+    assert_eq!(report.rows, 3);
+    assert!(
+        out.ends_with("2021-01-01 00:00:00,2,2.0,1.4142135623730951,1.0,3.0,1,2.0,,2.0,2.0\n"),
+        "{out}"
+    );
+    // A row that stops before the time column has no timestamp: a bad row.
+    let spec = Spec {
+        time_column: Some("B".into()),
+        ..Spec::default()
+    };
+    let err = run_bytes(&spec, b"A,B\n1,2021-01-01 00:00:00\n2\n").unwrap_err();
+    assert!(
+        matches!(err, AggregateError::BadRow { line: 3, .. }),
+        "{err}"
     );
 }
 

@@ -94,7 +94,7 @@ fn digits(s: &[u8], at: usize, n: usize) -> Option<u32> {
     Some(v)
 }
 
-/// Parses the default forms: `YYYY-MM-DD`, then optionally `T` or a space, `HH:MM`, `:SS`,
+/// Parses the default forms: `YYYY-MM-DD`, then optionally `T` or a space, `HH`, `:MM`, `:SS`,
 /// a fraction, and `Z` or an offset `±HH`, `±HHMM`, `±HH:MM` (a space before it is allowed).
 pub fn parse_default(s: &[u8]) -> Option<Parsed> {
     let (y, mo, d) = (digits(s, 0, 4)?, digits(s, 5, 2)?, digits(s, 8, 2)?);
@@ -112,13 +112,12 @@ pub fn parse_default(s: &[u8]) -> Option<Parsed> {
         && s.get(i + 1).is_some_and(u8::is_ascii_digit)
     {
         let hh = digits(s, i + 1, 2)?;
-        if s.get(i + 3) != Some(&b':') {
-            return None;
-        }
-        let mm = digits(s, i + 4, 2)?;
-        i += 6;
+        // `THH` alone is ISO 8601's reduced precision (pandas accepts it too).
+        let hour_only = s.get(i + 3) != Some(&b':');
+        let mm = if hour_only { 0 } else { digits(s, i + 4, 2)? };
+        i += if hour_only { 3 } else { 6 };
         let mut ss = 0;
-        if s.get(i) == Some(&b':') {
+        if !hour_only && s.get(i) == Some(&b':') {
             ss = digits(s, i + 1, 2)?;
             i += 3;
             if matches!(s.get(i), Some(b'.' | b',')) {
@@ -413,6 +412,15 @@ mod tests {
         let naive = |wall| Some(Parsed { wall, offset: None });
         assert_eq!(parse_default(b"2024-02-29"), naive(base));
         assert_eq!(parse_default(b"2024-02-29 13:05"), naive(base + 47_100));
+        // Hour only (ISO 8601 reduced precision), as pandas' ISO8601 parser reads it.
+        assert_eq!(parse_default(b"2024-02-29T13"), naive(base + 46_800));
+        assert_eq!(
+            parse_default(b"2024-02-29 13+05:30"),
+            Some(Parsed {
+                wall: base + 46_800,
+                offset: Some(19_800)
+            })
+        );
         assert_eq!(parse_default(b"2024-02-29T13:05:07"), naive(base + 47_107));
         assert_eq!(
             parse_default(b"2024-02-29T13:05:07.125"),
@@ -445,6 +453,9 @@ mod tests {
             b"2024-01-01 24:00:00",
             b"2024-01-01 10:00:00x",
             b"2024-01-01 10:00:00.",
+            b"2024-01-01 10:0",
+            b"2024-01-01 10x",
+            b"2024-01-01 1",
             b"24-01-01",
             b"",
             b"hello",

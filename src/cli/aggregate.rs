@@ -14,7 +14,7 @@ use crate::aggregate::{self, Mode, ReducerArgs, Sink, Source};
 /// Arguments of `rollq aggregate`.
 #[derive(Debug, clap::Args)]
 pub struct AggregateArgs {
-    /// Input CSV file (`.gz` is decompressed on the fly), or `-` for stdin.
+    /// Input CSV file (`.gz` is decompressed on the fly), or `-` for stdin (gzip or plain).
     #[arg(value_name = "INPUT")]
     pub input: String,
 
@@ -54,7 +54,8 @@ impl Source for StdinSource {
         if std::mem::replace(&mut self.used, true) {
             return Err(io::Error::other("standard input cannot be read twice"));
         }
-        Ok(Box::new(io::stdin().lock()))
+        // Unnamed, so a gzip stream is recognised by its magic bytes rather than a `.gz`.
+        aggregate::sniff_gunzip(Box::new(io::stdin().lock()))
     }
     fn can_reopen(&self) -> bool {
         false
