@@ -40,7 +40,8 @@ pub enum JobError {
     /// The input is not valid CSV under the reducer's options, or exceeds a limit.
     #[error("invalid input: {0}")]
     Input(#[source] AggregateError),
-    /// The input could not be decoded (e.g. a corrupt gzip stream).
+    /// Reading the input failed with an I/O error that is neither storage nor cancellation
+    /// (a corrupt gzip stream is [`AggregateError::CorruptGzip`], an `Input` error).
     #[error("unreadable input: {0}")]
     Unreadable(#[source] io::Error),
     /// A storage call failed.

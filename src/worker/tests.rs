@@ -170,7 +170,7 @@ async fn output_container_setting_is_used() {
     // Not gzip: the gunzip wrapper fails to decode, a permanent input error.
     assert!(matches!(
         f.send_and_process("a.csv.gz").await,
-        Outcome::Poisoned(JobError::Unreadable(_))
+        Outcome::Poisoned(JobError::Input(AggregateError::CorruptGzip(_)))
     ));
     f.put("b.csv", "x\n").await;
     assert!(matches!(
