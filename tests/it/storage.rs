@@ -259,14 +259,11 @@ async fn unreachable_endpoint_is_transient() {
 #[tokio::test]
 async fn outage_through_a_proxy_is_transient_then_recovers() {
     let az = Azurite::start();
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", az.queue_port).parse().unwrap());
-    let via = format!("http://{}/devstoreaccount1", proxy.addr());
+    let proxy = TcpProxy::start(az.queue_addr());
     let args = StorageArgs {
-        connection_string: Some(SecretString::from(connection_string_for(
-            &az.blob_endpoint(),
-            &via,
-            rollq::storage::connection::DEV_KEY,
-        ))),
+        connection_string: Some(SecretString::from(
+            az.connection_string_via(az.blob_addr(), proxy.addr()),
+        )),
         storage_timeout: Duration::from_secs(5),
         ..Default::default()
     };

@@ -2,17 +2,14 @@
 //! binary against Azurite with the connection string in the environment.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
-use crate::support::{Azurite, ChildGuard, azurite::connection_string_for, unique_name};
+use crate::support::{Azurite, ChildGuard, TcpProxy, unique_name};
 
 fn run_ok(out: Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -354,21 +351,11 @@ async fn blob_get_broken_mid_download_leaves_no_partial_file() {
         .unwrap();
 
     // Past the properties call and the first 4 MiB partition, well before the 24 MiB end.
-    let proxy = CutProxy::start(
-        format!("127.0.0.1:{}", az.blob_port).parse().unwrap(),
-        (6 << 20) + 1000,
-    );
-    let via = format!("http://{}/devstoreaccount1", proxy.addr);
-    let cs = connection_string_for(
-        &via,
-        &az.queue_endpoint(),
-        rollq::storage::connection::DEV_KEY,
-    );
+    let proxy = TcpProxy::cut_after(az.blob_addr(), (6 << 20) + 1000);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.csv");
     let child = az
-        .rollq()
-        .env("AZURE_STORAGE_CONNECTION_STRING", cs)
+        .rollq_via(proxy.addr(), az.queue_addr())
         .args([
             "blob",
             "get",
@@ -402,122 +389,13 @@ async fn blob_get_broken_mid_download_leaves_no_partial_file() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(!status.success(), "expected failure; stderr: {stderr}");
-    assert!(proxy.was_cut(), "the proxy never reached its byte limit");
+    assert!(proxy.is_cut(), "the proxy never reached its byte limit");
     assert!(stderr.contains("blob download"), "{stderr}");
     assert!(
         dir_names(dir.path()).is_empty(),
         "left behind: {:?}",
         dir_names(dir.path())
     );
-}
-
-/// A TCP proxy that forwards until the server has sent `limit` bytes in total, then shuts
-/// every connection and refuses new ones: a transfer broken at a known point.
-struct CutProxy {
-    addr: SocketAddr,
-    state: Arc<CutState>,
-    accept: Option<std::thread::JoinHandle<()>>,
-}
-
-struct CutState {
-    limit: u64,
-    sent: AtomicU64,
-    cut: AtomicBool,
-    stop: AtomicBool,
-    /// Every socket, so reaching the limit can shut them all.
-    conns: Mutex<Vec<TcpStream>>,
-}
-
-impl CutState {
-    fn cut_all(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl CutProxy {
-    fn start(target: SocketAddr, limit: u64) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(CutState {
-            limit,
-            sent: AtomicU64::new(0),
-            cut: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
-        });
-        let st = state.clone();
-        let accept = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                if st.cut.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(target) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                {
-                    let mut conns = st.conns.lock().unwrap();
-                    conns.push(client.try_clone().unwrap());
-                    conns.push(server.try_clone().unwrap());
-                }
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                let (mut s_read, mut c_write) = (server, client);
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n as u64,
-                        };
-                        let before = st.sent.fetch_add(n, Ordering::SeqCst);
-                        let allowed = st.limit.saturating_sub(before).min(n);
-                        if c_write.write_all(&buf[..allowed as usize]).is_err() {
-                            break;
-                        }
-                        if allowed < n {
-                            st.cut_all();
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        CutProxy {
-            addr,
-            state,
-            accept: Some(accept),
-        }
-    }
-
-    fn was_cut(&self) -> bool {
-        self.state.cut.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.state.cut_all();
-        self.state.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
 }
 
 /// `blob get -o FILE` of a 128 MiB blob never holds the blob: the child's peak resident set

@@ -21,15 +21,9 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
     upload(&conn.blobs, &container, "short.csv", seed_csv(4, 50)).await;
     queue.send("long.csv").await.unwrap();
 
-    let (blob, queue_addr) = azurite_addrs(&az);
-    let slow = ThrottleProxy::start(blob, rate);
-    let mut cmd = az.rollq();
-    cmd.env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        connection_string_via(slow.addr(), queue_addr),
-    );
-    let mut worker = WorkerProc::spawn_with(
-        cmd,
+    let (_slow, mut worker) = spawn_slow_worker(
+        &az,
+        rate,
         queue.name(),
         &container,
         &[
