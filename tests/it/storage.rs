@@ -10,7 +10,7 @@ use rollq::storage::{
 };
 use secrecy::SecretString;
 
-use crate::support::{Azurite, TcpProxy, azurite::connection_string_for, unique_name};
+use crate::support::{Azurite, TcpProxy, azurite::connection_string_for, md5, unique_name};
 
 #[tokio::test]
 async fn queue_operations_round_trip() {
@@ -278,11 +278,6 @@ async fn outage_through_a_proxy_is_transient_then_recovers() {
 
     proxy.restore();
     assert_eq!(q.approximate_count().await.unwrap(), 1);
-}
-
-fn md5(data: &[u8]) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    Md5::digest(data).into()
 }
 
 #[tokio::test]

@@ -2,34 +2,11 @@
 //! binary against Azurite with the connection string in the environment.
 
 use std::path::Path;
-use std::process::Output;
 
 use bytes::Bytes;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
-use crate::support::{Azurite, azurite::connection_string_for, unique_name};
-
-fn run_ok(out: Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    (stdout, stderr)
-}
-
-fn run_err(out: Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    stderr
-}
-
-fn md5(data: &[u8]) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    Md5::digest(data).into()
-}
+use crate::support::{Azurite, azurite::connection_string_for, md5, run_err, run_ok, unique_name};
 
 fn write(dir: &Path, rel: &str, data: &[u8]) {
     let p = dir.join(rel);
@@ -210,7 +187,7 @@ async fn submit_bad_input_fails_clearly_and_changes_nothing() {
     write(dir.path(), "ok.csv", b"t,v\n");
 
     let stderr = run_err(
-        az.rollq()
+        &az.rollq()
             .args(["submit", "--container", &c, "--queue", &q])
             .arg(dir.path().join("ok.csv"))
             .arg(dir.path().join("missing.csv"))
@@ -231,7 +208,7 @@ async fn submit_bad_input_fails_clearly_and_changes_nothing() {
     );
 
     let stderr = run_err(
-        az.rollq()
+        &az.rollq()
             .args(["submit", "--container", &c, "--queue", "Bad_Queue"])
             .arg(dir.path())
             .output()
@@ -259,7 +236,7 @@ async fn submit_with_a_wrong_key_says_what_to_check_without_the_key() {
         .arg(dir.path())
         .output()
         .unwrap();
-    let stderr = run_err(out);
+    let stderr = run_err(&out);
     let line = stderr
         .lines()
         .find(|l| l.starts_with("error:"))

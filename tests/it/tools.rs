@@ -3,30 +3,15 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
-use crate::support::{Azurite, ChildGuard, TcpProxy, unique_name};
-
-fn run_ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    stdout
-}
-
-fn run_err(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    stderr
-}
+use crate::support::{
+    Azurite, ChildGuard, TcpProxy, peak_rss_bytes, run_err, run_ok, unique_name, upload_patterned,
+};
 
 /// Sorted file names in a directory.
 fn dir_names(dir: &Path) -> Vec<String> {
@@ -63,7 +48,7 @@ async fn queue_send_sends_texts_verbatim_in_order_and_prints_their_ids() {
         ])
         .output()
         .unwrap();
-    let ids: Vec<String> = run_ok(out).lines().map(str::to_owned).collect();
+    let ids: Vec<String> = run_ok(out).0.lines().map(str::to_owned).collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
 
     // base64, and `-` between arguments reads stdin's lines in its place (blank lines skipped).
@@ -84,6 +69,7 @@ async fn queue_send_sends_texts_verbatim_in_order_and_prints_their_ids() {
         .write_all(b"from stdin\r\n\n   \nsecond line")
         .unwrap();
     let ids2: Vec<String> = run_ok(child.wait_with_output().unwrap())
+        .0
         .lines()
         .map(str::to_owned)
         .collect();
@@ -154,7 +140,7 @@ async fn queue_create_makes_the_queue_and_its_poison_queue() {
     let q = unique_name("mk");
     for _ in 0..2 {
         // Twice: creating what exists is success.
-        let out = run_ok(
+        let (out, _) = run_ok(
             az.rollq()
                 .args(["queue", "create", "--queue", &q])
                 .output()
@@ -172,7 +158,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
     let az = Azurite::start();
     let conn = az.connect().await;
     let c = unique_name("list");
-    let out = run_ok(
+    let (out, _) = run_ok(
         az.rollq()
             .args(["blob", "create-container", "--container", &c])
             .output()
@@ -191,7 +177,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
             .await
             .unwrap();
     }
-    let out = run_ok(
+    let (out, _) = run_ok(
         az.rollq()
             .args(["blob", "list", "--container", &c, "--prefix", "2024/"])
             .output()
@@ -208,7 +194,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
     }
     assert_eq!(out, expected);
 
-    let all = run_ok(
+    let (all, _) = run_ok(
         az.rollq()
             .args(["blob", "list", "--container", &c])
             .output()
@@ -264,7 +250,7 @@ async fn blob_get_streams_to_stdout_and_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.csv");
     std::fs::write(&dest, b"an older file that is replaced").unwrap();
-    let out = run_ok(
+    let (out, _) = run_ok(
         az.rollq()
             .args(["blob", "get", "--container", &c, "out/big.csv", "-o"])
             .arg(&dest)
@@ -411,16 +397,7 @@ async fn blob_get_memory_stays_bounded_for_a_large_blob() {
     let c = unique_name("hwm");
     conn.blobs.create_container_if_missing(&c).await.unwrap();
     let path = BlobPath::new(&c, "big.csv");
-    let mut up = conn
-        .blobs
-        .start_upload(&path, PutOptions::default())
-        .await
-        .unwrap();
-    for start in (0..BLOB_BYTES).step_by(BLOCK) {
-        let block: Vec<u8> = (start..start + BLOCK).map(|i| (i % 251) as u8).collect();
-        up.stage(Bytes::from(block)).await.unwrap();
-    }
-    up.commit().await.unwrap();
+    upload_patterned(&conn.blobs, &path, BLOB_BYTES, BLOCK).await;
 
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.csv");
@@ -433,18 +410,13 @@ async fn blob_get_memory_stays_bounded_for_a_large_blob() {
         .spawn()
         .unwrap();
     let mut child = ChildGuard(child);
-    let status_file = format!("/proc/{}/status", child.0.id());
+    let pid = child.0.id();
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut peak_kib = 0u64;
     let status = loop {
         // Read before try_wait: once reaped, the /proc entry is gone.
-        if let Ok(s) = std::fs::read_to_string(&status_file)
-            && let Some(kib) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak_kib = peak_kib.max(kib);
+        if let Some(bytes) = peak_rss_bytes(pid) {
+            peak_kib = peak_kib.max(bytes / 1024);
         }
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
