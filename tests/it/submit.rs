@@ -296,21 +296,16 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
     )
     .await;
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args([
-                "backfill",
-                "--container",
-                &c,
-                "--queue",
-                &q,
-                "--prefix",
-                "2024/",
-                "--dry-run",
-            ])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&[
+        "backfill",
+        "--container",
+        &c,
+        "--queue",
+        &q,
+        "--prefix",
+        "2024/",
+        "--dry-run",
+    ]);
     assert!(stdout.contains("would enqueue 2 of 3 inputs"), "{stdout}");
     assert_eq!(
         conn.queues
@@ -323,20 +318,15 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
         "a dry run sends nothing"
     );
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args([
-                "backfill",
-                "--container",
-                &c,
-                "--queue",
-                &q,
-                "--prefix",
-                "2024/",
-            ])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&[
+        "backfill",
+        "--container",
+        &c,
+        "--queue",
+        &q,
+        "--prefix",
+        "2024/",
+    ]);
     assert!(
         stdout.contains("enqueued 2 of 3 inputs") && stdout.contains("1 already have"),
         "{stdout}"
@@ -365,24 +355,14 @@ async fn queue_stats_and_poison_list_and_requeue() {
     // Before anything was poisoned the poison queue may not exist.
     main.create_if_missing().await.unwrap();
     main.send("m1").await.unwrap();
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["queue", "stats", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["queue", "stats", "--queue", &q]);
     assert!(stdout.contains("approximate_messages: 1\n"), "{stdout}");
     assert!(stdout.contains("visible_messages: 1 "), "{stdout}");
     assert!(
         stdout.contains("poison_approximate_messages: 0 (queue does not exist)"),
         "{stdout}"
     );
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["poison", "list", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["poison", "list", "--queue", &q]);
     assert!(stdout.contains("does not exist"), "{stdout}");
 
     poison.create_if_missing().await.unwrap();
@@ -397,12 +377,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
         .unwrap();
     assert_eq!(leased.len(), 1);
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["queue", "stats", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["queue", "stats", "--queue", &q]);
     assert!(stdout.contains("approximate_messages: 1\n"), "{stdout}");
     assert!(
         stdout.contains("visible_messages: 0 "),
@@ -413,12 +388,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
         "{stdout}"
     );
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["poison", "list", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["poison", "list", "--queue", &q]);
     assert!(stdout.contains("2 message(s)"), "{stdout}");
     assert!(stdout.contains("\"bad/one.csv\""), "{stdout}");
     assert!(stdout.contains(r#"\"blob\":\"two.csv\""#), "{stdout}");
@@ -426,12 +396,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
     // Listing changes nothing.
     assert_eq!(poison.peek(32).await.unwrap().len(), 2);
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["poison", "requeue", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["poison", "requeue", "--queue", &q]);
     assert!(stdout.contains("requeued 2 message(s)"), "{stdout}");
     assert_eq!(poison.approximate_count().await.unwrap(), 0);
     let mut texts: Vec<_> = main

@@ -124,12 +124,7 @@ async fn queue_send_rejects_bad_input_before_sending_anything() {
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 
     // The same control character goes through base64 untouched.
-    run_ok(
-        az.rollq()
-            .args(["queue", "send", "--queue", &q, "--base64", "bell\x07"])
-            .output()
-            .unwrap(),
-    );
+    az.rollq_ok(&["queue", "send", "--queue", &q, "--base64", "bell\x07"]);
     assert_eq!(conn.queues.queue(&q).approximate_count().await.unwrap(), 1);
 }
 
@@ -140,12 +135,7 @@ async fn queue_create_makes_the_queue_and_its_poison_queue() {
     let q = unique_name("mk");
     for _ in 0..2 {
         // Twice: creating what exists is success.
-        let (out, _) = run_ok(
-            az.rollq()
-                .args(["queue", "create", "--queue", &q])
-                .output()
-                .unwrap(),
-        );
+        let (out, _) = az.rollq_ok(&["queue", "create", "--queue", &q]);
         assert!(out.contains(&poison_queue_name(&q)), "{out}");
     }
     assert_eq!(conn.queues.queue(&q).approximate_count().await.unwrap(), 0);
@@ -158,12 +148,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
     let az = Azurite::start();
     let conn = az.connect().await;
     let c = unique_name("list");
-    let (out, _) = run_ok(
-        az.rollq()
-            .args(["blob", "create-container", "--container", &c])
-            .output()
-            .unwrap(),
-    );
+    let (out, _) = az.rollq_ok(&["blob", "create-container", "--container", &c]);
     assert!(out.contains(&c), "{out}");
     for (name, len) in [
         ("2024/a.csv", 10),
@@ -177,12 +162,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
             .await
             .unwrap();
     }
-    let (out, _) = run_ok(
-        az.rollq()
-            .args(["blob", "list", "--container", &c, "--prefix", "2024/"])
-            .output()
-            .unwrap(),
-    );
+    let (out, _) = az.rollq_ok(&["blob", "list", "--container", &c, "--prefix", "2024/"]);
     let mut expected = String::new();
     for name in ["2024/a.csv", "2024/a_aggregated.csv", "2024/sub/b.csv"] {
         let p = conn
@@ -194,22 +174,12 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
     }
     assert_eq!(out, expected);
 
-    let (all, _) = run_ok(
-        az.rollq()
-            .args(["blob", "list", "--container", &c])
-            .output()
-            .unwrap(),
-    );
+    let (all, _) = az.rollq_ok(&["blob", "list", "--container", &c]);
     assert_eq!(all.lines().count(), 4, "{all}");
     assert!(all.starts_with("2024/a.csv\t10\t"), "{all}");
 
     let missing = unique_name("nope");
-    let err = run_err(
-        &az.rollq()
-            .args(["blob", "list", "--container", &missing])
-            .output()
-            .unwrap(),
-    );
+    let err = az.rollq_err(&["blob", "list", "--container", &missing]);
     assert!(err.contains("not_found") && err.contains(&missing), "{err}");
 }
 

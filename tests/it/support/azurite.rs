@@ -194,6 +194,16 @@ impl Azurite {
         cmd
     }
 
+    /// Runs `rollq ARGS…` against this emulator and asserts it succeeded: (stdout, stderr).
+    pub fn rollq_ok(&self, args: &[&str]) -> (String, String) {
+        super::run_ok(self.rollq().args(args).output().expect("run rollq"))
+    }
+
+    /// Runs `rollq ARGS…` against this emulator and asserts it failed: its stderr.
+    pub fn rollq_err(&self, args: &[&str]) -> String {
+        super::run_err(&self.rollq().args(args).output().expect("run rollq"))
+    }
+
     /// [`Azurite::rollq`] reaching the blob service at `blob` and the queue service at
     /// `queue` (see [`Azurite::connection_string_via`]).
     pub fn rollq_via(&self, blob: SocketAddr, queue: SocketAddr) -> Command {
