@@ -107,14 +107,7 @@ async fn renewal_keeps_a_slow_message_leased() {
         rate,
         queue.name(),
         &container,
-        &[
-            "--visibility-timeout",
-            "5s",
-            "--download-block-size",
-            "256KiB",
-            "--download-parallel",
-            "1",
-        ],
+        &["--visibility-timeout", "5s"],
     );
     let started = std::time::Instant::now();
     eventually("the worker holding the message", PATIENCE, || async {
@@ -181,14 +174,7 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
         rate,
         queue.name(),
         &container,
-        &[
-            "--visibility-timeout",
-            "5s",
-            "--download-block-size",
-            "256KiB",
-            "--download-parallel",
-            "1",
-        ],
+        &["--visibility-timeout", "5s"],
     );
     eventually("the first worker reading the input", PATIENCE, || async {
         let m = first.metrics().await;
@@ -212,9 +198,7 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
     assert!(status.success(), "exit {status}");
     let got = download(&conn.blobs, &container, "big_aggregated.csv").await;
     assert!(got.as_ref() == Some(&expected), "output missing or wrong");
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0);
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }
 
 /// Issue 4, test 7: a TCP proxy between worker and Azurite is cut for ~10 s and restored: the

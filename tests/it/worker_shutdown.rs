@@ -26,16 +26,7 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
         rate,
         queue.name(),
         &container,
-        &[
-            "--drain-timeout",
-            "2s",
-            "--max-in-flight",
-            "1",
-            "--download-block-size",
-            "256KiB",
-            "--download-parallel",
-            "1",
-        ],
+        &["--drain-timeout", "2s", "--max-in-flight", "1"],
     );
     eventually("the worker reading the input", PATIENCE, || async {
         let m = worker.metrics().await;
@@ -94,7 +85,5 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
             .await
             .is_some()
     );
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0);
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }

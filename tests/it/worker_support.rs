@@ -326,6 +326,18 @@ pub async fn download(blobs: &Arc<dyn BlobStore>, container: &str, name: &str) -
     }
 }
 
+/// Asserts that `queue` holds no message and that its `<queue>-poison` twin (the worker
+/// creates it) holds none either: everything was completed, nothing poisoned.
+pub async fn assert_queue_and_poison_empty(conn: &Connection, queue: &Arc<dyn Queue>) {
+    assert_eq!(queue.approximate_count().await.unwrap(), 0);
+    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
+    assert_eq!(
+        poison.approximate_count().await.unwrap(),
+        0,
+        "nothing poisoned"
+    );
+}
+
 /// Every message text in a queue (peek sees visible ones only; the caller waits for that).
 pub async fn peek_texts(queue: &Arc<dyn Queue>) -> Vec<String> {
     queue
@@ -340,8 +352,9 @@ pub async fn peek_texts(queue: &Arc<dyn Queue>) -> Vec<String> {
 // === a slow link ===
 
 /// A worker whose blob service sits behind a proxy that forwards downloads at `bytes_per_sec`
-/// (a deliberately slow input); the queue service is reached directly. Keep the proxy alive
-/// as long as the worker needs its input.
+/// (a deliberately slow input), reading 256 KiB blocks one at a time so the bytes trickle in
+/// steadily; the queue service is reached directly. Keep the proxy alive as long as the
+/// worker needs its input.
 pub fn spawn_slow_worker(
     az: &Azurite,
     bytes_per_sec: usize,
@@ -351,6 +364,13 @@ pub fn spawn_slow_worker(
 ) -> (TcpProxy, WorkerProc) {
     let slow = TcpProxy::throttled(az.blob_addr(), bytes_per_sec);
     let cmd = az.rollq_via(slow.addr(), az.queue_addr());
-    let worker = WorkerProc::spawn_with(cmd, queue, container, args);
+    let small_blocks = [
+        "--download-block-size",
+        "256KiB",
+        "--download-parallel",
+        "1",
+    ];
+    let args: Vec<&str> = args.iter().copied().chain(small_blocks).collect();
+    let worker = WorkerProc::spawn_with(cmd, queue, container, &args);
     (slow, worker)
 }
