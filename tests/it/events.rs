@@ -141,13 +141,7 @@ async fn event_grid_and_cloud_events() {
             .await
             .is_none()
     );
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(
-        poison.approximate_count().await.unwrap(),
-        0,
-        "nothing poisoned"
-    );
+    assert_queue_and_poison_empty(&conn, &queue).await;
     let log = worker.log();
     assert_eq!(log.matches("message completed").count(), 4, "{log}");
     assert_eq!(log.matches("message skipped").count(), 3, "{log}");

@@ -10,7 +10,7 @@ use rollq::storage::{
 };
 use secrecy::SecretString;
 
-use crate::support::{Azurite, TcpProxy, azurite::connection_string_for, unique_name};
+use crate::support::{Azurite, TcpProxy, azurite::connection_string_for, md5, unique_name};
 
 #[tokio::test]
 async fn queue_operations_round_trip() {
@@ -259,14 +259,11 @@ async fn unreachable_endpoint_is_transient() {
 #[tokio::test]
 async fn outage_through_a_proxy_is_transient_then_recovers() {
     let az = Azurite::start();
-    let proxy = TcpProxy::start(format!("127.0.0.1:{}", az.queue_port).parse().unwrap());
-    let via = format!("http://{}/devstoreaccount1", proxy.addr());
+    let proxy = TcpProxy::start(az.queue_addr());
     let args = StorageArgs {
-        connection_string: Some(SecretString::from(connection_string_for(
-            &az.blob_endpoint(),
-            &via,
-            rollq::storage::connection::DEV_KEY,
-        ))),
+        connection_string: Some(SecretString::from(
+            az.connection_string_via(az.blob_addr(), proxy.addr()),
+        )),
         storage_timeout: Duration::from_secs(5),
         ..Default::default()
     };
@@ -281,11 +278,6 @@ async fn outage_through_a_proxy_is_transient_then_recovers() {
 
     proxy.restore();
     assert_eq!(q.approximate_count().await.unwrap(), 1);
-}
-
-fn md5(data: &[u8]) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    Md5::digest(data).into()
 }
 
 #[tokio::test]

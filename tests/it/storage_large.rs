@@ -5,10 +5,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use bytes::Bytes;
-use rollq::storage::{BlobPath, PutOptions};
+use rollq::storage::BlobPath;
 
-use crate::support::{Azurite, ChildGuard, unique_name};
+use crate::support::{Azurite, ChildGuard, unique_name, upload_patterned};
 
 const BLOB_BYTES: usize = 256 << 20;
 const BLOCK: usize = 8 << 20;
@@ -44,17 +43,7 @@ async fn large_blob_streams_with_memory_bounded_by_partitions() {
     let c = unique_name("large");
     conn.blobs.create_container_if_missing(&c).await.unwrap();
     let path = BlobPath::new(&c, "big.csv");
-
-    let mut up = conn
-        .blobs
-        .start_upload(&path, PutOptions::default())
-        .await
-        .unwrap();
-    for start in (0..BLOB_BYTES).step_by(BLOCK) {
-        let block: Vec<u8> = (start..start + BLOCK).map(|i| (i % 251) as u8).collect();
-        up.stage(Bytes::from(block)).await.unwrap();
-    }
-    up.commit().await.unwrap();
+    upload_patterned(&conn.blobs, &path, BLOB_BYTES, BLOCK).await;
     assert_eq!(
         conn.blobs.properties(&path).await.unwrap().size,
         BLOB_BYTES as u64

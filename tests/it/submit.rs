@@ -2,34 +2,11 @@
 //! binary against Azurite with the connection string in the environment.
 
 use std::path::Path;
-use std::process::Output;
 
 use bytes::Bytes;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
-use crate::support::{Azurite, azurite::connection_string_for, unique_name};
-
-fn run_ok(out: Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    (stdout, stderr)
-}
-
-fn run_err(out: Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    stderr
-}
-
-fn md5(data: &[u8]) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    Md5::digest(data).into()
-}
+use crate::support::{Azurite, azurite::connection_string_for, md5, run_err, run_ok, unique_name};
 
 fn write(dir: &Path, rel: &str, data: &[u8]) {
     let p = dir.join(rel);
@@ -210,7 +187,7 @@ async fn submit_bad_input_fails_clearly_and_changes_nothing() {
     write(dir.path(), "ok.csv", b"t,v\n");
 
     let stderr = run_err(
-        az.rollq()
+        &az.rollq()
             .args(["submit", "--container", &c, "--queue", &q])
             .arg(dir.path().join("ok.csv"))
             .arg(dir.path().join("missing.csv"))
@@ -231,7 +208,7 @@ async fn submit_bad_input_fails_clearly_and_changes_nothing() {
     );
 
     let stderr = run_err(
-        az.rollq()
+        &az.rollq()
             .args(["submit", "--container", &c, "--queue", "Bad_Queue"])
             .arg(dir.path())
             .output()
@@ -259,7 +236,7 @@ async fn submit_with_a_wrong_key_says_what_to_check_without_the_key() {
         .arg(dir.path())
         .output()
         .unwrap();
-    let stderr = run_err(out);
+    let stderr = run_err(&out);
     let line = stderr
         .lines()
         .find(|l| l.starts_with("error:"))
@@ -319,21 +296,16 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
     )
     .await;
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args([
-                "backfill",
-                "--container",
-                &c,
-                "--queue",
-                &q,
-                "--prefix",
-                "2024/",
-                "--dry-run",
-            ])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&[
+        "backfill",
+        "--container",
+        &c,
+        "--queue",
+        &q,
+        "--prefix",
+        "2024/",
+        "--dry-run",
+    ]);
     assert!(stdout.contains("would enqueue 2 of 3 inputs"), "{stdout}");
     assert_eq!(
         conn.queues
@@ -346,20 +318,15 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
         "a dry run sends nothing"
     );
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args([
-                "backfill",
-                "--container",
-                &c,
-                "--queue",
-                &q,
-                "--prefix",
-                "2024/",
-            ])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&[
+        "backfill",
+        "--container",
+        &c,
+        "--queue",
+        &q,
+        "--prefix",
+        "2024/",
+    ]);
     assert!(
         stdout.contains("enqueued 2 of 3 inputs") && stdout.contains("1 already have"),
         "{stdout}"
@@ -388,24 +355,14 @@ async fn queue_stats_and_poison_list_and_requeue() {
     // Before anything was poisoned the poison queue may not exist.
     main.create_if_missing().await.unwrap();
     main.send("m1").await.unwrap();
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["queue", "stats", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["queue", "stats", "--queue", &q]);
     assert!(stdout.contains("approximate_messages: 1\n"), "{stdout}");
     assert!(stdout.contains("visible_messages: 1 "), "{stdout}");
     assert!(
         stdout.contains("poison_approximate_messages: 0 (queue does not exist)"),
         "{stdout}"
     );
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["poison", "list", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["poison", "list", "--queue", &q]);
     assert!(stdout.contains("does not exist"), "{stdout}");
 
     poison.create_if_missing().await.unwrap();
@@ -420,12 +377,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
         .unwrap();
     assert_eq!(leased.len(), 1);
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["queue", "stats", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["queue", "stats", "--queue", &q]);
     assert!(stdout.contains("approximate_messages: 1\n"), "{stdout}");
     assert!(
         stdout.contains("visible_messages: 0 "),
@@ -436,12 +388,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
         "{stdout}"
     );
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["poison", "list", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["poison", "list", "--queue", &q]);
     assert!(stdout.contains("2 message(s)"), "{stdout}");
     assert!(stdout.contains("\"bad/one.csv\""), "{stdout}");
     assert!(stdout.contains(r#"\"blob\":\"two.csv\""#), "{stdout}");
@@ -449,12 +396,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
     // Listing changes nothing.
     assert_eq!(poison.peek(32).await.unwrap().len(), 2);
 
-    let (stdout, _) = run_ok(
-        az.rollq()
-            .args(["poison", "requeue", "--queue", &q])
-            .output()
-            .unwrap(),
-    );
+    let (stdout, _) = az.rollq_ok(&["poison", "requeue", "--queue", &q]);
     assert!(stdout.contains("requeued 2 message(s)"), "{stdout}");
     assert_eq!(poison.approximate_count().await.unwrap(), 0);
     let mut texts: Vec<_> = main

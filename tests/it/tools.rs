@@ -2,34 +2,16 @@
 //! binary against Azurite with the connection string in the environment.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
-use crate::support::{Azurite, ChildGuard, azurite::connection_string_for, unique_name};
-
-fn run_ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    stdout
-}
-
-fn run_err(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {stderr}");
-    stderr
-}
+use crate::support::{
+    Azurite, ChildGuard, TcpProxy, peak_rss_bytes, run_err, run_ok, unique_name, upload_patterned,
+};
 
 /// Sorted file names in a directory.
 fn dir_names(dir: &Path) -> Vec<String> {
@@ -66,7 +48,7 @@ async fn queue_send_sends_texts_verbatim_in_order_and_prints_their_ids() {
         ])
         .output()
         .unwrap();
-    let ids: Vec<String> = run_ok(out).lines().map(str::to_owned).collect();
+    let ids: Vec<String> = run_ok(out).0.lines().map(str::to_owned).collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
 
     // base64, and `-` between arguments reads stdin's lines in its place (blank lines skipped).
@@ -87,6 +69,7 @@ async fn queue_send_sends_texts_verbatim_in_order_and_prints_their_ids() {
         .write_all(b"from stdin\r\n\n   \nsecond line")
         .unwrap();
     let ids2: Vec<String> = run_ok(child.wait_with_output().unwrap())
+        .0
         .lines()
         .map(str::to_owned)
         .collect();
@@ -141,12 +124,7 @@ async fn queue_send_rejects_bad_input_before_sending_anything() {
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 
     // The same control character goes through base64 untouched.
-    run_ok(
-        az.rollq()
-            .args(["queue", "send", "--queue", &q, "--base64", "bell\x07"])
-            .output()
-            .unwrap(),
-    );
+    az.rollq_ok(&["queue", "send", "--queue", &q, "--base64", "bell\x07"]);
     assert_eq!(conn.queues.queue(&q).approximate_count().await.unwrap(), 1);
 }
 
@@ -157,12 +135,7 @@ async fn queue_create_makes_the_queue_and_its_poison_queue() {
     let q = unique_name("mk");
     for _ in 0..2 {
         // Twice: creating what exists is success.
-        let out = run_ok(
-            az.rollq()
-                .args(["queue", "create", "--queue", &q])
-                .output()
-                .unwrap(),
-        );
+        let (out, _) = az.rollq_ok(&["queue", "create", "--queue", &q]);
         assert!(out.contains(&poison_queue_name(&q)), "{out}");
     }
     assert_eq!(conn.queues.queue(&q).approximate_count().await.unwrap(), 0);
@@ -175,12 +148,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
     let az = Azurite::start();
     let conn = az.connect().await;
     let c = unique_name("list");
-    let out = run_ok(
-        az.rollq()
-            .args(["blob", "create-container", "--container", &c])
-            .output()
-            .unwrap(),
-    );
+    let (out, _) = az.rollq_ok(&["blob", "create-container", "--container", &c]);
     assert!(out.contains(&c), "{out}");
     for (name, len) in [
         ("2024/a.csv", 10),
@@ -194,12 +162,7 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
             .await
             .unwrap();
     }
-    let out = run_ok(
-        az.rollq()
-            .args(["blob", "list", "--container", &c, "--prefix", "2024/"])
-            .output()
-            .unwrap(),
-    );
+    let (out, _) = az.rollq_ok(&["blob", "list", "--container", &c, "--prefix", "2024/"]);
     let mut expected = String::new();
     for name in ["2024/a.csv", "2024/a_aggregated.csv", "2024/sub/b.csv"] {
         let p = conn
@@ -211,22 +174,12 @@ async fn blob_list_prints_name_size_and_etag_under_a_prefix() {
     }
     assert_eq!(out, expected);
 
-    let all = run_ok(
-        az.rollq()
-            .args(["blob", "list", "--container", &c])
-            .output()
-            .unwrap(),
-    );
+    let (all, _) = az.rollq_ok(&["blob", "list", "--container", &c]);
     assert_eq!(all.lines().count(), 4, "{all}");
     assert!(all.starts_with("2024/a.csv\t10\t"), "{all}");
 
     let missing = unique_name("nope");
-    let err = run_err(
-        &az.rollq()
-            .args(["blob", "list", "--container", &missing])
-            .output()
-            .unwrap(),
-    );
+    let err = az.rollq_err(&["blob", "list", "--container", &missing]);
     assert!(err.contains("not_found") && err.contains(&missing), "{err}");
 }
 
@@ -267,7 +220,7 @@ async fn blob_get_streams_to_stdout_and_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.csv");
     std::fs::write(&dest, b"an older file that is replaced").unwrap();
-    let out = run_ok(
+    let (out, _) = run_ok(
         az.rollq()
             .args(["blob", "get", "--container", &c, "out/big.csv", "-o"])
             .arg(&dest)
@@ -354,21 +307,11 @@ async fn blob_get_broken_mid_download_leaves_no_partial_file() {
         .unwrap();
 
     // Past the properties call and the first 4 MiB partition, well before the 24 MiB end.
-    let proxy = CutProxy::start(
-        format!("127.0.0.1:{}", az.blob_port).parse().unwrap(),
-        (6 << 20) + 1000,
-    );
-    let via = format!("http://{}/devstoreaccount1", proxy.addr);
-    let cs = connection_string_for(
-        &via,
-        &az.queue_endpoint(),
-        rollq::storage::connection::DEV_KEY,
-    );
+    let proxy = TcpProxy::cut_after(az.blob_addr(), (6 << 20) + 1000);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.csv");
     let child = az
-        .rollq()
-        .env("AZURE_STORAGE_CONNECTION_STRING", cs)
+        .rollq_via(proxy.addr(), az.queue_addr())
         .args([
             "blob",
             "get",
@@ -402,122 +345,13 @@ async fn blob_get_broken_mid_download_leaves_no_partial_file() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(!status.success(), "expected failure; stderr: {stderr}");
-    assert!(proxy.was_cut(), "the proxy never reached its byte limit");
+    assert!(proxy.is_cut(), "the proxy never reached its byte limit");
     assert!(stderr.contains("blob download"), "{stderr}");
     assert!(
         dir_names(dir.path()).is_empty(),
         "left behind: {:?}",
         dir_names(dir.path())
     );
-}
-
-/// A TCP proxy that forwards until the server has sent `limit` bytes in total, then shuts
-/// every connection and refuses new ones: a transfer broken at a known point.
-struct CutProxy {
-    addr: SocketAddr,
-    state: Arc<CutState>,
-    accept: Option<std::thread::JoinHandle<()>>,
-}
-
-struct CutState {
-    limit: u64,
-    sent: AtomicU64,
-    cut: AtomicBool,
-    stop: AtomicBool,
-    /// Every socket, so reaching the limit can shut them all.
-    conns: Mutex<Vec<TcpStream>>,
-}
-
-impl CutState {
-    fn cut_all(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl CutProxy {
-    fn start(target: SocketAddr, limit: u64) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(CutState {
-            limit,
-            sent: AtomicU64::new(0),
-            cut: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
-        });
-        let st = state.clone();
-        let accept = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                if st.cut.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(target) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                {
-                    let mut conns = st.conns.lock().unwrap();
-                    conns.push(client.try_clone().unwrap());
-                    conns.push(server.try_clone().unwrap());
-                }
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                let (mut s_read, mut c_write) = (server, client);
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n as u64,
-                        };
-                        let before = st.sent.fetch_add(n, Ordering::SeqCst);
-                        let allowed = st.limit.saturating_sub(before).min(n);
-                        if c_write.write_all(&buf[..allowed as usize]).is_err() {
-                            break;
-                        }
-                        if allowed < n {
-                            st.cut_all();
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        CutProxy {
-            addr,
-            state,
-            accept: Some(accept),
-        }
-    }
-
-    fn was_cut(&self) -> bool {
-        self.state.cut.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.state.cut_all();
-        self.state.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
 }
 
 /// `blob get -o FILE` of a 128 MiB blob never holds the blob: the child's peak resident set
@@ -533,16 +367,7 @@ async fn blob_get_memory_stays_bounded_for_a_large_blob() {
     let c = unique_name("hwm");
     conn.blobs.create_container_if_missing(&c).await.unwrap();
     let path = BlobPath::new(&c, "big.csv");
-    let mut up = conn
-        .blobs
-        .start_upload(&path, PutOptions::default())
-        .await
-        .unwrap();
-    for start in (0..BLOB_BYTES).step_by(BLOCK) {
-        let block: Vec<u8> = (start..start + BLOCK).map(|i| (i % 251) as u8).collect();
-        up.stage(Bytes::from(block)).await.unwrap();
-    }
-    up.commit().await.unwrap();
+    upload_patterned(&conn.blobs, &path, BLOB_BYTES, BLOCK).await;
 
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.csv");
@@ -555,18 +380,13 @@ async fn blob_get_memory_stays_bounded_for_a_large_blob() {
         .spawn()
         .unwrap();
     let mut child = ChildGuard(child);
-    let status_file = format!("/proc/{}/status", child.0.id());
+    let pid = child.0.id();
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut peak_kib = 0u64;
     let status = loop {
         // Read before try_wait: once reaped, the /proc entry is gone.
-        if let Ok(s) = std::fs::read_to_string(&status_file)
-            && let Some(kib) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak_kib = peak_kib.max(kib);
+        if let Some(bytes) = peak_rss_bytes(pid) {
+            peak_kib = peak_kib.max(bytes / 1024);
         }
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;

@@ -60,9 +60,7 @@ async fn six_seed_files_match_rollq_aggregate() {
         // One row per hour of the year plus the header.
         assert_eq!(got.iter().filter(|&&b| b == b'\n').count(), 365 * 24 + 1);
     }
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0);
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }
 
 /// Issue 4, test 6: three worker processes × 300 messages: 300 correct outputs, none
@@ -94,9 +92,7 @@ async fn three_workers_share_three_hundred_messages() {
         let got = download(&conn.blobs, &container, &format!("m/{i:03}_aggregated.csv")).await;
         assert!(got.as_ref() == Some(want), "output {i} missing or wrong");
     }
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0);
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }
 
 /// Issue 4, test 8: `/metrics` parsed with a Prometheus text parser; counters equal what

@@ -102,25 +102,12 @@ async fn renewal_keeps_a_slow_message_leased() {
     upload(&conn.blobs, &container, "slow.csv", body).await;
     queue.send("slow.csv").await.unwrap();
 
-    let (blob, queue_addr) = azurite_addrs(&az);
-    let slow = ThrottleProxy::start(blob, rate);
-    let mut cmd = az.rollq();
-    cmd.env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        connection_string_via(slow.addr(), queue_addr),
-    );
-    let worker = WorkerProc::spawn_with(
-        cmd,
+    let (_slow, worker) = spawn_slow_worker(
+        &az,
+        rate,
         queue.name(),
         &container,
-        &[
-            "--visibility-timeout",
-            "5s",
-            "--download-block-size",
-            "256KiB",
-            "--download-parallel",
-            "1",
-        ],
+        &["--visibility-timeout", "5s"],
     );
     let started = std::time::Instant::now();
     eventually("the worker holding the message", PATIENCE, || async {
@@ -182,25 +169,12 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
     upload(&conn.blobs, &container, "big.csv", body).await;
     queue.send("big.csv").await.unwrap();
 
-    let (blob, queue_addr) = azurite_addrs(&az);
-    let slow = ThrottleProxy::start(blob, rate);
-    let mut cmd = az.rollq();
-    cmd.env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        connection_string_via(slow.addr(), queue_addr),
-    );
-    let mut first = WorkerProc::spawn_with(
-        cmd,
+    let (_slow, mut first) = spawn_slow_worker(
+        &az,
+        rate,
         queue.name(),
         &container,
-        &[
-            "--visibility-timeout",
-            "5s",
-            "--download-block-size",
-            "256KiB",
-            "--download-parallel",
-            "1",
-        ],
+        &["--visibility-timeout", "5s"],
     );
     eventually("the first worker reading the input", PATIENCE, || async {
         let m = first.metrics().await;
@@ -224,9 +198,7 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
     assert!(status.success(), "exit {status}");
     let got = download(&conn.blobs, &container, "big_aggregated.csv").await;
     assert!(got.as_ref() == Some(&expected), "output missing or wrong");
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0);
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }
 
 /// Issue 4, test 7: a TCP proxy between worker and Azurite is cut for ~10 s and restored: the
@@ -236,16 +208,10 @@ async fn storage_outage_flips_readiness_and_loses_nothing() {
     let az = Azurite::start();
     let conn = az.connect().await;
     let (queue, container) = fresh_queue_and_container(&conn).await;
-    let (blob, queue_addr) = azurite_addrs(&az);
-    let blob_proxy = TcpProxy::start(blob);
-    let queue_proxy = TcpProxy::start(queue_addr);
-    let mut cmd = az.rollq();
-    cmd.env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        connection_string_via(blob_proxy.addr(), queue_proxy.addr()),
-    );
+    let blob_proxy = TcpProxy::start(az.blob_addr());
+    let queue_proxy = TcpProxy::start(az.queue_addr());
     let mut worker = WorkerProc::spawn_with(
-        cmd,
+        az.rollq_via(blob_proxy.addr(), queue_proxy.addr()),
         queue.name(),
         &container,
         &[

@@ -4,16 +4,8 @@
 
 use std::time::Duration;
 
-use crate::support::Azurite;
+use crate::support::{Azurite, peak_rss_bytes};
 use crate::worker_support::*;
-
-/// Peak resident set size of a process, from /proc (Linux).
-fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_rss_does_not_grow_with_the_input() {

@@ -21,27 +21,12 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
     upload(&conn.blobs, &container, "short.csv", seed_csv(4, 50)).await;
     queue.send("long.csv").await.unwrap();
 
-    let (blob, queue_addr) = azurite_addrs(&az);
-    let slow = ThrottleProxy::start(blob, rate);
-    let mut cmd = az.rollq();
-    cmd.env(
-        "AZURE_STORAGE_CONNECTION_STRING",
-        connection_string_via(slow.addr(), queue_addr),
-    );
-    let mut worker = WorkerProc::spawn_with(
-        cmd,
+    let (_slow, mut worker) = spawn_slow_worker(
+        &az,
+        rate,
         queue.name(),
         &container,
-        &[
-            "--drain-timeout",
-            "2s",
-            "--max-in-flight",
-            "1",
-            "--download-block-size",
-            "256KiB",
-            "--download-parallel",
-            "1",
-        ],
+        &["--drain-timeout", "2s", "--max-in-flight", "1"],
     );
     eventually("the worker reading the input", PATIENCE, || async {
         let m = worker.metrics().await;
@@ -100,7 +85,5 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
             .await
             .is_some()
     );
-    assert_eq!(queue.approximate_count().await.unwrap(), 0);
-    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    assert_eq!(poison.approximate_count().await.unwrap(), 0);
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }

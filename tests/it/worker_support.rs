@@ -1,12 +1,11 @@
 //! Helpers for the worker tests: a `rollq worker` child process (killed on drop), a tiny HTTP
-//! client for its admin port, a bandwidth-throttling TCP proxy (a deliberately slow input),
-//! CSV generators, and polling with deadlines.
+//! client for its admin port, a worker behind a bandwidth-throttling proxy (a deliberately
+//! slow input), CSV generators, and polling with deadlines.
 #![allow(dead_code)] // Not every test file uses every helper.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use bytes::Bytes;
 use rollq::aggregate::{self, Sink, Source, Spec};
 use rollq::storage::{BlobPath, BlobStore, Connection, PutOptions, Queue};
 
-use crate::support::Azurite;
+use crate::support::{Azurite, TcpProxy};
 
 /// Generous bound for anything a test waits on (CI machines are slow and shared).
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -327,6 +326,18 @@ pub async fn download(blobs: &Arc<dyn BlobStore>, container: &str, name: &str) -
     }
 }
 
+/// Asserts that `queue` holds no message and that its `<queue>-poison` twin (the worker
+/// creates it) holds none either: everything was completed, nothing poisoned.
+pub async fn assert_queue_and_poison_empty(conn: &Connection, queue: &Arc<dyn Queue>) {
+    assert_eq!(queue.approximate_count().await.unwrap(), 0);
+    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
+    assert_eq!(
+        poison.approximate_count().await.unwrap(),
+        0,
+        "nothing poisoned"
+    );
+}
+
 /// Every message text in a queue (peek sees visible ones only; the caller waits for that).
 pub async fn peek_texts(queue: &Arc<dyn Queue>) -> Vec<String> {
     queue
@@ -340,91 +351,26 @@ pub async fn peek_texts(queue: &Arc<dyn Queue>) -> Vec<String> {
 
 // === a slow link ===
 
-/// A TCP proxy that forwards server→client bytes at `bytes_per_sec`: a deliberately slow
-/// input. Threads only; stopped on drop.
-pub struct ThrottleProxy {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl ThrottleProxy {
-    pub fn start(target: SocketAddr, bytes_per_sec: usize) -> ThrottleProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = conn else { continue };
-                let Ok(server) = TcpStream::connect(target) else {
-                    continue;
-                };
-                let (mut c_read, mut c_write) = (client.try_clone().unwrap(), client);
-                let (mut s_read, mut s_write) = (server.try_clone().unwrap(), server);
-                std::thread::spawn(move || {
-                    let _ = io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    // 10 slices a second, each at most a tenth of the rate.
-                    let slice = (bytes_per_sec / 10).max(1);
-                    let mut buf = vec![0u8; slice];
-                    loop {
-                        if st.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let started = Instant::now();
-                        match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if c_write.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        let spent = started.elapsed();
-                        if spent < Duration::from_millis(100) {
-                            std::thread::sleep(Duration::from_millis(100) - spent);
-                        }
-                    }
-                    let _ = c_write.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        ThrottleProxy { addr, stop }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for ThrottleProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// A connection string for Azurite with the blob endpoint at `blob` and the queue endpoint
-/// at `queue` (e.g. proxies in front of the emulator).
-pub fn connection_string_via(blob: SocketAddr, queue: SocketAddr) -> String {
-    crate::support::azurite::connection_string_for(
-        &format!("http://{blob}/devstoreaccount1"),
-        &format!("http://{queue}/devstoreaccount1"),
-        rollq::storage::connection::DEV_KEY,
-    )
-}
-
-/// Azurite's blob and queue addresses.
-pub fn azurite_addrs(az: &Azurite) -> (SocketAddr, SocketAddr) {
-    (
-        SocketAddr::from(([127, 0, 0, 1], az.blob_port)),
-        SocketAddr::from(([127, 0, 0, 1], az.queue_port)),
-    )
+/// A worker whose blob service sits behind a proxy that forwards downloads at `bytes_per_sec`
+/// (a deliberately slow input), reading 256 KiB blocks one at a time so the bytes trickle in
+/// steadily; the queue service is reached directly. Keep the proxy alive as long as the
+/// worker needs its input.
+pub fn spawn_slow_worker(
+    az: &Azurite,
+    bytes_per_sec: usize,
+    queue: &str,
+    container: &str,
+    args: &[&str],
+) -> (TcpProxy, WorkerProc) {
+    let slow = TcpProxy::throttled(az.blob_addr(), bytes_per_sec);
+    let cmd = az.rollq_via(slow.addr(), az.queue_addr());
+    let small_blocks = [
+        "--download-block-size",
+        "256KiB",
+        "--download-parallel",
+        "1",
+    ];
+    let args: Vec<&str> = args.iter().copied().chain(small_blocks).collect();
+    let worker = WorkerProc::spawn_with(cmd, queue, container, &args);
+    (slow, worker)
 }

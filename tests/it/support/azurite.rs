@@ -5,6 +5,7 @@
 //! child is `node` itself, never `npx`, so killing it stops the server).
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -132,9 +133,29 @@ impl Azurite {
         format!("http://127.0.0.1:{}/devstoreaccount1", self.queue_port)
     }
 
+    /// The blob service's socket address (e.g. a proxy's target).
+    pub fn blob_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.blob_port))
+    }
+
+    /// The queue service's socket address (e.g. a proxy's target).
+    pub fn queue_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.queue_port))
+    }
+
     /// A full connection string for this instance (the emulator's public well-known key).
     pub fn connection_string(&self) -> String {
         connection_string_for(&self.blob_endpoint(), &self.queue_endpoint(), DEV_KEY)
+    }
+
+    /// A connection string for this instance's account with the blob endpoint at `blob` and
+    /// the queue endpoint at `queue` (e.g. proxies in front of the emulator).
+    pub fn connection_string_via(&self, blob: SocketAddr, queue: SocketAddr) -> String {
+        connection_string_for(
+            &format!("http://{blob}/devstoreaccount1"),
+            &format!("http://{queue}/devstoreaccount1"),
+            DEV_KEY,
+        )
     }
 
     /// Settings pointing at this instance, for tests to mutate (e.g. a wrong key).
@@ -170,6 +191,27 @@ impl Azurite {
         }
         cmd.env("AZURE_STORAGE_CONNECTION_STRING", self.connection_string());
         cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `rollq ARGS…` against this emulator and asserts it succeeded: (stdout, stderr).
+    pub fn rollq_ok(&self, args: &[&str]) -> (String, String) {
+        super::run_ok(self.rollq().args(args).output().expect("run rollq"))
+    }
+
+    /// Runs `rollq ARGS…` against this emulator and asserts it failed: its stderr.
+    pub fn rollq_err(&self, args: &[&str]) -> String {
+        super::run_err(&self.rollq().args(args).output().expect("run rollq"))
+    }
+
+    /// [`Azurite::rollq`] reaching the blob service at `blob` and the queue service at
+    /// `queue` (see [`Azurite::connection_string_via`]).
+    pub fn rollq_via(&self, blob: SocketAddr, queue: SocketAddr) -> Command {
+        let mut cmd = self.rollq();
+        cmd.env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            self.connection_string_via(blob, queue),
+        );
         cmd
     }
 }

@@ -1,21 +1,45 @@
-//! A tiny TCP proxy in front of Azurite that a test can cut and restore, to simulate a
-//! storage outage (connection refused/reset) without touching the emulator.
+//! A tiny fault-injecting TCP proxy in front of Azurite: a test can cut and restore it (a
+//! storage outage: connection refused/reset, without touching the emulator), slow the
+//! server→client direction down (a deliberately slow input), or have it cut itself once the
+//! server has sent a given number of bytes (a transfer broken at a known point).
 //!
 //! Plain threads, so it works under any test runtime. While cut, every open connection is shut
 //! down and new ones are closed as soon as they are accepted.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the proxy does to the server→client bytes, fixed at start.
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    /// Forward at most this many bytes a second (in ten slices a second).
+    bytes_per_sec: Option<usize>,
+    /// Cut everything once the server has sent this many bytes over all connections.
+    cut_after: Option<u64>,
+}
 
 struct State {
     target: SocketAddr,
+    faults: Faults,
     up: AtomicBool,
     stop: AtomicBool,
+    /// Server→client bytes forwarded so far, over all connections.
+    sent: AtomicU64,
     /// Both ends of every proxied connection, so `cut` can shut them all down.
     conns: Mutex<Vec<TcpStream>>,
+}
+
+impl State {
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 /// A running proxy: `addr()` forwards to the target while up.
@@ -29,12 +53,41 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
     pub fn start(target: SocketAddr) -> TcpProxy {
+        Self::with(target, Faults::default())
+    }
+
+    /// Like [`TcpProxy::start`], but forwards server→client bytes at `bytes_per_sec`.
+    pub fn throttled(target: SocketAddr, bytes_per_sec: usize) -> TcpProxy {
+        Self::with(
+            target,
+            Faults {
+                bytes_per_sec: Some(bytes_per_sec),
+                ..Faults::default()
+            },
+        )
+    }
+
+    /// Like [`TcpProxy::start`], but forwards only the first `limit` server→client bytes (over
+    /// all connections), then cuts itself: every connection is shut and new ones refused.
+    pub fn cut_after(target: SocketAddr, limit: u64) -> TcpProxy {
+        Self::with(
+            target,
+            Faults {
+                cut_after: Some(limit),
+                ..Faults::default()
+            },
+        )
+    }
+
+    fn with(target: SocketAddr, faults: Faults) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let state = Arc::new(State {
             target,
+            faults,
             up: AtomicBool::new(true),
             stop: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
         });
         let st = state.clone();
@@ -71,15 +124,17 @@ impl TcpProxy {
 
     /// Drops every open connection and refuses new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
-        self.state.up.store(false, Ordering::SeqCst);
-        for c in self.state.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
+        self.state.cut();
     }
 
     /// Forwards connections again.
     pub fn restore(&self) {
         self.state.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the proxy is cut (by [`TcpProxy::cut`] or by reaching its byte limit).
+    pub fn is_cut(&self) -> bool {
+        !self.state.up.load(Ordering::SeqCst)
     }
 }
 
@@ -89,17 +144,50 @@ fn pipe(st: &Arc<State>, client: TcpStream, server: TcpStream) -> io::Result<()>
         conns.push(client.try_clone()?);
         conns.push(server.try_clone()?);
     }
-    let (mut c_read, mut c_write) = (client.try_clone()?, client);
-    let (mut s_read, mut s_write) = (server.try_clone()?, server);
+    let (mut c_read, c_write) = (client.try_clone()?, client);
+    let (s_read, mut s_write) = (server.try_clone()?, server);
     std::thread::spawn(move || {
         let _ = io::copy(&mut c_read, &mut s_write);
         let _ = s_write.shutdown(Shutdown::Write);
     });
-    std::thread::spawn(move || {
-        let _ = io::copy(&mut s_read, &mut c_write);
-        let _ = c_write.shutdown(Shutdown::Write);
-    });
+    let st = st.clone();
+    std::thread::spawn(move || server_to_client(&st, s_read, c_write));
     Ok(())
+}
+
+/// Forwards the server's bytes to the client, applying the proxy's faults.
+fn server_to_client(st: &State, mut s_read: TcpStream, mut c_write: TcpStream) {
+    const SLICE: Duration = Duration::from_millis(100);
+    let limit = st.faults.cut_after.unwrap_or(u64::MAX);
+    // Throttled: 10 slices a second, each at most a tenth of the rate.
+    let buf_len = match st.faults.bytes_per_sec {
+        Some(rate) => (rate / 10).max(1),
+        None => 64 << 10,
+    };
+    let mut buf = vec![0u8; buf_len];
+    loop {
+        let started = Instant::now();
+        let n = match s_read.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n as u64,
+        };
+        let before = st.sent.fetch_add(n, Ordering::SeqCst);
+        let allowed = limit.saturating_sub(before).min(n);
+        if c_write.write_all(&buf[..allowed as usize]).is_err() {
+            break;
+        }
+        if allowed < n {
+            st.cut();
+            break;
+        }
+        if st.faults.bytes_per_sec.is_some() {
+            let spent = started.elapsed();
+            if spent < SLICE {
+                std::thread::sleep(SLICE - spent);
+            }
+        }
+    }
+    let _ = c_write.shutdown(Shutdown::Write);
 }
 
 impl Drop for TcpProxy {
