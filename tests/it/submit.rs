@@ -6,7 +6,9 @@ use std::path::Path;
 use bytes::Bytes;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
-use crate::support::{Azurite, azurite::connection_string_for, md5, run_err, run_ok, unique_name};
+use crate::support::{
+    Azurite, azurite::connection_string_for, md5, peek_texts, run_err, run_ok, unique_name,
+};
 
 fn write(dir: &Path, rel: &str, data: &[u8]) {
     let p = dir.join(rel);
@@ -74,13 +76,7 @@ async fn submit_uploads_enqueues_and_reruns_skip_identical_blobs() {
     assert_eq!(conn.blobs.list(&c, "").await.unwrap().len(), 4);
 
     let queue = conn.queues.queue(&q);
-    let mut texts: Vec<_> = queue
-        .peek(32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
+    let mut texts = peek_texts(&queue).await;
     texts.sort();
     assert_eq!(
         texts,
@@ -152,15 +148,7 @@ async fn submit_json_and_base64_message_formats() {
             .output()
             .unwrap(),
     );
-    let texts: Vec<_> = conn
-        .queues
-        .queue(&q)
-        .peek(32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
+    let texts = peek_texts(&conn.queues.queue(&q)).await;
     assert_eq!(texts.len(), 3);
     let json: serde_json::Value = serde_json::from_str(&texts[0]).unwrap();
     assert_eq!(
@@ -331,15 +319,7 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
         stdout.contains("enqueued 2 of 3 inputs") && stdout.contains("1 already have"),
         "{stdout}"
     );
-    let mut texts: Vec<_> = conn
-        .queues
-        .queue(&q)
-        .peek(32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
+    let mut texts = peek_texts(&conn.queues.queue(&q)).await;
     texts.sort();
     assert_eq!(texts, ["2024/b.csv", "2024/c.csv"]);
 }
@@ -399,13 +379,7 @@ async fn queue_stats_and_poison_list_and_requeue() {
     let (stdout, _) = az.rollq_ok(&["poison", "requeue", "--queue", &q]);
     assert!(stdout.contains("requeued 2 message(s)"), "{stdout}");
     assert_eq!(poison.approximate_count().await.unwrap(), 0);
-    let mut texts: Vec<_> = main
-        .peek(32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
+    let mut texts = peek_texts(&main).await;
     texts.sort();
     assert_eq!(
         texts,

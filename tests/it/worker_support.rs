@@ -13,6 +13,7 @@ use bytes::Bytes;
 use rollq::aggregate::{self, Sink, Source, Spec};
 use rollq::storage::{BlobPath, BlobStore, Connection, PutOptions, Queue};
 
+pub use crate::support::peek_texts;
 use crate::support::{Azurite, TcpProxy};
 
 /// Generous bound for anything a test waits on (CI machines are slow and shared).
@@ -336,17 +337,6 @@ pub async fn assert_queue_and_poison_empty(conn: &Connection, queue: &Arc<dyn Qu
         0,
         "nothing poisoned"
     );
-}
-
-/// Every message text in a queue (peek sees visible ones only; the caller waits for that).
-pub async fn peek_texts(queue: &Arc<dyn Queue>) -> Vec<String> {
-    queue
-        .peek(32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect()
 }
 
 // === a slow link ===

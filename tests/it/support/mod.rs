@@ -75,3 +75,14 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Every message text in a queue (peek sees visible ones only; the caller waits for that).
+pub async fn peek_texts(queue: &std::sync::Arc<dyn rollq::storage::Queue>) -> Vec<String> {
+    queue
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
