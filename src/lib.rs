@@ -9,6 +9,7 @@
 //! - [`aggregate`]: the streaming reducer (sync, no IO beyond `Read`/`Write`) and its CSV parser.
 //! - [`storage`]: the queue and blob traits, the Azure SDK adapter, the in-memory fake.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
+//! - [`contract`]: the output contract: output names, input/output rules, metadata, currency.
 //! - [`telemetry`]: tracing subscriber set-up.
 //! - [`worker`]: the queue worker: receive loop, `process_one`, lease, job parsing, errors.
 //! - [`startup`]: `App::build` / `run_until_stopped`: wires storage, worker, admin server.
@@ -20,6 +21,7 @@
 
 pub mod aggregate;
 pub mod cli;
+pub mod contract;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;

@@ -24,10 +24,6 @@ pub use args::ReducerArgs;
 #[cfg(test)]
 mod tests;
 
-/// Version of the output format; bump it whenever the same input and options would produce
-/// different bytes (the worker stores it with [`Spec::fingerprint`] in blob metadata).
-pub const OUTPUT_FORMAT_VERSION: u32 = 1;
-
 /// Bucket width.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Bucket {
@@ -140,34 +136,6 @@ impl Default for Spec {
             max_buckets: 1_000_000,
             max_line_bytes: 1 << 20,
         }
-    }
-}
-
-impl Spec {
-    /// A stable hex digest of every option that changes the output (recorded in the output
-    /// blob's metadata so the worker can skip work it has already done).
-    /// Limits are included: they decide whether a run succeeds, so they decide the output.
-    pub fn fingerprint(&self) -> String {
-        use md5::{Digest, Md5};
-        // A canonical, versioned text form; field separators cannot occur inside the
-        // Debug-quoted strings, so distinct specs give distinct texts.
-        let canonical = format!(
-            "rollq-spec/1;format={};time={:?};columns={:?};bucket={};delimiter={};time_format={:?};timezone={};max_bad_rows={};max_buckets={};max_line_bytes={}",
-            OUTPUT_FORMAT_VERSION,
-            self.time_column,
-            self.columns,
-            self.bucket.name(),
-            self.delimiter,
-            self.time_format,
-            self.timezone.name(),
-            self.max_bad_rows,
-            self.max_buckets,
-            self.max_line_bytes,
-        );
-        Md5::digest(canonical.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
     }
 }
 
@@ -342,17 +310,6 @@ fn finish(mut report: Report, stats: reduce::PassStats, mode: Mode) -> Report {
     report.buckets = stats.buckets;
     report.mode = Some(mode);
     report
-}
-
-/// The output blob/file name for an input: `temperature1.csv` → `temperature1_aggregated.csv`
-/// (the name without its last extension, after dropping a `.gz`, plus `_aggregated.csv`).
-pub fn output_name(input: &str) -> String {
-    let base = input.strip_suffix(".gz").unwrap_or(input);
-    let stem = match base.rfind('.') {
-        Some(dot) if dot > base.rfind('/').map_or(0, |s| s + 1) => &base[..dot],
-        _ => base,
-    };
-    format!("{stem}_aggregated.csv")
 }
 
 /// Wraps a reader in a gzip decoder when `name` ends in `.gz`.

@@ -356,33 +356,6 @@ fn custom_time_format() {
     );
 }
 
-#[test]
-fn fingerprint_is_stable_and_sensitive() {
-    let a = Spec::default();
-    assert_eq!(a.fingerprint(), Spec::default().fingerprint());
-    assert_eq!(a.fingerprint().len(), 32);
-    let b = Spec {
-        bucket: Bucket::Day1,
-        ..Spec::default()
-    };
-    let c = Spec {
-        columns: Some(vec!["x".into()]),
-        ..Spec::default()
-    };
-    assert_ne!(a.fingerprint(), b.fingerprint());
-    assert_ne!(a.fingerprint(), c.fingerprint());
-}
-
-#[test]
-fn output_names() {
-    assert_eq!(
-        output_name("temperature1.csv"),
-        "temperature1_aggregated.csv"
-    );
-    assert_eq!(output_name("dir.v2/t.csv.gz"), "dir.v2/t_aggregated.csv");
-    assert_eq!(output_name("dir.v2/noext"), "dir.v2/noext_aggregated.csv");
-}
-
 // === property tests ===
 
 /// One generated row: minute offset, and a value cell.

@@ -152,7 +152,7 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
     let output = match (&args.output, args.input.as_str()) {
         (Some(o), _) => o.clone(),
         (None, "-") => "-".to_string(),
-        (None, input) => aggregate::output_name(input),
+        (None, input) => crate::contract::output_name(input),
     };
     let mut source: Box<dyn Source> = if args.input == "-" {
         Box::new(StdinSource { used: false })

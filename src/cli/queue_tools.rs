@@ -8,19 +8,19 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 
-use crate::aggregate::output_name;
+use crate::aggregate::ReducerArgs;
 use crate::cli::common::{connected, explained, runtime};
 use crate::cli::submit::MessageArgs;
+use crate::contract::{self, output_name};
 use crate::storage::{
     BlobPath, ErrorKind, StorageArgs, poison_queue_name, validate_container_name,
     validate_queue_name,
 };
 
-/// The output metadata key that records which input ETag an output was made from (written
-/// by the worker).
-pub const META_SOURCE_ETAG: &str = "rollq_source_etag";
-
 /// Enqueue every input blob that has no current output.
+///
+/// "Current" is the worker's own rule ([`contract::is_current`]), judged under the same
+/// reducer options, so give `backfill` the options (flags or `ROLLQ_*`) the workers run with.
 #[derive(Debug, clap::Args)]
 pub struct BackfillArgs {
     /// Container holding the inputs.
@@ -40,6 +40,8 @@ pub struct BackfillArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub message: MessageArgs,
+    #[command(flatten)]
+    pub reducer: ReducerArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -127,6 +129,11 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.container.clone());
         validate_container_name(&out_container)?;
+        let spec = args
+            .reducer
+            .to_spec()
+            .map_err(anyhow::Error::msg)
+            .context("invalid reducer options")?;
         let conn = connected(&args.storage).await?;
         let explain = explained(&conn);
         let queue = conn.queues.queue(&args.queue);
@@ -136,7 +143,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
             .await
             .map_err(&explain)?
             .into_iter()
-            .filter(|b| is_input(&b.name))
+            .filter(|b| contract::is_input(&b.name))
             .collect();
         if !args.dry_run {
             queue.create_if_missing().await.map_err(&explain)?;
@@ -147,12 +154,10 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
             let needs = match conn.blobs.properties(&out).await {
                 Err(e) if e.kind == ErrorKind::NotFound => true,
                 Err(e) => return Err(explain(e)),
-                // An output made from another version of the input is stale.
-                Ok(p) => p
-                    .metadata
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(META_SOURCE_ETAG))
-                    .is_some_and(|(_, v)| unquote(v) != unquote(&input.etag.0)),
+                Ok(p) => {
+                    let source = BlobPath::new(&args.container, &input.name);
+                    !contract::is_current(&p.metadata, &source, &input.etag, &spec)
+                }
             };
             if !needs {
                 current += 1;
@@ -181,16 +186,6 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
-}
-
-fn unquote(s: &str) -> &str {
-    s.trim_matches('"')
-}
-
-/// Inputs are CSV (optionally gzipped) blobs that are not themselves outputs.
-fn is_input(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    (lower.ends_with(".csv") || lower.ends_with(".csv.gz")) && !lower.ends_with("_aggregated.csv")
 }
 
 /// Runs `rollq queue ...`.
@@ -431,15 +426,6 @@ async fn requeue(r: RequeueArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_exclude_outputs() {
-        assert!(is_input("a/temperature1.csv"));
-        assert!(is_input("x.CSV.gz"));
-        assert!(!is_input("temperature1_aggregated.csv"));
-        assert!(!is_input("readme.txt"));
-        assert_eq!(output_name("dir/t1.csv"), "dir/t1_aggregated.csv");
-    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -16,6 +16,7 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
 use crate::cli::common::{connected, explained};
+use crate::contract;
 use crate::storage::{
     BlobPath, BlobStore, Connection, ErrorKind, PutOptions, Queue, StorageArgs, StorageError,
     validate_container_name, validate_queue_name,
@@ -319,14 +320,6 @@ async fn upload(
     Ok(())
 }
 
-/// Whether a directory entry is an input CSV (outputs are left out so they cannot loop).
-fn is_input_csv(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    (lower.ends_with(".csv") || lower.ends_with(".csv.gz"))
-        && !lower.ends_with("_aggregated.csv")
-        && !lower.ends_with("_aggregated.csv.gz")
-}
-
 /// Expands files and directories into (file, blob name) pairs, sorted, without duplicates.
 fn collect(paths: &[PathBuf], prefix: &str) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::new();
@@ -385,7 +378,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<Item>) -> anyhow::R
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if !meta.is_file() || !is_input_csv(name) {
+        if !meta.is_file() || !contract::is_input(name) {
             continue;
         }
         let rel = path.strip_prefix(root).expect("walked under root");

@@ -38,12 +38,22 @@ impl ErrorKind {
         }
     }
 
-    /// Whether the same call may succeed if tried again later.
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::PreconditionFailed | ErrorKind::Throttled | ErrorKind::Transient
-        )
+    /// Storage could not be reached or is shedding load (timeouts, resets, 5xx, throttling):
+    /// it passes by itself, so start-up keeps trying instead of exiting.
+    pub fn is_unreachable(self) -> bool {
+        matches!(self, ErrorKind::Transient | ErrorKind::Throttled)
+    }
+
+    /// Storage is unusable for this worker as a whole: unreachable, or refusing its
+    /// credential. What turns `/readyz` to 503 once it lasts.
+    pub fn is_outage(self) -> bool {
+        self.is_unreachable() || self == ErrorKind::Auth
+    }
+
+    /// For an update or delete by pop receipt: another consumer owns the message, or the
+    /// message is gone (Azure answers 404 for a superseded receipt).
+    pub fn is_lease_lost(self) -> bool {
+        matches!(self, ErrorKind::LeaseLost | ErrorKind::NotFound)
     }
 }
 
@@ -84,9 +94,5 @@ impl StorageError {
             message: message.into(),
             retry_after: None,
         }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.kind.is_retryable()
     }
 }

@@ -4,8 +4,12 @@
 //! poison it, retry it later, release it (shutdown), or leave it alone (lease lost).
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use super::io::BridgeError;
 use crate::aggregate::AggregateError;
 use crate::storage::{BlobPath, ErrorKind, StorageError};
 
@@ -67,11 +71,46 @@ pub enum JobError {
     Internal(String),
 }
 
-/// Marks an `io::Error` raised because the work was cancelled, so it can be told apart from
-/// a real read failure after it has passed through the reducer.
-#[derive(Debug, thiserror::Error)]
-#[error("work cancelled")]
-pub struct Cancelled;
+/// Why running work was stopped before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Renewal found that another consumer holds the message.
+    LeaseLost,
+    /// The drain deadline or a second signal.
+    Shutdown,
+    /// `--max-processing-time` ran out.
+    TimedOut(Duration),
+}
+
+/// Stops running work and remembers why: the reason is recorded before the token fires, so
+/// a cancellation that surfaces from deep inside the reducer is reported as what it was.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+}
+
+impl Stop {
+    /// Stops the work for `reason` (the first reason given wins).
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// The token the storage bridges watch.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The error the stopped work ends with; `None` while it has not been stopped.
+    pub fn error(&self) -> Option<JobError> {
+        self.reason.get().map(|r| match *r {
+            StopReason::LeaseLost => JobError::LeaseLost,
+            StopReason::Shutdown => JobError::Shutdown,
+            StopReason::TimedOut(limit) => JobError::TimedOut(limit),
+        })
+    }
+}
 
 impl JobError {
     /// The one classifier: what to do with the message after this error.
@@ -118,21 +157,15 @@ impl JobError {
     }
 
     /// Classifies a reducer failure: errors from our own reader and writer carry a
-    /// `StorageError` or [`Cancelled`] inside the `io::Error`; any other I/O error came from
-    /// decoding the input (gzip) and is the input's fault.
-    pub fn from_aggregate(e: AggregateError, cancel_reason: impl FnOnce() -> JobError) -> JobError {
+    /// [`BridgeError`]; any other I/O error came from decoding the input (gzip) and is the
+    /// input's fault. A cancellation becomes `stop_reason`, the reason it was cancelled for.
+    pub fn from_aggregate(e: AggregateError, stop_reason: impl FnOnce() -> JobError) -> JobError {
         match e {
-            AggregateError::Io(io) => {
-                if let Some(inner) = io.get_ref() {
-                    if inner.is::<Cancelled>() {
-                        return cancel_reason();
-                    }
-                    if let Some(se) = inner.downcast_ref::<StorageError>() {
-                        return JobError::Storage(se.clone());
-                    }
-                }
-                JobError::Unreadable(io)
-            }
+            AggregateError::Io(io) => match BridgeError::take(io) {
+                Ok(BridgeError::Storage(se)) => JobError::Storage(se),
+                Ok(BridgeError::Cancelled) => stop_reason(),
+                Err(io) => JobError::Unreadable(io),
+            },
             other => JobError::Input(other),
         }
     }
@@ -172,13 +205,15 @@ mod tests {
     #[test]
     fn reducer_io_errors_are_unwrapped() {
         let se = StorageError::new(ErrorKind::Transient, "download", "c/b", "reset");
-        let e = JobError::from_aggregate(AggregateError::Io(io::Error::other(se)), || {
-            JobError::Shutdown
-        });
+        let e = JobError::from_aggregate(
+            AggregateError::Io(io::Error::other(BridgeError::Storage(se))),
+            || JobError::Shutdown,
+        );
         assert!(matches!(e, JobError::Storage(ref s) if s.kind == ErrorKind::Transient));
-        let e = JobError::from_aggregate(AggregateError::Io(io::Error::other(Cancelled)), || {
-            JobError::TimedOut(Duration::from_secs(3))
-        });
+        let e = JobError::from_aggregate(
+            AggregateError::Io(io::Error::other(BridgeError::Cancelled)),
+            || JobError::TimedOut(Duration::from_secs(3)),
+        );
         assert!(matches!(e, JobError::TimedOut(_)));
         let e = JobError::from_aggregate(
             AggregateError::Io(io::Error::new(

@@ -14,7 +14,6 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::error::Cancelled;
 use crate::aggregate::{Sink, Source, maybe_gunzip};
 use crate::storage::{
     BlobPath, BlobStore, BlockUpload, ByteStream, ETag, PutOptions, ReadOptions, StorageError,
@@ -28,6 +27,35 @@ pub trait Observe: Send + Sync {
     fn bytes_read(&self, n: u64);
 }
 
+/// What the bridges put inside the `io::Error`s they return, so that a storage failure or a
+/// cancellation survives the trip through the reducer (whose interface is `std::io`).
+/// [`BridgeError::take`] is the one place that unpacks it.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A storage call failed.
+    #[error(transparent)]
+    Storage(StorageError),
+    /// The work's cancellation token fired; whoever cancelled knows why.
+    #[error("work cancelled")]
+    Cancelled,
+}
+
+impl BridgeError {
+    fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// The payload of an error a bridge raised, or the error unchanged when it came from
+    /// elsewhere (the gzip decoder's own complaints about its input).
+    pub fn take(e: io::Error) -> Result<BridgeError, io::Error> {
+        if !e.get_ref().is_some_and(|inner| inner.is::<BridgeError>()) {
+            return Err(e);
+        }
+        let inner = e.into_inner().expect("checked above");
+        Ok(*inner.downcast::<BridgeError>().expect("checked above"))
+    }
+}
+
 /// Runs `fut` on the runtime from a blocking thread, unless `cancel` fires first.
 fn block_on_cancellable<T>(
     handle: &Handle,
@@ -37,8 +65,8 @@ fn block_on_cancellable<T>(
     handle.block_on(async {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => Err(io::Error::other(Cancelled)),
-            r = fut => r.map_err(io::Error::other),
+            _ = cancel.cancelled() => Err(BridgeError::Cancelled.into_io()),
+            r = fut => r.map_err(|e| BridgeError::Storage(e).into_io()),
         }
     })
 }
@@ -343,7 +371,7 @@ mod tests {
                 observe: o.clone(),
             };
             let err = src.open().err().unwrap();
-            assert!(err.get_ref().unwrap().is::<Cancelled>());
+            assert!(matches!(BridgeError::take(err), Ok(BridgeError::Cancelled)));
             let opts = PutOptions {
                 condition: Condition::IfNotExists,
                 ..Default::default()
@@ -351,12 +379,10 @@ mod tests {
             let mut sink = BlobSink::new(b, p, opts, 1024, h, CancellationToken::new(), o);
             sink.write_all(b"x").unwrap();
             let err = sink.finish().unwrap_err();
-            let se = err
-                .get_ref()
-                .unwrap()
-                .downcast_ref::<StorageError>()
-                .unwrap();
-            assert_eq!(se.kind, ErrorKind::Conflict);
+            match BridgeError::take(err) {
+                Ok(BridgeError::Storage(se)) => assert_eq!(se.kind, ErrorKind::Conflict),
+                other => panic!("expected a storage error, got {other:?}"),
+            }
         })
         .await
         .unwrap();

@@ -10,14 +10,11 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::error::JobError;
+use crate::contract::{self, OUTPUT_SUFFIX};
 use crate::storage::BlobPath;
 
 /// The event type the worker processes; other event types are acknowledged and skipped.
 pub const BLOB_CREATED: &str = "Microsoft.Storage.BlobCreated";
-
-/// The suffix of rollq's outputs: an input with it is skipped so a subscription on the output
-/// container cannot loop.
-pub const OUTPUT_SUFFIX: &str = "_aggregated.csv";
 
 /// How message text is encoded (`--message-encoding`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -73,7 +70,7 @@ pub enum SkipReason {
     NotBlobCreated(String),
     /// A BlobCreated with `contentLength` 0 (Data Lake's CreateFile precedes the real write).
     EmptyBlob,
-    /// The blob is itself an output (`*_aggregated.csv`).
+    /// The blob is itself an output ([`contract::is_output`]).
     OutputBlob,
 }
 
@@ -341,7 +338,7 @@ fn finish(path: BlobPath, rules: &JobRules) -> Result<Parsed, JobError> {
     if name.ends_with('/') {
         return Err(bad(format!("blob name {name:?} ends with '/'")));
     }
-    if name.ends_with(OUTPUT_SUFFIX) {
+    if contract::is_output(name) {
         return Ok(Parsed::Skip(SkipReason::OutputBlob));
     }
     Ok(Parsed::Job(Job { input: path }))

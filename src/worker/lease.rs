@@ -134,12 +134,6 @@ fn lost_error(op: &'static str, queue: &str) -> StorageError {
     StorageError::new(ErrorKind::LeaseLost, op, queue, "lease lost during renewal")
 }
 
-/// Whether an Update Message error means someone else owns the message: a stale receipt, or
-/// the message is gone (Azure answers 404 MessageNotFound for a receipt that was superseded).
-fn is_lost(e: &StorageError) -> bool {
-    matches!(e.kind, ErrorKind::LeaseLost | ErrorKind::NotFound)
-}
-
 async fn renew(
     queue: Arc<dyn Queue>,
     id: MessageId,
@@ -166,7 +160,7 @@ async fn renew(
                 tracing::debug!(message_id = %id, "lease renewed");
                 wait = params.renew_every;
             }
-            Err(e) if is_lost(&e) => {
+            Err(e) if e.kind.is_lease_lost() => {
                 metrics.renewal(RenewalResult::Lost);
                 metrics.storage_error("renew", e.kind.as_str());
                 tracing::warn!(message_id = %id, error.message = %e, "lease lost; stopping work");

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::aggregate::{self, Report, Spec};
+use crate::contract;
 use crate::http::Readiness;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::shutdown::Shutdown;
@@ -31,19 +32,9 @@ pub mod job;
 pub mod lease;
 
 use envelope::Envelope;
-use error::{Class, JobError};
+use error::{Class, JobError, Stop, StopReason};
 use job::{Job, JobRules, MessageEncoding, Parsed};
 use lease::{Lease, LeaseParams};
-
-/// The output format version recorded in each output's metadata; bump it when the bytes a
-/// given input and spec produce change, so old outputs are rewritten instead of skipped.
-pub const OUTPUT_FORMAT_VERSION: &str = "1";
-
-/// Metadata keys on every output (lowercase: Azure compares metadata names case-insensitively).
-pub const META_SOURCE: &str = "rollq_source";
-pub const META_SOURCE_ETAG: &str = "rollq_source_etag";
-pub const META_SPEC: &str = "rollq_spec";
-pub const META_FORMAT: &str = "rollq_format";
 
 /// The longest queue name whose `-poison` twin is still a valid queue name (63 characters).
 pub const MAX_QUEUE_NAME: usize = 63 - "-poison".len();
@@ -270,10 +261,7 @@ impl io::Observe for Observer {
             None => self.readiness.storage_ok(),
             Some(e) => {
                 self.metrics.storage_error(op, e.kind.as_str());
-                if matches!(
-                    e.kind,
-                    ErrorKind::Transient | ErrorKind::Throttled | ErrorKind::Auth
-                ) {
+                if e.kind.is_outage() {
                     self.readiness.storage_failed();
                 }
             }
@@ -351,7 +339,7 @@ impl Worker {
         let s = &self.ctx.settings;
         s.validate().map_err(StartupError::Settings)?;
         let fatal = |what: String, fix: &str, e: StorageError| -> Result<(), StartupError> {
-            if matches!(e.kind, ErrorKind::Transient | ErrorKind::Throttled) {
+            if e.kind.is_unreachable() {
                 tracing::warn!(error.message = %e, "{what}: storage not reachable yet; will keep trying");
                 return Ok(());
             }
@@ -458,7 +446,7 @@ impl Worker {
                         Outcome::Completed { rows: report.rows }
                     }
                     (Ok(()), Done::Skipped(why)) => Outcome::Skipped(why),
-                    (Err(e), _) if e.kind == ErrorKind::LeaseLost => Outcome::LeaseLost,
+                    (Err(e), _) if e.kind.is_lease_lost() => Outcome::LeaseLost,
                     // The output exists: the redelivery will find it and skip the work.
                     (Err(e), _) => Outcome::Retried(JobError::Storage(e)),
                 }
@@ -524,31 +512,28 @@ impl Worker {
         lease: &Lease,
         interrupt: &CancellationToken,
     ) -> Result<Done, JobError> {
-        let cancel = CancellationToken::new();
-        let work = self.run_job(envelope, cancel.clone());
+        let stop = Stop::default();
+        let work = self.run_job(envelope, stop.clone());
         tokio::pin!(work);
         let limit = self.ctx.settings.max_processing_time;
-        let stop_reason = tokio::select! {
+        let reason = tokio::select! {
             biased;
             r = &mut work => return r,
-            _ = lease.lost().cancelled() => JobError::LeaseLost,
-            _ = interrupt.cancelled() => JobError::Shutdown,
-            _ = tokio::time::sleep(limit) => JobError::TimedOut(limit),
+            _ = lease.lost().cancelled() => StopReason::LeaseLost,
+            _ = interrupt.cancelled() => StopReason::Shutdown,
+            _ = tokio::time::sleep(limit) => StopReason::TimedOut(limit),
         };
-        cancel.cancel();
+        stop.stop(reason);
         match work.await {
             // The work finished just as it was stopped: keep the result.
             Ok(done) => Ok(done),
-            Err(_) => Err(stop_reason),
+            // Whatever the stopped work failed with, it failed because it was stopped.
+            Err(_) => Err(stop.error().expect("stopped above")),
         }
     }
 
     /// parse → idempotency check → reduce and write. Never deletes or updates the message.
-    async fn run_job(
-        &self,
-        envelope: &Envelope,
-        cancel: CancellationToken,
-    ) -> Result<Done, JobError> {
+    async fn run_job(&self, envelope: &Envelope, stop: Stop) -> Result<Done, JobError> {
         let ctx = &self.ctx;
         let job = match Job::parse(&envelope.original, &ctx.rules)? {
             Parsed::Job(job) => job,
@@ -570,11 +555,15 @@ impl Worker {
                 .output_container
                 .clone()
                 .unwrap_or_else(|| job.input.container.clone()),
-            aggregate::output_name(&job.input.name),
+            contract::output_name(&job.input.name),
         );
-        let metadata = output_metadata(&job.input, &input, &ctx.settings.spec);
+        let spec = &ctx.settings.spec;
+        let is_current = |metadata: &[(String, String)]| {
+            contract::is_current(metadata, &job.input, &input.etag, spec)
+        };
+        let metadata = contract::output_metadata(&job.input, &input.etag, spec);
         let condition = match self.existing_output(&output).await? {
-            Some(existing) if metadata_matches(&existing.metadata, &metadata) => {
+            Some(existing) if is_current(&existing.metadata) => {
                 return Ok(Done::Skipped(format!("output {output} is up to date")));
             }
             Some(existing) => Condition::IfMatch(existing.etag),
@@ -583,20 +572,20 @@ impl Worker {
         let opts = PutOptions {
             condition,
             content_type: Some("text/csv".into()),
-            metadata: metadata.clone(),
+            metadata,
         };
 
         let result = self
-            .reduce(job.input.clone(), input, output.clone(), opts, cancel)
+            .reduce(job.input.clone(), input.clone(), output.clone(), opts, stop)
             .await;
         match result {
             Ok(report) => Ok(Done::Written(report)),
             // Another replica wrote the output between our check and our commit: if it holds
             // what we would have written, the work is done.
             Err(JobError::OutputConflict(_)) => match self.existing_output(&output).await? {
-                Some(winner) if metadata_matches(&winner.metadata, &metadata) => Ok(Done::Skipped(
-                    format!("output {output} was written by another replica"),
-                )),
+                Some(winner) if is_current(&winner.metadata) => Ok(Done::Skipped(format!(
+                    "output {output} was written by another replica"
+                ))),
                 _ => Err(JobError::OutputRace(output)),
             },
             Err(e) => Err(e),
@@ -627,7 +616,7 @@ impl Worker {
         input: BlobProperties,
         output: BlobPath,
         opts: PutOptions,
-        cancel: CancellationToken,
+        stop: Stop,
     ) -> Result<Report, JobError> {
         let ctx = &self.ctx;
         let handle = tokio::runtime::Handle::current();
@@ -638,7 +627,7 @@ impl Worker {
             etag: input.etag,
             opts: ctx.settings.read,
             handle: handle.clone(),
-            cancel: cancel.clone(),
+            cancel: stop.token().clone(),
             observe: observe.clone(),
         };
         let mut sink = io::BlobSink::new(
@@ -647,39 +636,30 @@ impl Worker {
             opts,
             ctx.settings.upload_block_bytes,
             handle,
-            cancel.clone(),
+            stop.token().clone(),
             observe,
         );
         let spec = ctx.settings.spec.clone();
         let reducer = ctx.reducer;
-        let cancelled = cancel.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let report = reducer(&spec, &mut source, &mut sink).map_err(Failed::Reduce)?;
             sink.finish().map_err(Failed::Write)?;
             Ok::<_, Failed>(report)
         })
         .await;
-        let cancelled_error = || {
-            // The caller knows why it cancelled and replaces this placeholder.
-            debug_assert!(cancelled.is_cancelled());
-            JobError::Shutdown
-        };
+        // A cancellation only ever comes from `run_with_limits`, which records why first.
+        let stopped = || stop.error().unwrap_or(JobError::Shutdown);
         match joined {
             Ok(Ok(report)) => Ok(report),
-            Ok(Err(Failed::Reduce(e))) => Err(JobError::from_aggregate(e, cancelled_error)),
-            Ok(Err(Failed::Write(e))) => {
-                match JobError::from_aggregate(e.into(), cancelled_error) {
-                    JobError::Storage(se)
-                        if matches!(
-                            se.kind,
-                            ErrorKind::Conflict | ErrorKind::PreconditionFailed
-                        ) =>
-                    {
-                        Err(JobError::OutputConflict(se))
-                    }
-                    other => Err(other),
+            Ok(Err(Failed::Reduce(e))) => Err(JobError::from_aggregate(e, stopped)),
+            Ok(Err(Failed::Write(e))) => match JobError::from_aggregate(e.into(), stopped) {
+                JobError::Storage(se)
+                    if matches!(se.kind, ErrorKind::Conflict | ErrorKind::PreconditionFailed) =>
+                {
+                    Err(JobError::OutputConflict(se))
                 }
-            }
+                other => Err(other),
+            },
             Err(join) => Err(JobError::Internal(format!("reducer task failed: {join}"))),
         }
     }
@@ -877,29 +857,6 @@ impl Worker {
         self.ctx.observer.record("queue properties", &r);
         matches!(r, Ok(0))
     }
-}
-
-fn output_metadata(input: &BlobPath, props: &BlobProperties, spec: &Spec) -> Vec<(String, String)> {
-    // Metadata values must be ASCII: the source path is percent-encoded.
-    let source: String =
-        url::form_urlencoded::byte_serialize(input.to_string().as_bytes()).collect();
-    vec![
-        (META_SOURCE.into(), source),
-        (
-            META_SOURCE_ETAG.into(),
-            props.etag.0.trim_matches('"').to_owned(),
-        ),
-        (META_SPEC.into(), spec.fingerprint()),
-        (META_FORMAT.into(), OUTPUT_FORMAT_VERSION.into()),
-    ]
-}
-
-fn metadata_matches(found: &[(String, String)], want: &[(String, String)]) -> bool {
-    want.iter().all(|(k, v)| {
-        found
-            .iter()
-            .any(|(fk, fv)| fk.eq_ignore_ascii_case(k) && fv.trim_matches('"') == v)
-    })
 }
 
 fn log_outcome(outcome: &Outcome, elapsed: Duration, attempts: u64) {

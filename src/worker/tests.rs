@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use super::*;
 use crate::aggregate::{AggregateError, Sink, Source};
+use crate::contract::{META_FORMAT, META_SOURCE, META_SOURCE_ETAG, OUTPUT_FORMAT_VERSION};
 use crate::metrics::OutcomeLabel;
 use crate::storage::memory::{MemoryBlobStore, MemoryQueue, MemoryQueueService};
 
@@ -157,7 +158,10 @@ async fn completes_writes_metadata_and_deletes_last() {
         meta(META_SOURCE_ETAG).unwrap(),
         input.etag.0.trim_matches('"')
     );
-    assert_eq!(meta(META_FORMAT).unwrap(), OUTPUT_FORMAT_VERSION);
+    assert_eq!(
+        meta(META_FORMAT).unwrap(),
+        OUTPUT_FORMAT_VERSION.to_string()
+    );
     assert_eq!(meta(META_SOURCE).unwrap(), "in%2Ft1.csv");
     assert_eq!(f.metrics.outcome_count(OutcomeLabel::Completed), 1);
     assert!(f.readiness.is_ready());

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use rollq::storage::{
     BlobPath, Condition, CredentialKind, ErrorKind, PutOptions, ReadOptions, StorageArgs, connect,
 };
+use rollq::worker::error::{Class, JobError};
 use secrecy::SecretString;
 
 use crate::support::{Azurite, TcpProxy, azurite::connection_string_for, md5, unique_name};
@@ -250,7 +251,7 @@ async fn unreachable_endpoint_is_transient() {
         .unwrap_err();
     eprintln!("dead endpoint failed after {:?}: {err}", started.elapsed());
     assert_eq!(err.kind, ErrorKind::Transient, "{err}");
-    assert!(err.is_retryable());
+    assert!(err.kind.is_unreachable());
     let line = conn.info.explain(&err);
     assert!(line.contains(&dead), "{line}");
     assert!(line.contains("reachable"), "{line}");
@@ -465,7 +466,8 @@ async fn conditional_writes_conflict_and_precondition() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::PreconditionFailed, "{err}");
-    assert!(err.is_retryable());
+    // The worker retries a job whose input changed under it.
+    assert_eq!(JobError::from(err.clone()).class(), Class::Retry);
 
     // Staged uploads apply the condition at commit; nothing is visible before it.
     let mut up = blobs
@@ -725,7 +727,7 @@ async fn server_busy_is_throttled_with_retry_after_after_bounded_retries() {
         err.message.contains("503") && err.message.contains("ServerBusy"),
         "{err}"
     );
-    assert!(err.is_retryable());
+    assert!(err.kind.is_unreachable());
     // The SDK retried (honouring Retry-After) before giving up within the call's bound.
     assert!(server.hits() >= 2, "{} requests", server.hits());
 }
@@ -751,7 +753,7 @@ async fn server_errors_are_transient_and_client_errors_are_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Other, "{err}");
-    assert!(!err.is_retryable());
+    assert!(!err.kind.is_outage());
     assert_eq!(server.hits(), 1, "a 400 is not retried");
 }
 
