@@ -6,7 +6,8 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// The default filter when `RUST_LOG` is unset: rollq at info, everything else at warn.
+/// The filter when neither `--log`/`ROLLQ_LOG` nor `RUST_LOG` is given: rollq at info,
+/// everything else at warn.
 pub const DEFAULT_FILTER: &str = "rollq=info,warn";
 
 /// Log output format.
@@ -25,18 +26,29 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, env = "ROLLQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-    /// Log filter in `tracing` EnvFilter syntax; `RUST_LOG` also works.
-    #[arg(long, env = "ROLLQ_LOG", default_value = DEFAULT_FILTER, global = true)]
-    pub log: String,
+    /// Log filter in `tracing` EnvFilter syntax; `RUST_LOG` applies when this is not given
+    /// [default: rollq=info,warn].
+    #[arg(long, env = "ROLLQ_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+/// The filter in force: `--log`/`ROLLQ_LOG`, else `RUST_LOG`, else [`DEFAULT_FILTER`]. An
+/// invalid filter is an error naming where it came from, never a silent fallback.
+pub fn filter(log: Option<&str>, rust_log: Option<&str>) -> Result<EnvFilter, String> {
+    let (text, from) = match (log, rust_log) {
+        (Some(f), _) => (f, "--log / ROLLQ_LOG"),
+        (None, Some(f)) => (f, "RUST_LOG"),
+        (None, None) => (DEFAULT_FILTER, "the default"),
+    };
+    EnvFilter::builder()
+        .parse(text)
+        .map_err(|e| format!("invalid log filter {text:?} from {from}: {e}"))
 }
 
 /// Installs the global subscriber; a second call (e.g. from tests) is a no-op.
-pub fn init(args: &LogArgs) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&args.log).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+pub fn init(args: &LogArgs) -> Result<(), String> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = filter(args.log.as_deref(), rust_log.as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -52,4 +64,28 @@ pub fn init(args: &LogArgs) {
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_errors() {
+        let shown = |log, rust| filter(log, rust).unwrap().to_string();
+        assert_eq!(shown(Some("rollq=debug"), Some("warn")), "rollq=debug");
+        assert_eq!(shown(None, Some("rollq=trace")), "rollq=trace");
+        assert_eq!(
+            shown(None, None),
+            filter(Some(DEFAULT_FILTER), None).unwrap().to_string()
+        );
+        let err = filter(Some("rollq=loud"), None).unwrap_err();
+        assert!(
+            err.contains("ROLLQ_LOG") && err.contains("rollq=loud"),
+            "{err}"
+        );
+        let err = filter(None, Some("=[")).unwrap_err();
+        assert!(err.contains("RUST_LOG"), "{err}");
+    }
 }

@@ -47,7 +47,10 @@ pub enum Command {
 
 /// Runs the parsed command line; prints a failure as one line plus its causes.
 pub fn run(cli: Cli) -> ExitCode {
-    telemetry::init(&cli.log);
+    if let Err(e) = telemetry::init(&cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Aggregate(args) => aggregate::run(args),
         Command::Submit(args) => submit::run(args),

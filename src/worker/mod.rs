@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, OutcomeLabel};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     BlobPath, BlobProperties, BlobStore, Condition, ErrorKind, PutOptions, Queue, QueueService,
-    ReadOptions, Received, StorageError,
+    Received, StorageError,
 };
 
 pub mod envelope;
@@ -30,14 +30,13 @@ pub mod error;
 pub mod io;
 pub mod job;
 pub mod lease;
+pub mod settings;
 
 use envelope::Envelope;
 use error::{Class, JobError, Stop, StopReason};
-use job::{Job, JobRules, MessageEncoding, Parsed};
+use job::{Job, JobRules, Parsed};
 use lease::{Lease, LeaseParams};
-
-/// The longest queue name whose `-poison` twin is still a valid queue name (63 characters).
-pub const MAX_QUEUE_NAME: usize = 63 - "-poison".len();
+pub use settings::{MAX_QUEUE_NAME, Settings, WorkerArgs};
 
 /// Azure returns at most 32 messages per receive.
 const MAX_BATCH: usize = 32;
@@ -45,115 +44,6 @@ const MAX_BATCH: usize = 32;
 /// How long releases may take after the drain deadline before the worker exits anyway
 /// (a release that does not happen only means the message reappears after its timeout).
 const RELEASE_GRACE: Duration = Duration::from_secs(10);
-
-/// Validated worker settings (built from the command line by `cli::worker`).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The queue to consume; its poison twin is `<queue>-poison`.
-    pub queue: String,
-    /// The storage account the worker is connected to (events naming another are refused).
-    pub account: String,
-    /// Where bare blob names live.
-    pub container: String,
-    /// Further containers messages may name.
-    pub allowed_containers: Vec<String>,
-    /// Where outputs go; `None` writes next to the input.
-    pub output_container: Option<String>,
-    pub message_encoding: MessageEncoding,
-    pub visibility_timeout: Duration,
-    pub max_in_flight: usize,
-    pub max_processing_time: Duration,
-    pub max_dequeue_count: u64,
-    pub max_poll_interval: Duration,
-    pub exit_when_idle: Option<Duration>,
-    pub max_messages: Option<u64>,
-    pub drain_timeout: Duration,
-    pub queue_stats_interval: Duration,
-    /// First retry delay after a transient failure; doubles per failed attempt.
-    pub retry_delay: Duration,
-    /// Cap of the retry delay.
-    pub max_retry_delay: Duration,
-    pub read: ReadOptions,
-    /// Output block size: the sink holds at most this much before staging.
-    pub upload_block_bytes: usize,
-    pub spec: Spec,
-}
-
-impl Settings {
-    /// Settings with the documented defaults for `queue` and `container` (tests start here).
-    pub fn new(
-        queue: impl Into<String>,
-        account: impl Into<String>,
-        container: impl Into<String>,
-    ) -> Self {
-        Settings {
-            queue: queue.into(),
-            account: account.into(),
-            container: container.into(),
-            allowed_containers: Vec::new(),
-            output_container: None,
-            message_encoding: MessageEncoding::Auto,
-            visibility_timeout: Duration::from_secs(300),
-            max_in_flight: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_processing_time: Duration::from_secs(3600),
-            max_dequeue_count: 5,
-            max_poll_interval: Duration::from_secs(5),
-            exit_when_idle: None,
-            max_messages: None,
-            drain_timeout: Duration::from_secs(25),
-            queue_stats_interval: Duration::from_secs(30),
-            retry_delay: Duration::from_secs(5),
-            max_retry_delay: Duration::from_secs(300),
-            read: ReadOptions::default(),
-            upload_block_bytes: 4 << 20,
-            spec: Spec::default(),
-        }
-    }
-
-    /// The poison queue's name.
-    pub fn poison_queue(&self) -> String {
-        format!("{}-poison", self.queue)
-    }
-
-    /// Checks what clap cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.queue.len() > MAX_QUEUE_NAME {
-            return Err(format!(
-                "queue name {:?} is {} characters: at most {MAX_QUEUE_NAME}, so that {:?} fits in 63",
-                self.queue,
-                self.queue.len(),
-                self.poison_queue()
-            ));
-        }
-        if self.queue.ends_with("-poison") {
-            return Err(format!(
-                "queue {:?} is a poison queue: consume the original queue",
-                self.queue
-            ));
-        }
-        if self.visibility_timeout < Duration::from_secs(2) {
-            return Err(
-                "--visibility-timeout must be at least 2s (renewal runs at half of it)".into(),
-            );
-        }
-        if self.max_in_flight == 0 {
-            return Err("--max-in-flight must be at least 1".into());
-        }
-        if self.max_dequeue_count == 0 {
-            return Err("--max-dequeue-count must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    /// Retry delay after the `attempts`-th failed attempt: `retry_delay × 2^(attempts-1)`,
-    /// capped at `max_retry_delay`.
-    pub fn backoff(&self, attempts: u64) -> Duration {
-        let shift = attempts.saturating_sub(1).min(20) as u32;
-        self.retry_delay
-            .saturating_mul(1u32 << shift)
-            .min(self.max_retry_delay)
-    }
-}
 
 /// How one message ended.
 #[derive(Debug)]
@@ -189,8 +79,6 @@ impl Outcome {
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{0}")]
-    Settings(String),
     #[error("{what}: {source}\n  fix: {fix}")]
     Storage {
         what: String,
@@ -286,7 +174,7 @@ enum Done {
 }
 
 impl Worker {
-    /// A worker over the given seams. `settings` should have passed [`Settings::validate`].
+    /// A worker over the given seams, with settings validated by [`Settings::from_args`].
     pub fn new(
         settings: Settings,
         queues: &dyn QueueService,
@@ -337,7 +225,6 @@ impl Worker {
     /// with what to fix; a transient error is logged and left to the loop's retries.
     pub async fn check(&self) -> Result<(), StartupError> {
         let s = &self.ctx.settings;
-        s.validate().map_err(StartupError::Settings)?;
         let fatal = |what: String, fix: &str, e: StorageError| -> Result<(), StartupError> {
             if e.kind.is_unreachable() {
                 tracing::warn!(error.message = %e, "{what}: storage not reachable yet; will keep trying");

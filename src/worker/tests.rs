@@ -63,7 +63,7 @@ impl Fixture {
         blobs.create_container_if_missing("in").await.unwrap();
         blobs.create_container_if_missing("out").await.unwrap();
         queues.queue("jobs").create_if_missing().await.unwrap();
-        let mut settings = Settings::new("jobs", ACCOUNT, "in");
+        let mut settings = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
         settings.visibility_timeout = Duration::from_secs(30);
         settings.retry_delay = Duration::from_secs(5);
         tweak(&mut settings);
@@ -504,7 +504,7 @@ async fn a_storage_outage_keeps_the_loop_alive_and_flips_readiness() {
     let blobs = MemoryBlobStore::new();
     blobs.create_container_if_missing("in").await.unwrap();
     queues.queue("jobs").create_if_missing().await.unwrap();
-    let mut settings = Settings::new("jobs", ACCOUNT, "in");
+    let mut settings = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
     settings.max_poll_interval = Duration::from_millis(50);
     let metrics = Metrics::register(&mut Registry::default());
     let readiness = Readiness::new(Duration::from_millis(200));
@@ -560,7 +560,7 @@ async fn a_storage_outage_keeps_the_loop_alive_and_flips_readiness() {
 
 #[test]
 fn backoff_grows_and_is_capped() {
-    let mut s = Settings::new("q", ACCOUNT, "c");
+    let mut s = Settings::with_defaults("q", ACCOUNT, "c").unwrap();
     s.retry_delay = Duration::from_secs(5);
     s.max_retry_delay = Duration::from_secs(60);
     let got: Vec<u64> = (1..=6).map(|a| s.backoff(a).as_secs()).collect();
@@ -570,11 +570,10 @@ fn backoff_grows_and_is_capped() {
 
 #[test]
 fn settings_refuse_a_queue_whose_poison_twin_is_too_long() {
-    let ok = Settings::new("q".repeat(MAX_QUEUE_NAME), ACCOUNT, "c");
-    assert!(ok.validate().is_ok());
+    let ok = Settings::with_defaults(&"q".repeat(MAX_QUEUE_NAME), ACCOUNT, "c").unwrap();
     assert_eq!(ok.poison_queue().len(), 63);
-    let long = Settings::new("q".repeat(MAX_QUEUE_NAME + 1), ACCOUNT, "c");
-    assert!(long.validate().unwrap_err().contains("63"));
+    let long = Settings::with_defaults(&"q".repeat(MAX_QUEUE_NAME + 1), ACCOUNT, "c");
+    assert!(long.unwrap_err().contains("63"));
 }
 
 #[test]
@@ -604,7 +603,7 @@ async fn start_up_check_names_what_is_missing() {
             Readiness::new(Duration::from_secs(30)),
         )
     };
-    let err = build(Settings::new("jobs", ACCOUNT, "in"))
+    let err = build(Settings::with_defaults("jobs", ACCOUNT, "in").unwrap())
         .check()
         .await
         .unwrap_err();
@@ -614,7 +613,7 @@ async fn start_up_check_names_what_is_missing() {
     );
     assert!(err.to_string().contains("jobs"), "{err}");
     queues.queue("jobs").create_if_missing().await.unwrap();
-    let err = build(Settings::new("jobs", ACCOUNT, "in"))
+    let err = build(Settings::with_defaults("jobs", ACCOUNT, "in").unwrap())
         .check()
         .await
         .unwrap_err();
@@ -623,7 +622,7 @@ async fn start_up_check_names_what_is_missing() {
         "{err}"
     );
     blobs.create_container_if_missing("in").await.unwrap();
-    let mut s = Settings::new("jobs", ACCOUNT, "in");
+    let mut s = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
     s.output_container = Some("results".into());
     build(s).check().await.unwrap();
     assert!(
