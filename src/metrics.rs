@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 
+use crate::storage::{ErrorKind, Op};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -281,11 +282,11 @@ impl Metrics {
     }
 
     /// Counts one failed storage call.
-    pub fn storage_error(&self, op: &str, kind: &str) {
+    pub fn storage_error(&self, op: Op, kind: ErrorKind) {
         self.storage_errors
             .get_or_create(&StorageErrorLabels {
-                op: op.to_owned(),
-                kind: kind.to_owned(),
+                op: op.as_str().to_owned(),
+                kind: kind.as_str().to_owned(),
             })
             .inc();
     }
@@ -328,7 +329,7 @@ mod tests {
         let m = Metrics::register(&mut registry);
         m.outcome(OutcomeLabel::Completed);
         m.renewal(RenewalResult::Ok);
-        m.storage_error("receive", "transient");
+        m.storage_error(Op::Receive, ErrorKind::Transient);
         m.processing_duration(1.5);
         m.message_age(3.0);
         m.rows(10, 1);

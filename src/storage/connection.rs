@@ -180,7 +180,7 @@ impl ConnectionInfo {
     pub fn explain(&self, err: &StorageError) -> String {
         // The adapter names every queue operation `queue …` (blob ones `blob …`/`container …`),
         // which is how the right endpoint is picked for the message.
-        let queue_side = err.op.starts_with("queue");
+        let queue_side = err.op.service() == crate::storage::Service::Queue;
         let endpoint = display_url(if queue_side {
             &self.queue_endpoint
         } else {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::Op;
+
 /// What kind of failure a storage call met; callers decide retry or poison from this alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -63,7 +65,7 @@ impl ErrorKind {
 pub struct StorageError {
     pub kind: ErrorKind,
     /// The operation, e.g. `receive`, `download`.
-    pub op: &'static str,
+    pub op: Op,
     /// What the call was about (queue name or container/blob), never a secret.
     pub target: String,
     /// Status code and service error code or transport error text; never a secret.
@@ -83,7 +85,7 @@ fn fmt_detail(m: &str) -> String {
 impl StorageError {
     pub fn new(
         kind: ErrorKind,
-        op: &'static str,
+        op: Op,
         target: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {

@@ -20,6 +20,7 @@ use super::{
     ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
     Received, StorageError,
 };
+use crate::storage::Op;
 
 /// Shared switches and counters of one fake account.
 #[derive(Debug, Default)]
@@ -31,7 +32,7 @@ struct Account {
 }
 
 impl Account {
-    fn check(&self, op: &'static str, target: &str) -> Result<(), StorageError> {
+    fn check(&self, op: Op, target: &str) -> Result<(), StorageError> {
         if self.outage.load(Ordering::SeqCst) {
             return Err(StorageError::new(
                 ErrorKind::Transient,
@@ -151,14 +152,11 @@ impl MemoryQueue {
         self.state.lock().unwrap().updates.clone()
     }
 
-    fn not_found(&self, op: &'static str) -> StorageError {
+    fn not_found(&self, op: Op) -> StorageError {
         StorageError::new(ErrorKind::NotFound, op, &self.name, "QueueNotFound")
     }
 
-    fn locked(
-        &self,
-        op: &'static str,
-    ) -> Result<std::sync::MutexGuard<'_, QueueState>, StorageError> {
+    fn locked(&self, op: Op) -> Result<std::sync::MutexGuard<'_, QueueState>, StorageError> {
         self.account.check(op, &self.name)?;
         let state = self.state.lock().unwrap();
         if !state.exists {
@@ -171,7 +169,7 @@ impl MemoryQueue {
     fn find(
         &self,
         state: &QueueState,
-        op: &'static str,
+        op: Op,
         id: &MessageId,
         receipt: &PopReceipt,
     ) -> Result<usize, StorageError> {
@@ -201,17 +199,17 @@ impl Queue for MemoryQueue {
     }
 
     async fn create_if_missing(&self) -> Result<(), StorageError> {
-        self.account.check("create queue", &self.name)?;
+        self.account.check(Op::CreateQueue, &self.name)?;
         self.state.lock().unwrap().exists = true;
         Ok(())
     }
 
     async fn send(&self, text: &str) -> Result<MessageId, StorageError> {
-        let mut state = self.locked("send")?;
+        let mut state = self.locked(Op::Send)?;
         if text.len() > 64 * 1024 {
             return Err(StorageError::new(
                 ErrorKind::Other,
-                "send",
+                Op::Send,
                 &self.name,
                 "RequestBodyTooLarge",
             ));
@@ -230,7 +228,7 @@ impl Queue for MemoryQueue {
 
     async fn receive(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, StorageError> {
         assert!((1..=32).contains(&max), "receive takes 1..=32 messages");
-        let mut state = self.locked("receive")?;
+        let mut state = self.locked(Op::Receive)?;
         let now = Instant::now();
         let mut out = Vec::new();
         for m in state.messages.iter_mut() {
@@ -262,8 +260,8 @@ impl Queue for MemoryQueue {
         visibility: Duration,
         new_text: Option<&str>,
     ) -> Result<PopReceipt, StorageError> {
-        let mut state = self.locked("update")?;
-        let idx = self.find(&state, "update", id, receipt)?;
+        let mut state = self.locked(Op::Update)?;
+        let idx = self.find(&state, Op::Update, id, receipt)?;
         let fresh = format!("r{}", self.account.next());
         let m = &mut state.messages[idx];
         m.receipt = fresh.clone();
@@ -278,14 +276,14 @@ impl Queue for MemoryQueue {
     }
 
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
-        let mut state = self.locked("delete")?;
-        let idx = self.find(&state, "delete", id, receipt)?;
+        let mut state = self.locked(Op::Delete)?;
+        let idx = self.find(&state, Op::Delete, id, receipt)?;
         state.messages.remove(idx);
         Ok(())
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<Peeked>, StorageError> {
-        let state = self.locked("peek")?;
+        let state = self.locked(Op::Peek)?;
         let now = Instant::now();
         Ok(state
             .messages
@@ -302,7 +300,7 @@ impl Queue for MemoryQueue {
     }
 
     async fn approximate_count(&self) -> Result<u64, StorageError> {
-        let state = self.locked("queue properties")?;
+        let state = self.locked(Op::QueueProperties)?;
         Ok(state.messages.len() as u64)
     }
 }
@@ -358,7 +356,7 @@ impl MemoryBlobStore {
 
     fn write(
         &self,
-        op: &'static str,
+        op: Op,
         path: &BlobPath,
         data: Bytes,
         opts: &PutOptions,
@@ -405,7 +403,7 @@ impl MemoryBlobStore {
         Ok(etag)
     }
 
-    fn blob(&self, op: &'static str, path: &BlobPath) -> Result<StoredBlob, StorageError> {
+    fn blob(&self, op: Op, path: &BlobPath) -> Result<StoredBlob, StorageError> {
         self.account.check(op, &path.to_string())?;
         let state = self.state.lock().unwrap();
         state
@@ -422,14 +420,14 @@ impl MemoryBlobStore {
 #[async_trait]
 impl BlobStore for MemoryBlobStore {
     async fn create_container_if_missing(&self, container: &str) -> Result<(), StorageError> {
-        self.account.check("create container", container)?;
+        self.account.check(Op::CreateContainer, container)?;
         let mut state = self.state.lock().unwrap();
         state.containers.entry(container.to_owned()).or_default();
         Ok(())
     }
 
     async fn container_exists(&self, container: &str) -> Result<bool, StorageError> {
-        self.account.check("container properties", container)?;
+        self.account.check(Op::ContainerProperties, container)?;
         Ok(self
             .state
             .lock()
@@ -439,7 +437,7 @@ impl BlobStore for MemoryBlobStore {
     }
 
     async fn properties(&self, path: &BlobPath) -> Result<BlobProperties, StorageError> {
-        let blob = self.blob("blob properties", path)?;
+        let blob = self.blob(Op::BlobProperties, path)?;
         Ok(BlobProperties {
             etag: blob.etag,
             size: blob.data.len() as u64,
@@ -455,13 +453,13 @@ impl BlobStore for MemoryBlobStore {
         if_match: Option<&ETag>,
         opts: ReadOptions,
     ) -> Result<ByteStream, StorageError> {
-        let blob = self.blob("download", path)?;
+        let blob = self.blob(Op::Download, path)?;
         if let Some(want) = if_match
             && want != &blob.etag
         {
             return Err(StorageError::new(
                 ErrorKind::PreconditionFailed,
-                "download",
+                Op::Download,
                 path.to_string(),
                 "ConditionNotMet",
             ));
@@ -481,7 +479,7 @@ impl BlobStore for MemoryBlobStore {
         body: Bytes,
         opts: PutOptions,
     ) -> Result<ETag, StorageError> {
-        self.write("upload", path, body, &opts)
+        self.write(Op::Upload, path, body, &opts)
     }
 
     async fn start_upload(
@@ -489,7 +487,7 @@ impl BlobStore for MemoryBlobStore {
         path: &BlobPath,
         opts: PutOptions,
     ) -> Result<Box<dyn BlockUpload>, StorageError> {
-        self.account.check("stage block", &path.to_string())?;
+        self.account.check(Op::StageBlock, &path.to_string())?;
         Ok(Box::new(MemoryUpload {
             store: self.clone(),
             path: path.clone(),
@@ -499,10 +497,15 @@ impl BlobStore for MemoryBlobStore {
     }
 
     async fn list(&self, container: &str, prefix: &str) -> Result<Vec<BlobItem>, StorageError> {
-        self.account.check("list", container)?;
+        self.account.check(Op::List, container)?;
         let state = self.state.lock().unwrap();
         let c = state.containers.get(container).ok_or_else(|| {
-            StorageError::new(ErrorKind::NotFound, "list", container, "ContainerNotFound")
+            StorageError::new(
+                ErrorKind::NotFound,
+                Op::List,
+                container,
+                "ContainerNotFound",
+            )
         })?;
         Ok(c.iter()
             .filter(|(name, _)| name.starts_with(prefix))
@@ -515,7 +518,7 @@ impl BlobStore for MemoryBlobStore {
     }
 
     async fn delete(&self, path: &BlobPath) -> Result<(), StorageError> {
-        self.account.check("delete blob", &path.to_string())?;
+        self.account.check(Op::DeleteBlob, &path.to_string())?;
         let mut state = self.state.lock().unwrap();
         state
             .containers
@@ -525,7 +528,7 @@ impl BlobStore for MemoryBlobStore {
             .ok_or_else(|| {
                 StorageError::new(
                     ErrorKind::NotFound,
-                    "delete blob",
+                    Op::DeleteBlob,
                     path.to_string(),
                     "BlobNotFound",
                 )
@@ -546,7 +549,7 @@ impl BlockUpload for MemoryUpload {
     async fn stage(&mut self, block: Bytes) -> Result<(), StorageError> {
         self.store
             .account
-            .check("stage block", &self.path.to_string())?;
+            .check(Op::StageBlock, &self.path.to_string())?;
         self.blocks.push(block);
         Ok(())
     }
@@ -554,7 +557,7 @@ impl BlockUpload for MemoryUpload {
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
         let data: Vec<u8> = self.blocks.iter().flat_map(|b| b.iter().copied()).collect();
         self.store.write(
-            "commit block list",
+            Op::CommitBlockList,
             &self.path,
             Bytes::from(data),
             &self.opts,

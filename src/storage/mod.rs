@@ -14,7 +14,9 @@ use futures::Stream;
 
 pub mod error;
 pub mod memory;
+pub mod op;
 pub use error::{ErrorKind, StorageError};
+pub use op::{Op, Service};
 
 pub mod azure;
 pub mod connection;

@@ -174,9 +174,10 @@ impl JobError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Op;
 
     fn storage(kind: ErrorKind) -> JobError {
-        JobError::Storage(StorageError::new(kind, "download", "c/b", ""))
+        JobError::Storage(StorageError::new(kind, Op::Download, "c/b", ""))
     }
 
     #[test]
@@ -204,7 +205,7 @@ mod tests {
 
     #[test]
     fn reducer_io_errors_are_unwrapped() {
-        let se = StorageError::new(ErrorKind::Transient, "download", "c/b", "reset");
+        let se = StorageError::new(ErrorKind::Transient, Op::Download, "c/b", "reset");
         let e = JobError::from_aggregate(
             AggregateError::Io(io::Error::other(BridgeError::Storage(se))),
             || JobError::Shutdown,

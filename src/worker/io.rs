@@ -15,6 +15,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::{Sink, Source, maybe_gunzip};
+use crate::storage::Op;
 use crate::storage::{
     BlobPath, BlobStore, BlockUpload, ByteStream, ETag, PutOptions, ReadOptions, StorageError,
 };
@@ -22,7 +23,7 @@ use crate::storage::{
 /// Reports storage failures (metrics, readiness) from the blocking thread.
 pub trait Observe: Send + Sync {
     /// Called with every storage call's result.
-    fn storage_result(&self, op: &'static str, error: Option<&StorageError>);
+    fn storage_result(&self, op: Op, error: Option<&StorageError>);
     /// Called with every downloaded chunk's size.
     fn bytes_read(&self, n: u64);
 }
@@ -90,7 +91,7 @@ impl Source for BlobSource {
                 .blobs
                 .open_read(&self.path, Some(&self.etag), self.opts)
                 .await;
-            self.observe.storage_result("download", r.as_ref().err());
+            self.observe.storage_result(Op::Download, r.as_ref().err());
             r
         })?;
         let reader = StreamRead {
@@ -123,7 +124,7 @@ impl Read for StreamRead<'_> {
                     None => Ok(None),
                     Some(Ok(b)) => Ok(Some(b)),
                     Some(Err(e)) => {
-                        src.observe.storage_result("download", Some(&e));
+                        src.observe.storage_result(Op::Download, Some(&e));
                         Err(e)
                     }
                 }
@@ -197,12 +198,12 @@ impl BlobSink {
                 Some(up) => up,
                 None => {
                     let r = blobs.start_upload(&path, opts).await;
-                    observe.storage_result("stage block", r.as_ref().err());
+                    observe.storage_result(Op::StageBlock, r.as_ref().err());
                     r?
                 }
             };
             let r = up.stage(block).await;
-            observe.storage_result("stage block", r.as_ref().err());
+            observe.storage_result(Op::StageBlock, r.as_ref().err());
             r.map(|()| up)
         })?;
         self.upload = Some(upload);
@@ -219,7 +220,7 @@ impl BlobSink {
                 let body = Bytes::from(std::mem::take(&mut self.buf));
                 block_on_cancellable(&self.handle, &self.cancel, async {
                     let r = blobs.put(&self.path, body, self.opts.clone()).await;
-                    observe.storage_result("upload", r.as_ref().err());
+                    observe.storage_result(Op::Upload, r.as_ref().err());
                     r
                 })
             }
@@ -231,7 +232,7 @@ impl BlobSink {
                 let up = self.upload.take().expect("staged above");
                 block_on_cancellable(&self.handle, &self.cancel, async {
                     let r = up.commit().await;
-                    observe.storage_result("commit block list", r.as_ref().err());
+                    observe.storage_result(Op::CommitBlockList, r.as_ref().err());
                     r
                 })
             }
@@ -275,7 +276,7 @@ mod tests {
     #[derive(Default)]
     struct Count(AtomicU64, AtomicU64);
     impl Observe for Count {
-        fn storage_result(&self, _op: &'static str, e: Option<&StorageError>) {
+        fn storage_result(&self, _op: Op, e: Option<&StorageError>) {
             if e.is_some() {
                 self.1.fetch_add(1, Ordering::SeqCst);
             }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, RenewalResult};
+use crate::storage::Op;
 use crate::storage::{ErrorKind, MessageId, PopReceipt, Queue, Received, StorageError};
 
 /// Timing of renewals.
@@ -98,7 +99,7 @@ impl Lease {
     pub async fn complete(mut self) -> Result<(), StorageError> {
         self.stop_renewal().await;
         if self.lost.is_cancelled() {
-            return Err(lost_error("delete", self.queue.name()));
+            return Err(lost_error(Op::Delete, self.queue.name()));
         }
         let receipt = self.receipt.lock().await.clone();
         self.queue.delete(&self.id, &receipt).await
@@ -113,7 +114,7 @@ impl Lease {
     ) -> Result<(), StorageError> {
         self.stop_renewal().await;
         if self.lost.is_cancelled() {
-            return Err(lost_error("update", self.queue.name()));
+            return Err(lost_error(Op::Update, self.queue.name()));
         }
         let receipt = self.receipt.lock().await.clone();
         self.queue
@@ -130,7 +131,7 @@ impl Drop for Lease {
     }
 }
 
-fn lost_error(op: &'static str, queue: &str) -> StorageError {
+fn lost_error(op: Op, queue: &str) -> StorageError {
     StorageError::new(ErrorKind::LeaseLost, op, queue, "lease lost during renewal")
 }
 
@@ -162,7 +163,7 @@ async fn renew(
             }
             Err(e) if e.kind.is_lease_lost() => {
                 metrics.renewal(RenewalResult::Lost);
-                metrics.storage_error("renew", e.kind.as_str());
+                metrics.storage_error(Op::Renew, e.kind);
                 tracing::warn!(message_id = %id, error.message = %e, "lease lost; stopping work");
                 lost.cancel();
                 return;
@@ -170,7 +171,7 @@ async fn renew(
             Err(e) => {
                 // Retry sooner: the current timeout still has about half of its time left.
                 metrics.renewal(RenewalResult::Error);
-                metrics.storage_error("renew", e.kind.as_str());
+                metrics.storage_error(Op::Renew, e.kind);
                 tracing::warn!(message_id = %id, error.message = %e, "lease renewal failed; retrying");
                 wait = (params.renew_every / 4).max(Duration::from_millis(100));
             }

@@ -32,6 +32,7 @@ pub mod job;
 pub mod lease;
 pub mod settings;
 
+use crate::storage::Op;
 use envelope::Envelope;
 use error::{Class, JobError, Stop, StopReason};
 use job::{Job, JobRules, Parsed};
@@ -138,17 +139,17 @@ struct Observer {
 }
 
 impl Observer {
-    fn record<T>(&self, op: &'static str, r: &Result<T, StorageError>) {
+    fn record<T>(&self, op: Op, r: &Result<T, StorageError>) {
         io::Observe::storage_result(self, op, r.as_ref().err());
     }
 }
 
 impl io::Observe for Observer {
-    fn storage_result(&self, op: &'static str, error: Option<&StorageError>) {
+    fn storage_result(&self, op: Op, error: Option<&StorageError>) {
         match error {
             None => self.readiness.storage_ok(),
             Some(e) => {
-                self.metrics.storage_error(op, e.kind.as_str());
+                self.metrics.storage_error(op, e.kind);
                 if e.kind.is_outage() {
                     self.readiness.storage_failed();
                 }
@@ -242,7 +243,7 @@ impl Worker {
             })
         };
         let r = self.ctx.queue.approximate_count().await;
-        self.ctx.observer.record("queue properties", &r);
+        self.ctx.observer.record(Op::QueueProperties, &r);
         match r {
             Ok(_) => self.ctx.readiness.queue_ok(),
             Err(e) => fatal(
@@ -252,7 +253,7 @@ impl Worker {
             )?,
         }
         let r = self.ctx.poison.create_if_missing().await;
-        self.ctx.observer.record("create queue", &r);
+        self.ctx.observer.record(Op::CreateQueue, &r);
         if let Err(e) = r {
             fatal(
                 format!("poison queue {:?}", s.poison_queue()),
@@ -264,7 +265,7 @@ impl Worker {
         inputs.extend(s.allowed_containers.iter().cloned());
         for c in inputs {
             let r = self.ctx.blobs.container_exists(&c).await;
-            self.ctx.observer.record("container properties", &r);
+            self.ctx.observer.record(Op::ContainerProperties, &r);
             match r {
                 Ok(true) => {}
                 Ok(false) => return Err(StartupError::MissingContainer(c)),
@@ -273,7 +274,7 @@ impl Worker {
         }
         if let Some(out) = &s.output_container {
             let r = self.ctx.blobs.create_container_if_missing(out).await;
-            self.ctx.observer.record("create container", &r);
+            self.ctx.observer.record(Op::CreateContainer, &r);
             if let Err(e) = r {
                 fatal(
                     format!("output container {out:?}"),
@@ -326,7 +327,7 @@ impl Worker {
         let outcome = match result {
             Ok(done) => {
                 let r = lease.complete().await;
-                ctx.observer.record("delete", &r);
+                ctx.observer.record(Op::Delete, &r);
                 match (r, done) {
                     (Ok(()), Done::Written(report)) => {
                         ctx.metrics.rows(report.rows, report.bad_rows);
@@ -350,7 +351,7 @@ impl Worker {
                 Class::Retry => {
                     let delay = s.backoff(attempts);
                     let r = lease.update(delay, None).await;
-                    ctx.observer.record("update", &r);
+                    ctx.observer.record(Op::Update, &r);
                     if let Err(u) = r {
                         tracing::warn!(error.message = %u, "could not set the retry delay; the message reappears when its timeout lapses");
                     }
@@ -364,7 +365,7 @@ impl Worker {
                         );
                     }
                     let r = lease.update(Duration::ZERO, text.as_deref()).await;
-                    ctx.observer.record("update", &r);
+                    ctx.observer.record(Op::Update, &r);
                     if let Err(u) = r {
                         tracing::warn!(error.message = %u, "could not release; the message reappears when its timeout lapses");
                     }
@@ -429,7 +430,7 @@ impl Worker {
         tracing::Span::current().record("blob", tracing::field::display(&job.input));
 
         let r = ctx.blobs.properties(&job.input).await;
-        ctx.observer.record("blob properties", &r);
+        ctx.observer.record(Op::BlobProperties, &r);
         let input = match r {
             Ok(p) => p,
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -490,7 +491,7 @@ impl Worker {
             Err(e) => {
                 self.ctx
                     .observer
-                    .record::<()>("blob properties", &Err(e.clone()));
+                    .record::<()>(Op::BlobProperties, &Err(e.clone()));
                 Err(e.into())
             }
         }
@@ -555,16 +556,16 @@ impl Worker {
         let ctx = &self.ctx;
         // The producer's text verbatim, as Azure Functions does: a requeue is a plain copy.
         let sent = ctx.poison.send(&envelope.original).await;
-        ctx.observer.record("send", &sent);
+        ctx.observer.record(Op::Send, &sent);
         if let Err(send) = sent {
             // Do not delete what we could not copy: retry later instead.
             tracing::warn!(error.message = %send, reason = e.reason(), "could not poison the message; retrying later");
             let r = lease.update(ctx.settings.retry_delay, None).await;
-            ctx.observer.record("update", &r);
+            ctx.observer.record(Op::Update, &r);
             return Outcome::Retried(JobError::Storage(send));
         }
         let r = lease.complete().await;
-        ctx.observer.record("delete", &r);
+        ctx.observer.record(Op::Delete, &r);
         if let Err(del) = r {
             // The copy exists; the original comes back and will be poisoned again (a
             // duplicate in the poison queue, never a loss).
@@ -577,11 +578,11 @@ impl Worker {
     pub async fn sample_queue_stats(&self) {
         let ctx = &self.ctx;
         let count = ctx.queue.approximate_count().await;
-        ctx.observer.record("queue properties", &count);
+        ctx.observer.record(Op::QueueProperties, &count);
         let poison = ctx.poison.approximate_count().await;
-        ctx.observer.record("queue properties", &poison);
+        ctx.observer.record(Op::QueueProperties, &poison);
         let peek = ctx.queue.peek(1).await;
-        ctx.observer.record("peek", &peek);
+        ctx.observer.record(Op::Peek, &peek);
         if let (Ok(count), Ok(poison), Ok(peek)) = (count, poison, peek) {
             ctx.readiness.queue_ok();
             let oldest = peek
@@ -642,7 +643,7 @@ impl Worker {
                 _ = stop.cancelled() => break RunEnd::Stopped,
                 r = ctx.queue.receive(want as u8, s.visibility_timeout) => r,
             };
-            ctx.observer.record("receive", &r);
+            ctx.observer.record(Op::Receive, &r);
             let msgs = match r {
                 Ok(msgs) => {
                     ctx.readiness.queue_ok();
@@ -741,7 +742,7 @@ impl Worker {
     async fn queue_is_empty(&self) -> bool {
         // Invisible messages (retries waiting out their delay) count: the queue is not done.
         let r = self.ctx.queue.approximate_count().await;
-        self.ctx.observer.record("queue properties", &r);
+        self.ctx.observer.record(Op::QueueProperties, &r);
         matches!(r, Ok(0))
     }
 }

@@ -6,16 +6,11 @@ use std::time::Duration;
 use azure_core::error::ErrorKind as AzKind;
 use azure_core::http::StatusCode;
 
-use crate::storage::{ErrorKind, StorageError};
+use crate::storage::{ErrorKind, Op, StorageError};
 
 /// Classifies an SDK error for `op` on `target`. `with_receipt` marks update/delete of a
 /// message by pop receipt, where Azure's 404 `MessageNotFound` means the lease was lost.
-pub fn classify(
-    err: &azure_core::Error,
-    op: &'static str,
-    target: &str,
-    with_receipt: bool,
-) -> StorageError {
+pub fn classify(err: &azure_core::Error, op: Op, target: &str, with_receipt: bool) -> StorageError {
     let (kind, message, retry_after) = match err.kind() {
         AzKind::HttpResponse {
             status,

@@ -50,6 +50,7 @@ use super::{
     ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
     Received, StorageError,
 };
+use crate::storage::Op;
 
 /// Everything a client needs, shared by every queue and blob handle of one connection.
 #[derive(Clone)]
@@ -185,7 +186,7 @@ fn service_url(u: &Url) -> Url {
 /// Runs one SDK call under the connection's deadline and classifies its error.
 async fn bounded<T>(
     timeout: Duration,
-    op: &'static str,
+    op: Op,
     target: &str,
     with_receipt: bool,
     fut: impl Future<Output = azure_core::Result<T>>,
@@ -211,7 +212,7 @@ fn system_time(t: Option<azure_core::time::OffsetDateTime>) -> Option<SystemTime
     t.map(SystemTime::from)
 }
 
-fn other(op: &'static str, target: &str, msg: impl Into<String>) -> StorageError {
+fn other(op: Op, target: &str, msg: impl Into<String>) -> StorageError {
     StorageError::new(ErrorKind::Other, op, target, msg)
 }
 
@@ -282,7 +283,7 @@ fn message_body(
     .try_into()
 }
 
-fn check_max(op: &'static str, target: &str, max: u8) -> Result<i32, StorageError> {
+fn check_max(op: Op, target: &str, max: u8) -> Result<i32, StorageError> {
     if (1..=32).contains(&max) {
         Ok(i32::from(max))
     } else {
@@ -300,7 +301,7 @@ impl Queue for AzureQueue {
         // 201 created, 204 exists with the same metadata; 409 exists with other metadata.
         match bounded(
             self.timeout,
-            "queue create",
+            Op::CreateQueue,
             &self.name,
             false,
             self.client.create(None),
@@ -314,7 +315,7 @@ impl Queue for AzureQueue {
     }
 
     async fn send(&self, text: &str) -> Result<MessageId, StorageError> {
-        let op = "queue send";
+        let op = Op::Send;
         let body = message_body(text).map_err(|e| classify(&e, op, &self.name, false))?;
         // Time-to-live -1: Azure's default of 7 days would silently drop a backlog.
         let opts = QueueClientSendMessageOptions {
@@ -335,7 +336,7 @@ impl Queue for AzureQueue {
     }
 
     async fn receive(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, StorageError> {
-        let op = "queue receive";
+        let op = Op::Receive;
         let n = check_max(op, &self.name, max)?;
         let opts = QueueClientReceiveMessagesOptions {
             number_of_messages: Some(n),
@@ -375,7 +376,7 @@ impl Queue for AzureQueue {
         visibility: Duration,
         new_text: Option<&str>,
     ) -> Result<PopReceipt, StorageError> {
-        let op = "queue update";
+        let op = Op::Update;
         let target = format!("{}/{}", self.name, id);
         let mut opts = QueueClientUpdateMessageOptions::default();
         if let Some(t) = new_text {
@@ -397,7 +398,7 @@ impl Queue for AzureQueue {
 
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
         let target = format!("{}/{}", self.name, id);
-        bounded(self.timeout, "queue delete", &target, true, async {
+        bounded(self.timeout, Op::Delete, &target, true, async {
             self.client.delete_message(&id.0, &receipt.0, None).await
         })
         .await
@@ -405,7 +406,7 @@ impl Queue for AzureQueue {
     }
 
     async fn peek(&self, max: u8) -> Result<Vec<Peeked>, StorageError> {
-        let op = "queue peek";
+        let op = Op::Peek;
         let n = check_max(op, &self.name, max)?;
         let opts = QueueClientPeekMessagesOptions {
             number_of_messages: Some(n),
@@ -429,7 +430,7 @@ impl Queue for AzureQueue {
     }
 
     async fn approximate_count(&self) -> Result<u64, StorageError> {
-        let op = "queue properties";
+        let op = Op::QueueProperties;
         let rsp = bounded(
             self.timeout,
             op,
@@ -482,7 +483,7 @@ fn quoted_etag(s: String) -> ETag {
     }
 }
 
-fn etag_of(op: &'static str, target: &str, e: Option<Etag>) -> Result<ETag, StorageError> {
+fn etag_of(op: Op, target: &str, e: Option<Etag>) -> Result<ETag, StorageError> {
     e.map(|e| quoted_etag(e.to_string()))
         .ok_or_else(|| other(op, target, "the service returned no ETag"))
 }
@@ -502,7 +503,7 @@ impl BlobStore for AzureBlobStore {
         let c = self.service.blob_container_client(container);
         match bounded(
             self.timeout,
-            "container create",
+            Op::CreateContainer,
             container,
             false,
             c.create(None),
@@ -519,7 +520,7 @@ impl BlobStore for AzureBlobStore {
         let c = self.service.blob_container_client(container);
         bounded(
             self.timeout,
-            "container exists",
+            Op::ContainerProperties,
             container,
             false,
             c.exists(),
@@ -528,7 +529,7 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn properties(&self, path: &BlobPath) -> Result<BlobProperties, StorageError> {
-        let op = "blob properties";
+        let op = Op::BlobProperties;
         let target = path.to_string();
         let rsp = bounded(
             self.timeout,
@@ -562,7 +563,7 @@ impl BlobStore for AzureBlobStore {
         if_match: Option<&ETag>,
         opts: ReadOptions,
     ) -> Result<ByteStream, StorageError> {
-        let op = "blob download";
+        let op = Op::Download;
         let target = path.to_string();
         // The SDK pins every range after the first to the first response's ETag (If-Match),
         // so a blob replaced mid-read ends the stream with 412 → PreconditionFailed.
@@ -592,7 +593,7 @@ impl BlobStore for AzureBlobStore {
         body: Bytes,
         opts: PutOptions,
     ) -> Result<ETag, StorageError> {
-        let op = "blob put";
+        let op = Op::Upload;
         let target = path.to_string();
         let (if_match, if_none_match) = condition_headers(&opts.condition);
         let len = body.len() as u64;
@@ -636,7 +637,7 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn list(&self, container: &str, prefix: &str) -> Result<Vec<BlobItem>, StorageError> {
-        let op = "blob list";
+        let op = Op::List;
         let c = self.service.blob_container_client(container);
         let opts = BlobContainerClientListBlobsOptions {
             prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
@@ -670,7 +671,7 @@ impl BlobStore for AzureBlobStore {
         let target = path.to_string();
         bounded(
             self.timeout,
-            "blob delete",
+            Op::DeleteBlob,
             &target,
             false,
             self.blob(path).delete(None),
@@ -703,7 +704,7 @@ impl BlockUpload for AzureBlockUpload {
         let id = format!("{}{:08}", self.prefix, self.ids.len()).into_bytes();
         let len = block.len() as u64;
         let client = self.client.block_blob_client();
-        bounded(self.timeout, "blob stage", &self.target, false, async {
+        bounded(self.timeout, Op::StageBlock, &self.target, false, async {
             client.stage_block(&id, len, block.into(), None).await
         })
         .await?;
@@ -716,7 +717,7 @@ impl BlockUpload for AzureBlockUpload {
     }
 
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
-        let op = "blob commit";
+        let op = Op::CommitBlockList;
         let (if_match, if_none_match) = condition_headers(&self.opts.condition);
         let list: RequestContent<BlockLookupList, azure_core::http::XmlFormat> = BlockLookupList {
             latest: Some(self.ids.clone()),
