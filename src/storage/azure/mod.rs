@@ -1,5 +1,6 @@
-//! The Azure SDK adapter: [`build`] turns resolved settings into [`QueueService`] and
-//! [`BlobStore`] implementations on `azure_storage_queue` / `azure_storage_blob` 1.x.
+//! The Azure SDK adapter: [`connect`] resolves the storage settings and builds
+//! [`QueueService`] and [`BlobStore`] implementations on `azure_storage_queue` /
+//! `azure_storage_blob` 1.x. The CLI and `startup` call it (through `crate::storage`).
 //!
 //! This folder is the only place in rollq that imports the Azure SDK; callers see the traits
 //! in [`crate::storage`] and [`StorageError`]. Every call is bounded by the connection's
@@ -44,7 +45,7 @@ use secrecy::ExposeSecret;
 use errors::classify;
 pub use errors::redact;
 
-use super::connection::{Auth, ConnectError, Connection, Resolved};
+use super::connection::{Auth, ConnectError, ConnectionInfo, Resolved, StorageArgs, resolve};
 use super::{
     BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag,
     ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
@@ -67,8 +68,22 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// A ready connection: queue and blob handles for one account, plus a loggable description.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub queues: Arc<dyn QueueService>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub info: ConnectionInfo,
+}
+
+/// Resolves `args` (connection string, account, or the emulator default) and builds the clients.
+pub async fn connect(args: &StorageArgs) -> Result<Connection, ConnectError> {
+    let resolved = resolve(args)?;
+    build(resolved)
+}
+
 /// Builds queue and blob handles for resolved settings (no network traffic yet).
-pub(crate) fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
+fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
     let Resolved {
         info,
         auth,

@@ -1,6 +1,7 @@
 //! Connection settings, pure and offline: the `StorageArgs` flags every Azure-facing
 //! subcommand flattens, the credential types, the connection-string parser and resolver, and
-//! the text that explains a connection to the user. [`connect`] turns them into clients.
+//! the text that explains a connection to the user. `azure::connect` turns them into clients;
+//! nothing here imports the adapter (or the storage traits), so the two do not form a cycle.
 //!
 //! Resolution order: a connection string (`AZURE_STORAGE_CONNECTION_STRING`), else an account
 //! name (`AZURE_STORAGE_ACCOUNT`) with Entra ID tokens (workload identity when
@@ -15,8 +16,6 @@ mod error;
 mod info;
 mod resolve;
 
-use std::sync::Arc;
-
 pub use args::StorageArgs;
 pub use connection_string::{DEV_ACCOUNT, DEV_KEY};
 pub(crate) use credential::Auth;
@@ -24,19 +23,3 @@ pub use credential::CredentialKind;
 pub use error::ConnectError;
 pub use info::ConnectionInfo;
 pub(crate) use resolve::{Resolved, resolve};
-
-use super::{BlobStore, QueueService};
-
-/// A ready connection: queue and blob handles for one account, plus a loggable description.
-#[derive(Clone, Debug)]
-pub struct Connection {
-    pub queues: Arc<dyn QueueService>,
-    pub blobs: Arc<dyn BlobStore>,
-    pub info: ConnectionInfo,
-}
-
-/// Resolves `args` (connection string, account, or the emulator default) and builds the clients.
-pub async fn connect(args: &StorageArgs) -> Result<Connection, ConnectError> {
-    let resolved = resolve(args)?;
-    super::azure::build(resolved)
-}
