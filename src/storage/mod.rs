@@ -21,9 +21,8 @@ pub use op::{Op, Service};
 pub mod azure;
 pub mod connection;
 pub mod names;
-pub use connection::{
-    ConnectError, Connection, ConnectionInfo, CredentialKind, StorageArgs, connect,
-};
+pub use azure::{Connection, connect};
+pub use connection::{ConnectError, ConnectionInfo, CredentialKind, StorageArgs};
 pub use names::{poison_queue_name, validate_container_name, validate_queue_name};
 
 // === queue types ===

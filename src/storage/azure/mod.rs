@@ -1,5 +1,6 @@
-//! The Azure SDK adapter: [`build`] turns resolved settings into [`QueueService`] and
-//! [`BlobStore`] implementations on `azure_storage_queue` / `azure_storage_blob` 1.x.
+//! The Azure SDK adapter: [`connect`] resolves the storage settings and builds
+//! [`QueueService`] and [`BlobStore`] implementations on `azure_storage_queue` /
+//! `azure_storage_blob` 1.x. The CLI and `startup` call it (through `crate::storage`).
 //!
 //! This folder is the only place in rollq that imports the Azure SDK; callers see the traits
 //! in [`crate::storage`] and [`StorageError`]. Every call is bounded by the connection's
@@ -44,7 +45,7 @@ use secrecy::ExposeSecret;
 use errors::classify;
 pub use errors::redact;
 
-use super::connection::{Auth, ConnectError, Connection, Resolved};
+use super::connection::{Auth, ConnectError, ConnectionInfo, Resolved, StorageArgs, resolve};
 use super::{
     BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag,
     ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
@@ -68,22 +69,74 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// A ready connection: queue and blob handles for one account, plus a loggable description.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub queues: Arc<dyn QueueService>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub info: ConnectionInfo,
+}
+
+/// Resolves `args` (connection string, account, or the emulator default) and builds the clients.
+pub async fn connect(args: &StorageArgs) -> Result<Connection, ConnectError> {
+    let resolved = resolve(args)?;
+    build(resolved)
+}
+
 /// Builds queue and blob handles for resolved settings (no network traffic yet).
-pub(crate) fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
+fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
     let Resolved {
         info,
         auth,
         timeout,
     } = resolved;
-    let mut per_call: Vec<Arc<dyn Policy>> = Vec::new();
-    let mut per_try: Vec<Arc<dyn Policy>> = Vec::new();
-    let mut credential: Option<Arc<dyn TokenCredential>> = None;
-    match &auth {
-        Auth::SharedKey { key } => per_try.push(shared_key::SharedKeyPolicy::new(
-            info.account.clone(),
+    let authorisation = authorisation(&info.account, &auth)?;
+    let options = ClientOptions {
+        per_call_policies: authorisation.per_call,
+        per_try_policies: authorisation.per_try,
+        retry: bounded_retries(timeout),
+        transport: Some(http_transport(timeout)?),
+        ..Default::default()
+    };
+    let shared = Shared {
+        options,
+        credential: authorisation.credential,
+        timeout,
+    };
+    let blobs = AzureBlobStore {
+        service: blob_service(&info.blob_endpoint, &shared)?,
+        timeout,
+    };
+    let queues = queue_service(&info.queue_endpoint, shared)?;
+    Ok(Connection {
+        queues: Arc::new(queues),
+        blobs: Arc::new(blobs),
+        info,
+    })
+}
+
+/// How requests are authorised: signing policies for a key or SAS, or an Entra ID token
+/// credential that the SDK clients use themselves.
+struct Authorisation {
+    per_call: Vec<Arc<dyn Policy>>,
+    per_try: Vec<Arc<dyn Policy>>,
+    credential: Option<Arc<dyn TokenCredential>>,
+}
+
+fn authorisation(account: &str, auth: &Auth) -> Result<Authorisation, ConnectError> {
+    let mut out = Authorisation {
+        per_call: Vec::new(),
+        per_try: Vec::new(),
+        credential: None,
+    };
+    match auth {
+        Auth::SharedKey { key } => out.per_try.push(shared_key::SharedKeyPolicy::new(
+            account.to_owned(),
             key.expose_secret().to_owned(),
         )),
-        Auth::Sas { token } => per_call.push(shared_key::SasPolicy::new(token.expose_secret())),
+        Auth::Sas { token } => out
+            .per_call
+            .push(shared_key::SasPolicy::new(token.expose_secret())),
         Auth::Workload {
             client_id,
             tenant_id,
@@ -98,7 +151,7 @@ pub(crate) fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
             let cred = WorkloadIdentityCredential::new(Some(opts)).map_err(|e| {
                 ConnectError::Client(format!("workload identity: {}", redact(&e.to_string())))
             })?;
-            credential = Some(cred);
+            out.credential = Some(cred);
         }
         Auth::Managed { client_id } => {
             let opts = ManagedIdentityCredentialOptions {
@@ -108,12 +161,16 @@ pub(crate) fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
             let cred = ManagedIdentityCredential::new(Some(opts)).map_err(|e| {
                 ConnectError::Client(format!("managed identity: {}", redact(&e.to_string())))
             })?;
-            credential = Some(cred);
+            out.credential = Some(cred);
         }
     }
-    // Bounded retries: the SDK's default allows a minute of retrying per call; the worker has
-    // its own backoff, so one call gives up within the configured timeout.
-    let retry = RetryOptions::exponential(ExponentialRetryOptions {
+    Ok(out)
+}
+
+/// Bounded retries: the SDK's default allows a minute of retrying per call; the worker has
+/// its own backoff, so one call gives up within the configured timeout.
+fn bounded_retries(timeout: Duration) -> RetryOptions {
+    RetryOptions::exponential(ExponentialRetryOptions {
         initial_delay: azure_core::time::Duration::milliseconds(200),
         max_retries: 4,
         // Half the call's deadline, so the SDK reports the real cause (refused, reset, 503)
@@ -121,9 +178,12 @@ pub(crate) fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
         max_total_elapsed: azure_core::time::Duration::try_from(timeout / 2)
             .unwrap_or(azure_core::time::Duration::seconds(15)),
         max_delay: azure_core::time::Duration::seconds(4),
-    });
-    // Our own reqwest client: connect and read timeouts shorter than the SDK's 20 s / 60 s,
-    // and no transparent decompression (partitioned blob downloads need raw bytes).
+    })
+}
+
+/// Our own reqwest client: connect and read timeouts shorter than the SDK's 20 s / 60 s,
+/// and no transparent decompression (partitioned blob downloads need raw bytes).
+fn http_transport(timeout: Duration) -> Result<Transport, ConnectError> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5).min(timeout))
         .read_timeout(Duration::from_secs(30).min(timeout.max(Duration::from_secs(1))))
@@ -132,46 +192,35 @@ pub(crate) fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
         .no_deflate()
         .build()
         .map_err(|e| ConnectError::Client(format!("http client: {e}")))?;
-    let options = ClientOptions {
-        per_call_policies: per_call,
-        per_try_policies: per_try,
-        retry,
-        transport: Some(Transport::new(Arc::new(http))),
-        ..Default::default()
-    };
-    let shared = Shared {
-        options,
-        credential,
-        timeout,
-    };
-    let blob_service = BlobServiceClient::new(
-        service_url(&info.blob_endpoint),
+    Ok(Transport::new(Arc::new(http)))
+}
+
+fn blob_service(endpoint: &Url, shared: &Shared) -> Result<BlobServiceClient, ConnectError> {
+    BlobServiceClient::new(
+        service_url(endpoint),
         shared.credential.clone(),
         Some(BlobServiceClientOptions {
             client_options: shared.options.clone(),
             ..Default::default()
         }),
     )
-    .map_err(|e| ConnectError::Client(format!("blob client: {}", redact(&e.to_string()))))?;
-    // Build one queue client now so a bad endpoint/credential combination fails at connect.
+    .map_err(|e| ConnectError::Client(format!("blob client: {}", redact(&e.to_string()))))
+}
+
+/// Builds one queue client now so a bad endpoint/credential combination fails at connect
+/// (`queue()` later relies on it and cannot return an error).
+fn queue_service(endpoint: &Url, shared: Shared) -> Result<AzureQueueService, ConnectError> {
     let queues = AzureQueueService {
-        endpoint: service_url(&info.queue_endpoint),
-        shared: shared.clone(),
+        endpoint: service_url(endpoint),
+        shared,
     };
     QueueClient::new(
         queues.queue_url("probe"),
-        shared.credential.clone(),
+        queues.shared.credential.clone(),
         Some(queues.client_options()),
     )
     .map_err(|e| ConnectError::Client(format!("queue client: {}", redact(&e.to_string()))))?;
-    Ok(Connection {
-        queues: Arc::new(queues),
-        blobs: Arc::new(AzureBlobStore {
-            service: blob_service,
-            timeout,
-        }),
-        info,
-    })
+    Ok(queues)
 }
 
 /// A service URL with a trailing slash-free path and no query (SAS goes through the policy).
