@@ -3,7 +3,11 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use rollq::aggregate::Spec;
+use rollq::contract;
 use rollq::storage::{BlobPath, ErrorKind, PutOptions, poison_queue_name};
 
 use crate::support::{
@@ -272,17 +276,17 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
     put("2024/c.csv", vec![]).await;
     put("other/d.csv", vec![]).await;
     put("2024/notes.txt", vec![]).await;
-    // a has a current output; b's output was made from an older version of b.
-    put(
-        "2024/a_aggregated.csv",
-        vec![("rollq_source_etag".into(), a.0.clone())],
-    )
-    .await;
-    put(
-        "2024/b_aggregated.csv",
-        vec![("rollq_source_etag".into(), "\"0x8D0000000000000\"".into())],
-    )
-    .await;
+    // a has a current output (the worker's metadata for this version of a, default options);
+    // b's output was made from an older version of b; c's output carries no rollq metadata,
+    // so nothing says it is current.
+    let spec = Spec::default();
+    let meta = |name: &str, etag: &rollq::storage::ETag| {
+        contract::output_metadata(&BlobPath::new(&c, name), etag, &spec)
+    };
+    put("2024/a_aggregated.csv", meta("2024/a.csv", &a)).await;
+    let old = rollq::storage::ETag("\"0x8D0000000000000\"".into());
+    put("2024/b_aggregated.csv", meta("2024/b.csv", &old)).await;
+    put("2024/c_aggregated.csv", vec![]).await;
 
     let (stdout, _) = az.rollq_ok(&[
         "backfill",
@@ -322,6 +326,76 @@ async fn backfill_enqueues_inputs_without_a_current_output() {
     let mut texts = peek_texts(&conn.queues.queue(&q)).await;
     texts.sort();
     assert_eq!(texts, ["2024/b.csv", "2024/c.csv"]);
+}
+
+/// `backfill` judges "current" exactly as the worker does, under the same reducer options
+/// (flags or `ROLLQ_*`): after a worker rolls everything up with non-default options,
+/// `backfill` with those options enqueues nothing; with other options, everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_and_the_worker_agree_on_outputs_made_with_non_default_options() {
+    use crate::worker_support::{WorkerProc, seed_csv, upload};
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (c, q) = (unique_name("agree"), unique_name("agree"));
+    conn.blobs.create_container_if_missing(&c).await.unwrap();
+    let queue = conn.queues.queue(&q);
+    queue.create_if_missing().await.unwrap();
+    for i in 1..=3u64 {
+        let name = format!("t{i}.csv");
+        upload(&conn.blobs, &c, &name, seed_csv(i, 3000)).await;
+        queue.send(&name).await.unwrap();
+    }
+    let options = [
+        "--bucket",
+        "1d",
+        "--max-bad-rows",
+        "2",
+        "--max-buckets",
+        "5000",
+    ];
+    let mut args = vec!["--exit-when-idle", "2s"];
+    args.extend(options);
+    let mut worker = WorkerProc::spawn(&az, &q, &c, &args);
+    let status = worker.wait_exit(Duration::from_secs(120)).await;
+    assert!(
+        status.success(),
+        "worker exit {status}; log:\n{}",
+        worker.log()
+    );
+    for i in 1..=3 {
+        let out = BlobPath::new(&c, format!("t{i}_aggregated.csv"));
+        conn.blobs
+            .properties(&out)
+            .await
+            .expect("the worker wrote it");
+    }
+
+    let backfill = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = az.rollq();
+        cmd.args(["backfill", "--container", &c, "--queue", &q, "--dry-run"])
+            .args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_ok(cmd.output().unwrap()).0
+    };
+    // The worker's options as flags, and as environment variables; a raised limit is not an
+    // output option, so it does not make outputs stale.
+    let out = backfill(&options, &[]);
+    assert!(out.contains("would enqueue 0 of 3"), "{out}");
+    let out = backfill(
+        &["--max-buckets", "9000"],
+        &[("ROLLQ_BUCKET", "1d"), ("ROLLQ_MAX_BAD_ROWS", "2")],
+    );
+    assert!(out.contains("would enqueue 0 of 3"), "{out}");
+    // Default options are not what the outputs were made with.
+    let out = backfill(&[], &[]);
+    assert!(out.contains("would enqueue 3 of 3"), "{out}");
+    // A replaced input needs work again; the others stay current.
+    upload(&conn.blobs, &c, "t2.csv", seed_csv(9, 3000)).await;
+    let out = backfill(&options, &[]);
+    assert!(out.contains("would enqueue 1 of 3"), "{out}");
+    assert!(out.contains("would enqueue t2.csv"), "{out}");
 }
 
 #[tokio::test]
