@@ -87,6 +87,20 @@ esac
 # --- the checks, as functions of their inputs so the self-test can feed broken copies ----------
 
 check_dockerfile() { "$HADOLINT" --no-color "$1"; }
+# The runtime stage (after the last FROM) carries the OCI labels. hadolint's --require-label
+# wants them on every build stage and rejects SPDX expressions (MIT OR Apache-2.0), so this
+# small check stands in for it.
+check_oci_labels() {
+    local key missing=0
+    for key in title description version revision licenses; do
+        if ! awk '/^FROM /{s=""} {s=s $0 "\n"} END{printf "%s", s}' "$1" |
+            grep -q "org\.opencontainers\.image\.$key="; then
+            echo "FAIL: $1: runtime stage has no org.opencontainers.image.$key label" >&2
+            missing=1
+        fi
+    done
+    [ "$missing" -eq 0 ] && echo "ok   [oci-labels] runtime stage of $1 has the OCI labels"
+}
 
 shell_scripts() {
     # Every shell script in the repository: *.sh plus files with a sh/bash shebang.
@@ -141,6 +155,7 @@ check_rules() { # check_rules PROMETHEUSRULE TESTFILE
 # --- run them on the real files ----------------------------------------------------------------
 
 run "hadolint Dockerfile" check_dockerfile Dockerfile
+run "OCI labels in the Dockerfile" check_oci_labels Dockerfile
 mapfile -t SCRIPTS < <(shell_scripts)
 run "shellcheck ${SCRIPTS[*]}" check_shell "${SCRIPTS[@]}"
 
@@ -223,6 +238,8 @@ if [ "$SELF_TEST" -eq 1 ]; then
     sed 's|^ENTRYPOINT .*|ENTRYPOINT /usr/local/bin/rollq worker|; s|^FROM rust:.*AS chef|FROM rust:latest AS chef|' \
         Dockerfile >"$B/Dockerfile"
     expect_fail "Dockerfile with shell-form ENTRYPOINT and :latest" check_dockerfile "$B/Dockerfile"
+    sed '/org.opencontainers.image.revision=/d' Dockerfile >"$B/Dockerfile.labels"
+    expect_fail "Dockerfile without the OCI revision label" check_oci_labels "$B/Dockerfile.labels"
 
     # shellcheck disable=SC2016 # the broken script must contain the literal, unexpanded $1
     printf '#!/usr/bin/env bash\nrm -rf $1/*\n' >"$B/bad.sh"
