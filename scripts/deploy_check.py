@@ -5,17 +5,20 @@ Each subcommand prints what it checked and exits non-zero with one line per prob
 check can be shown to fail on a broken copy (check-deploy.sh --self-test does exactly that).
 
 Subcommands:
-  kustomizations DIR...              kustomization.yaml uses only keys kustomize v2.0.3 knows
   split BUILT CORE_OUT               write the objects Kubernetes' own schemas cover to CORE_OUT;
                                      fail on a kind that neither they nor our CRDs cover
   crds --schemas DIR BUILT...        KEDA / Prometheus Operator objects against their CRD schema
   manifests --help-text F BUILT      cross-checks inside one built variant (env vars, KEDA vs
                                      ConfigMap, drain vs grace period, memory arithmetic, ...)
+  cluster --params ENV BUILT         what schemas cannot see but a cluster would: parameters
+                                     reached every object, ConfigMap/Secret references resolve,
+                                     Pod Security restricted, KEDA strategy pairs and rollout,
+                                     PDB eviction policy, endpoint hosts, labels, ingress policy
+  alerts --runbook MD BUILT          alert annotations (summary, description, runbook_url into
+                                     a section of the runbook), recording rule names
   metrics --scrape F --allow F --rules PR --dashboard D
                                      every metric in rules and dashboard exists somewhere known
   rules-extract PR OUT               the PrometheusRule's groups as a plain Prometheus rules file
-  dashboard-configmap JSON OUT [--write]
-                                     the dashboard ConfigMap is the JSON file, byte for byte
 """
 
 from __future__ import annotations
@@ -116,27 +119,6 @@ def parse_quantity(text: str) -> int:
         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
     }[m.group(2)]
     return int(float(m.group(1)) * mult)
-
-
-# --- kustomizations ----------------------------------------------------------------------------
-
-def cmd_kustomizations(args: argparse.Namespace) -> int:
-    # kustomize v2.0.3 (kubectl 1.20) also knows `bases`, which is how it takes a directory;
-    # anything else (patches, generators, components) would build only with a newer kustomize.
-    allowed = {"resources", "bases", "images", "namespace"}
-    pr = Problems("kustomize-v2.0.3-keys")
-    files = []
-    for d in args.dirs:
-        for k in sorted(Path(d).rglob("kustomization.yaml")):
-            files.append(k)
-            doc = yaml.safe_load(k.read_text(encoding="utf-8")) or {}
-            extra = set(doc) - allowed
-            pr.check(not extra, f"{k}: keys {sorted(extra)} are not in {sorted(allowed)}")
-            for r in doc.get("resources", []) or []:
-                p = k.parent / r
-                pr.check(p.is_file(), f"{k}: resource {r} must be a file below the directory")
-    pr.check(bool(files), f"no kustomization.yaml under {args.dirs}")
-    return pr.finish(f"{len(files)} kustomization.yaml files use only {sorted(allowed)}")
 
 
 # --- split -------------------------------------------------------------------------------------
@@ -440,9 +422,12 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                                  f"{sid}: accountName {md.get('accountName')!r} != "
                                  f"AZURE_STORAGE_ACCOUNT {env.get('AZURE_STORAGE_ACCOUNT')!r}")
                     pr.check("queueLengthStrategy" in md, f"{sid}: queueLengthStrategy not explicit")
-                    want = "visibleonly" if so["kind"] == "ScaledJob" else "all"
-                    pr.check(md.get("queueLengthStrategy") == want,
-                             f"{sid}: queueLengthStrategy should be {want}")
+                    if so["kind"] == "ScaledObject":
+                        pr.check(md.get("queueLengthStrategy") == "all",
+                                 f"{sid}: queueLengthStrategy should be all (leased messages keep "
+                                 "their pods)")
+                    else:
+                        check_scaledjob_strategy(pr, so, md)
                     if in_flight and str(in_flight).isdigit():
                         pr.check(md.get("queueLength") == str(in_flight),
                                  f"{sid}: queueLength {md.get('queueLength')!r} should equal "
@@ -488,6 +473,372 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                         pr.check(ep.get("port") in ports, f"{ident(o)}: port {ep.get('port')} unknown")
     return pr.finish(f"{len(workloads)} workload(s), {checked_env} env vars accepted by rollq worker, "
                      "KEDA and ConfigMap agree")
+
+
+# --- ScaledJob arithmetic ----------------------------------------------------------------------
+
+# KEDA's ScaledJob strategies and the queue count each one assumes (keda/scaledjob/scaledjob.yaml
+# has the arithmetic): `default` subtracts running Jobs, so the count must include their leased
+# messages (`all`); `accurate` subtracts only pending Jobs, so the count must exclude them
+# (`visibleonly`). The other pairs under- or over-scale.
+SCALEDJOB_PAIRS = {("all", "default"), ("visibleonly", "accurate")}
+# Above this many visible messages the azure-queue scaler's `visibleonly` falls back to the
+# approximate count (leased and delayed messages included); a cap at or below it keeps
+# `accurate` exact in that regime.
+AZURE_QUEUE_MAX_PEEK = 32
+
+
+def check_scaledjob_strategy(pr: Problems, sj: dict, md: dict) -> None:
+    sid = ident(sj)
+    qls = md.get("queueLengthStrategy", "all")
+    strategy = sj["spec"].get("scalingStrategy", {}).get("strategy", "default")
+    pr.check((qls, strategy) in SCALEDJOB_PAIRS,
+             f"{sid}: queueLengthStrategy {qls} with scalingStrategy {strategy} miscounts leased "
+             f"messages; use one of {sorted(SCALEDJOB_PAIRS)}")
+    if qls == "visibleonly":
+        cap = sj["spec"].get("maxReplicaCount", 100)
+        pr.check(cap <= AZURE_QUEUE_MAX_PEEK,
+                 f"{sid}: maxReplicaCount {cap} > {AZURE_QUEUE_MAX_PEEK}: above 32 visible messages "
+                 "visibleonly counts leased ones too and would start spare Jobs")
+
+
+# --- what a cluster would see ------------------------------------------------------------------
+
+# Volume types Pod Security `restricted` allows.
+PSS_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+               "projected", "secret"}
+PLACEHOLDER = "set-by-params"
+
+
+def read_params(path: str) -> dict[str, str]:
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def pod_templates(objs: list[dict]) -> list[tuple[str, dict]]:
+    out = []
+    for o in objs:
+        spec = o.get("spec", {})
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+            out.append((ident(o), spec["template"]))
+        elif o["kind"] == "ScaledJob":
+            out.append((ident(o), spec["jobTargetRef"]["template"]))
+        elif o["kind"] == "CronJob":
+            out.append((ident(o), spec["jobTemplate"]["spec"]["template"]))
+        elif o["kind"] == "Pod":
+            out.append((ident(o), o))
+    return out
+
+
+def check_pod_security(pr: Problems, where: str, tmpl: dict) -> None:
+    """Pod Security Standards, `restricted` profile (baseline included), as the namespace
+    label enforces them at admission."""
+    spec = tmpl["spec"]
+    psc = spec.get("securityContext", {})
+    for f in ("hostNetwork", "hostPID", "hostIPC"):
+        pr.check(not spec.get(f), f"{where}: {f} is not allowed (restricted)")
+    for v in spec.get("volumes", []) or []:
+        kinds = set(v) - {"name"}
+        pr.check(kinds <= PSS_VOLUMES, f"{where}: volume {v.get('name')} type {sorted(kinds)} not allowed")
+    containers = (spec.get("containers", []) or []) + (spec.get("initContainers", []) or [])
+    for c in containers:
+        cw = f"{where} container {c.get('name')}"
+        csc = c.get("securityContext", {})
+        pr.check(not csc.get("privileged"), f"{cw}: privileged")
+        pr.check(csc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation must be false")
+        caps = csc.get("capabilities", {})
+        pr.check("ALL" in (caps.get("drop") or []), f"{cw}: capabilities.drop must include ALL")
+        pr.check(set(caps.get("add") or []) <= {"NET_BIND_SERVICE"}, f"{cw}: adds capabilities {caps.get('add')}")
+        non_root = csc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        pr.check(non_root is True, f"{cw}: runAsNonRoot must be true (pod or container)")
+        pr.check(csc.get("runAsUser", psc.get("runAsUser")) != 0, f"{cw}: runAsUser 0")
+        sec = csc.get("seccompProfile", psc.get("seccompProfile", {})) or {}
+        pr.check(sec.get("type") in ("RuntimeDefault", "Localhost"),
+                 f"{cw}: seccompProfile must be RuntimeDefault or Localhost (pod or container)")
+        for port in c.get("ports", []) or []:
+            pr.check("hostPort" not in port, f"{cw}: hostPort")
+
+
+def check_references(pr: Problems, where: str, tmpl: dict, cms: dict, secrets: dict) -> int:
+    """Every ConfigMap and Secret a pod names exists in the variant (with the key it reads),
+    unless the reference is optional. Returns the number of references checked."""
+    n = 0
+
+    def need(kind: str, name: str, key: str | None, optional: bool) -> None:
+        nonlocal n
+        n += 1
+        pool = cms if kind == "ConfigMap" else secrets
+        obj = pool.get(name)
+        if obj is None:
+            pr.check(bool(optional), f"{where}: {kind} {name!r} does not exist in the variant")
+            return
+        if key is not None:
+            keys = {**obj.get("data", {}), **obj.get("stringData", {}), **obj.get("binaryData", {})}
+            pr.check(key in keys or bool(optional), f"{where}: {kind} {name!r} has no key {key!r}")
+
+    spec = tmpl["spec"]
+    for c in (spec.get("containers", []) or []) + (spec.get("initContainers", []) or []):
+        for src in c.get("envFrom", []) or []:
+            for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                if field in src:
+                    need(kind, src[field]["name"], None, src[field].get("optional", False))
+        for e in c.get("env", []) or []:
+            vf = e.get("valueFrom", {})
+            for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                if field in vf:
+                    need(kind, vf[field]["name"], vf[field].get("key"), vf[field].get("optional", False))
+    for v in spec.get("volumes", []) or []:
+        if "configMap" in v:
+            need("ConfigMap", v["configMap"]["name"], None, v["configMap"].get("optional", False))
+        if "secret" in v:
+            need("Secret", v["secret"]["secretName"], None, v["secret"].get("optional", False))
+        for s in (v.get("projected", {}) or {}).get("sources", []) or []:
+            if "configMap" in s:
+                need("ConfigMap", s["configMap"]["name"], None, s["configMap"].get("optional", False))
+            if "secret" in s:
+                need("Secret", s["secret"]["name"], None, s["secret"].get("optional", False))
+    for ps in spec.get("imagePullSecrets", []) or []:
+        need("Secret", ps["name"], None, False)
+    return n
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    pr = Problems(f"cluster {Path(args.built).name}")
+    params = read_params(args.params)
+    text = Path(args.built).read_text(encoding="utf-8")
+    objs = load_all(args.built)
+    by_kind: dict[str, dict[str, dict]] = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+    cms, secrets = by_kind.get("ConfigMap", {}), by_kind.get("Secret", {})
+
+    # Parameters reached every object (kustomize leaves a target alone when it has no field).
+    pr.check(PLACEHOLDER not in text, f"{PLACEHOLDER!r} left in the build: a replacement missed it")
+    ns = params.get("NAMESPACE")
+    nss = list(by_kind.get("Namespace", {}))
+    pr.check(nss == [ns], f"Namespace objects {nss}, expected exactly [{ns!r}]")
+    for o in objs:
+        if o["kind"] != "Namespace":
+            pr.check(o["metadata"].get("namespace") == ns,
+                     f"{ident(o)}: namespace {o['metadata'].get('namespace')!r} != NAMESPACE {ns!r}")
+        labels = o["metadata"].get("labels", {})
+        pr.check("app.kubernetes.io/name" in labels, f"{ident(o)}: no app.kubernetes.io/name label")
+        pr.check(labels.get("app.kubernetes.io/part-of") == "rollq",
+                 f"{ident(o)}: label app.kubernetes.io/part-of must be rollq")
+        pr.check(labels.get("app.kubernetes.io/managed-by") == "kustomize",
+                 f"{ident(o)}: label app.kubernetes.io/managed-by must be kustomize")
+    for n in by_kind.get("Namespace", {}).values():
+        lab = n["metadata"].get("labels", {})
+        for mode in ("enforce", "warn", "audit"):
+            pr.check(lab.get(f"pod-security.kubernetes.io/{mode}") == "restricted",
+                     f"{ident(n)}: pod-security.kubernetes.io/{mode} must be restricted")
+
+    config = [c for name, c in cms.items() if name.startswith("rollq-config")]
+    pr.check(len(config) == 1, f"expected one rollq-config ConfigMap, found {[ident(c) for c in config]}")
+    for c in config:
+        # A generated name (rollq-config-<hash>) changes with the content, so an edit rolls pods.
+        pr.check(re.fullmatch(r"rollq-config-[a-z0-9]{10}", c["metadata"]["name"]) is not None,
+                 f"{ident(c)}: not a generated (content-hashed) name; a settings change would not roll pods")
+        data = c.get("data", {})
+        for key, param in (("ROLLQ_QUEUE", "QUEUE"), ("ROLLQ_CONTAINER", "INPUT_CONTAINER"),
+                           ("ROLLQ_ALLOWED_CONTAINERS", "INPUT_CONTAINER"),
+                           ("ROLLQ_OUTPUT_CONTAINER", "OUTPUT_CONTAINER"),
+                           ("AZURE_STORAGE_ACCOUNT", "STORAGE_ACCOUNT")):
+            if param in params:
+                pr.check(data.get(key) == params[param],
+                         f"{ident(c)}: {key} {data.get(key)!r} != {param} {params[param]!r}")
+    for kind in ("ScaledObject", "ScaledJob"):
+        for so in by_kind.get(kind, {}).values():
+            for t in so["spec"]["triggers"]:
+                md = t.get("metadata", {})
+                pr.check(md.get("queueName") == params.get("QUEUE"),
+                         f"{ident(so)}: queueName {md.get('queueName')!r} != QUEUE")
+                if "STORAGE_ACCOUNT" in params:
+                    pr.check(md.get("accountName") == params["STORAGE_ACCOUNT"],
+                             f"{ident(so)}: accountName {md.get('accountName')!r} != STORAGE_ACCOUNT")
+    if "WORKER_CLIENT_ID" in params:
+        sa = by_kind.get("ServiceAccount", {}).get("rollq", {})
+        got = sa.get("metadata", {}).get("annotations", {}).get("azure.workload.identity/client-id")
+        pr.check(got == params["WORKER_CLIENT_ID"], f"ServiceAccount/rollq client-id {got!r} != WORKER_CLIENT_ID")
+    if "KEDA_CLIENT_ID" in params:
+        for ta in by_kind.get("TriggerAuthentication", {}).values():
+            got = ta["spec"].get("podIdentity", {}).get("identityId")
+            pr.check(got == params["KEDA_CLIENT_ID"], f"{ident(ta)}: identityId {got!r} != KEDA_CLIENT_ID")
+
+    # Pods: the image, Pod Security restricted, and every ConfigMap/Secret they name.
+    n_refs = 0
+    templates = pod_templates(objs)
+    for where, tmpl in templates:
+        check_pod_security(pr, where, tmpl)
+        n_refs += check_references(pr, where, tmpl, cms, secrets)
+        pr.check("app.kubernetes.io/name" in tmpl.get("metadata", {}).get("labels", {}),
+                 f"{where}: pod template has no app.kubernetes.io/name label")
+        for c in tmpl["spec"]["containers"]:
+            if c["name"] == ROLLQ_CONTAINER:
+                pr.check(c.get("image") == params.get("IMAGE"),
+                         f"{where}: image {c.get('image')!r} != IMAGE {params.get('IMAGE')!r}")
+    for ta in by_kind.get("TriggerAuthentication", {}).values():
+        for ref in ta["spec"].get("secretTargetRef", []) or []:
+            n_refs += 1
+            sec = secrets.get(ref["name"])
+            pr.check(sec is not None, f"{ident(ta)}: Secret {ref['name']!r} does not exist in the variant")
+            if sec is not None:
+                keys = {**sec.get("data", {}), **sec.get("stringData", {})}
+                pr.check(ref["key"] in keys, f"{ident(ta)}: Secret {ref['name']!r} has no key {ref['key']!r}")
+
+    # KEDA: Jobs survive a ScaledJob update and the autoscaler; the ScaledObject has a fallback.
+    for sj in by_kind.get("ScaledJob", {}).values():
+        pr.check(sj["spec"].get("rollout", {}).get("strategy") == "gradual",
+                 f"{ident(sj)}: rollout.strategy must be gradual (immediate deletes running Jobs)")
+        ann = sj["spec"]["jobTargetRef"]["template"].get("metadata", {}).get("annotations", {})
+        pr.check(ann.get("cluster-autoscaler.kubernetes.io/safe-to-evict") == "false",
+                 f"{ident(sj)}: Job pods need cluster-autoscaler.kubernetes.io/safe-to-evict: \"false\"")
+    for so in by_kind.get("ScaledObject", {}).values():
+        fb = so["spec"].get("fallback", {})
+        pr.check(fb.get("failureThreshold", 0) >= 1 and fb.get("replicas", 0) >= 1,
+                 f"{ident(so)}: needs a fallback (failureThreshold and replicas >= 1)")
+    for pdb in by_kind.get("PodDisruptionBudget", {}).values():
+        pr.check(pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+                 f"{ident(pdb)}: unhealthyPodEvictionPolicy must be AlwaysAllow, or a storage outage "
+                 "(every pod unready) blocks node drains")
+
+    # Endpoints in connection strings: KEDA's operator resolves them from its own namespace, so
+    # an in-cluster host must be <service>.<namespace>.svc[.cluster.local] of a Service here.
+    services = {(s["metadata"].get("namespace"), s["metadata"]["name"]): s
+                for s in by_kind.get("Service", {}).values()}
+    n_hosts = 0
+    for sec in list(secrets.values()) + list(cms.values()):
+        for k, v in {**sec.get("stringData", {}), **sec.get("data", {})}.items():
+            for host, port in re.findall(r"Endpoint=https?://([^:/;]+)(?::(\d+))?", str(v)):
+                n_hosts += 1
+                if host.endswith(".core.windows.net"):
+                    continue
+                m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?", host)
+                pr.check(m is not None, f"{ident(sec)} {k}: host {host!r} is not a fully qualified "
+                         "Service name; KEDA's operator in its own namespace cannot resolve it")
+                if m:
+                    svc = services.get((m.group(2), m.group(1)))
+                    pr.check(svc is not None, f"{ident(sec)} {k}: no Service {m.group(1)} in namespace "
+                             f"{m.group(2)} in this variant")
+                    if svc and port:
+                        pr.check(int(port) in {p["port"] for p in svc["spec"]["ports"]},
+                                 f"{ident(sec)} {k}: Service {m.group(1)} has no port {port}")
+
+    # Ingress: default deny, metrics from the monitoring namespace, egress untouched.
+    pols = by_kind.get("NetworkPolicy", {}).values()
+    deny = [p for p in pols if p["spec"].get("podSelector") in ({}, None)
+            and p["spec"].get("policyTypes") == ["Ingress"] and not p["spec"].get("ingress")]
+    pr.check(len(deny) == 1, "expected one default-deny ingress NetworkPolicy (podSelector {}, no rules)")
+    for p in pols:
+        pr.check("Egress" not in p["spec"].get("policyTypes", []),
+                 f"{ident(p)}: restricts egress (Storage, Entra ID, IMDS and DNS must stay reachable)")
+
+    def allowed_from(pol: dict, namespace: str, port: int) -> bool:
+        for rule in pol["spec"].get("ingress", []) or []:
+            ports = {p.get("port") for p in rule.get("ports", []) or []}
+            if ports and port not in ports:
+                continue
+            for peer in rule.get("from", []) or []:
+                sel = peer.get("namespaceSelector", {})
+                if sel.get("matchLabels", {}).get("kubernetes.io/metadata.name") == namespace:
+                    return True
+                for ex in sel.get("matchExpressions", []) or []:
+                    if (ex.get("key") == "kubernetes.io/metadata.name" and ex.get("operator") == "In"
+                            and namespace in ex.get("values", [])):
+                        return True
+        return False
+
+    def selects(pol: dict, labels: dict) -> bool:
+        sel = pol["spec"].get("podSelector", {}).get("matchLabels", {})
+        return all(labels.get(k) == v for k, v in sel.items())
+
+    for where, tmpl in templates:
+        labels = tmpl.get("metadata", {}).get("labels", {})
+        if labels.get("app.kubernetes.io/name") == "rollq":
+            pr.check(any(selects(p, labels) and allowed_from(p, params.get("MONITORING_NAMESPACE"), 8080)
+                         for p in pols),
+                     f"{where}: no NetworkPolicy lets MONITORING_NAMESPACE "
+                     f"{params.get('MONITORING_NAMESPACE')!r} reach port 8080")
+        if labels.get("app.kubernetes.io/name") == "azurite":
+            pr.check(any(selects(p, labels) and allowed_from(p, params.get("KEDA_NAMESPACE"), 10001)
+                         for p in pols),
+                     f"{where}: no NetworkPolicy lets KEDA_NAMESPACE {params.get('KEDA_NAMESPACE')!r} "
+                     "reach Azurite's queue port")
+
+    # Monitoring component: KEDA's operator is scraped where it runs, keeping its labels.
+    pm = by_kind.get("PodMonitor", {}).get("keda-operator")
+    if "PrometheusRule" in by_kind:
+        pr.check(pm is not None, "PrometheusRule alerts on KEDA metrics but no PodMonitor keda-operator")
+    if pm:
+        pr.check(pm["spec"].get("namespaceSelector", {}).get("matchNames") == [params.get("KEDA_NAMESPACE")],
+                 f"{ident(pm)}: namespaceSelector must be [KEDA_NAMESPACE]")
+        pr.check(all(ep.get("honorLabels") is True for ep in pm["spec"]["podMetricsEndpoints"]),
+                 f"{ident(pm)}: honorLabels must be true (KEDA's `namespace` label is the ScaledObject's)")
+    for rule_obj in by_kind.get("PrometheusRule", {}).values():
+        for g in rule_obj["spec"]["groups"]:
+            for r in g["rules"]:
+                if "alert" in r:
+                    url = r.get("annotations", {}).get("runbook_url", "")
+                    pr.check(url.startswith(params.get("RUNBOOK_URL", "?") + "#"),
+                             f"{ident(rule_obj)} {r['alert']}: runbook_url {url!r} not under RUNBOOK_URL")
+    return pr.finish(f"{len(objs)} objects in namespace {ns}, {len(templates)} pod template(s) restricted, "
+                     f"{n_refs} ConfigMap/Secret references and {n_hosts} endpoint host(s) resolve")
+
+
+# --- alert conventions -------------------------------------------------------------------------
+
+def github_anchor(heading: str) -> str:
+    a = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return a.replace(" ", "-")
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    pr = Problems("alerts")
+    runbook = Path(args.runbook).read_text(encoding="utf-8")
+    # `## Heading` sections of the runbook and their text.
+    sections: dict[str, str] = {}
+    for m in re.finditer(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", runbook, re.M | re.S):
+        sections[github_anchor(m.group(1))] = m.group(2)
+    rules = [o for o in load_all(args.built) if o.get("kind") == "PrometheusRule"]
+    pr.check(bool(rules), "no PrometheusRule in the build")
+    alerts = set()
+    for obj in rules:
+        for g in obj["spec"]["groups"]:
+            for r in g["rules"]:
+                if "record" in r:
+                    name = r["record"]
+                    m = re.fullmatch(r"([a-z][a-z0-9_]*):([a-z][a-z0-9_]*):([a-z][a-z0-9_]*)", name)
+                    pr.check(m is not None, f"recording rule {name}: not named level:metric:operations")
+                    by = re.match(r"\s*\w+\s+by\s*\(([^)]*)\)", r["expr"])
+                    if m and by:
+                        level = "_".join(x.strip() for x in by.group(1).split(","))
+                        pr.check(m.group(1) == level,
+                                 f"recording rule {name}: level {m.group(1)!r} but it keeps ({level})")
+                    continue
+                alert = r["alert"]
+                alerts.add(alert)
+                ann = r.get("annotations", {})
+                for key in ("summary", "description", "runbook_url"):
+                    pr.check(bool(str(ann.get(key, "")).strip()), f"{alert}: no {key} annotation")
+                url = ann.get("runbook_url", "")
+                m = re.fullmatch(r"https?://[^\s#]+#([\w-]+)", url)
+                pr.check(m is not None, f"{alert}: runbook_url {url!r} is not an absolute URL with #section")
+                if m:
+                    anchor = m.group(1)
+                    pr.check(anchor == github_anchor(alert), f"{alert}: runbook_url points to #{anchor}")
+                    body = sections.get(anchor)
+                    pr.check(body is not None, f"{alert}: {args.runbook} has no section `## {alert}`")
+                    if body is not None:
+                        for part in ("What to check", "What to do"):
+                            pr.check(part in body, f"{alert}: runbook section has no '{part}'")
+    stale = {a for a in sections if a.startswith("rollq")} - {github_anchor(a) for a in alerts}
+    pr.check(not stale, f"{args.runbook}: sections for alerts that do not exist: {sorted(stale)}")
+    return pr.finish(f"{len(alerts)} alerts with summary, description and a runbook section")
 
 
 # --- metric names ------------------------------------------------------------------------------
@@ -592,11 +943,21 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     # the replica count, so they must be aggregated with max.
     for where, e in exprs:
         for gauge in QUEUE_GAUGES:
-            for m in re.finditer(rf"\b{gauge}\b", e):
+            # Not inside a recording rule's name (namespace:<gauge>:max), which is aggregated.
+            for m in re.finditer(rf"(?<![\w:]){gauge}(?![\w:])", e):
                 wrapper = re.search(
                     r"(\w+)\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*$", e[: m.start()])
                 pr.check(wrapper is not None and wrapper.group(1) == "max",
                          f"{where}: {gauge} must be aggregated with max(...) in {e!r}")
+    # The dashboard shows one namespace at a time: every series a panel selects is filtered by
+    # the namespace variable (KEDA's and kube-state-metrics' series included).
+    for where, e in dashboard_exprs(json.loads(Path(args.dashboard).read_text(encoding="utf-8"))):
+        if not where.startswith("panel"):
+            continue
+        for n in promql_metric_names(e):
+            for m in re.finditer(rf"(?<![\w:]){re.escape(n)}(?![\w:])(\{{[^}}]*\}})?", e):
+                pr.check('namespace=~"$namespace"' in (m.group(1) or ""),
+                         f"{where}: {n} is not filtered by namespace=~\"$namespace\" in {e!r}")
     unused = allow - used
     pr.check(not unused, f"allow-list entries nothing uses: {sorted(unused)}")
     n_rollq = len([n for n in used if n.startswith("rollq_")])
@@ -613,62 +974,9 @@ def cmd_rules_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-DASHBOARD_HEADER = """\
-# Generated from deploy/dashboards/rollq.json by
-#   python3 scripts/deploy_check.py dashboard-configmap deploy/dashboards/rollq.json \\
-#     deploy/base/grafana-dashboard.yaml --write
-# (scripts/check-deploy.sh fails when the two differ). The grafana_dashboard label is what the
-# Grafana sidecar of kube-prometheus-stack / the grafana chart watches for.
-"""
-
-
-def render_dashboard_configmap(dashboard_json: str) -> str:
-    cm = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": "rollq-grafana-dashboard",
-            "labels": {"app.kubernetes.io/name": "rollq", "grafana_dashboard": "1"},
-            "annotations": {"grafana_folder": "rollq"},
-        },
-        "data": {"rollq.json": dashboard_json},
-    }
-
-    class Literal(str):
-        pass
-
-    def literal(dumper: yaml.Dumper, data: str) -> yaml.Node:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-
-    yaml.add_representer(Literal, literal)
-    cm["data"]["rollq.json"] = Literal(dashboard_json)
-    return DASHBOARD_HEADER + yaml.dump(cm, sort_keys=False, allow_unicode=True, width=4096)
-
-
-def cmd_dashboard_configmap(args: argparse.Namespace) -> int:
-    pr = Problems("dashboard-configmap")
-    text = Path(args.json).read_text(encoding="utf-8")
-    json.loads(text)  # must be valid JSON
-    want = render_dashboard_configmap(text)
-    out = Path(args.out)
-    if args.write:
-        out.write_text(want, encoding="utf-8")
-        print(f"wrote {out}")
-        return 0
-    have = out.read_text(encoding="utf-8") if out.exists() else ""
-    pr.check(have == want, f"{out} is out of date with {args.json}: re-run with --write")
-    if have:
-        embedded = yaml.safe_load(have)["data"]["rollq.json"]
-        pr.check(json.loads(embedded) == json.loads(text), f"{out} embeds a different dashboard")
-    return pr.finish(f"{out} embeds {args.json}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("kustomizations")
-    p.add_argument("dirs", nargs="+")
-    p.set_defaults(fn=cmd_kustomizations)
     p = sub.add_parser("split")
     p.add_argument("built")
     p.add_argument("core_out")
@@ -691,11 +999,14 @@ def main() -> int:
     p.add_argument("prometheusrule")
     p.add_argument("out")
     p.set_defaults(fn=cmd_rules_extract)
-    p = sub.add_parser("dashboard-configmap")
-    p.add_argument("json")
-    p.add_argument("out")
-    p.add_argument("--write", action="store_true")
-    p.set_defaults(fn=cmd_dashboard_configmap)
+    p = sub.add_parser("cluster")
+    p.add_argument("--params", required=True)
+    p.add_argument("built")
+    p.set_defaults(fn=cmd_cluster)
+    p = sub.add_parser("alerts")
+    p.add_argument("--runbook", required=True)
+    p.add_argument("built")
+    p.set_defaults(fn=cmd_alerts)
     args = ap.parse_args()
     try:
         return args.fn(args)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end check of the monitoring: a real Prometheus server (Debian `prometheus`) with
-# deploy/base/prometheusrule.yaml's rules loaded scrapes a rollq worker that runs against
+# deploy/components/monitoring/prometheusrule.yaml's rules loaded scrapes a rollq worker that runs against
 # Azurite; a message the worker cannot parse is poisoned, and the RollqPoisonQueueNotEmpty alert
 # must turn `pending`, read back from Prometheus' HTTP API. The worker's real /metrics scrape is
 # saved and every rollq_* name used by the dashboard and the alerts is checked against it.
@@ -16,7 +16,7 @@
 #
 # Everything listens on 127.0.0.1 only; Azurite picks its own ports, the others get free ports
 # from the kernel. Every process started here is stopped by its own PID on exit. Needs
-# `npm ci` (Azurite) and scripts/check-deploy.sh's tools (it installs them when missing).
+# `npm ci` (Azurite) and the tools scripts/setup-deploy-tools.sh installs (scripts/test.sh runs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,11 +39,15 @@ if [ -z "$ROLLQ_BIN" ]; then
     exit 2
 fi
 
-if ! command -v prometheus >/dev/null || [ ! -x target/deploy-tools/venv/bin/python ]; then
-    bash scripts/check-deploy.sh --no-self-test >/dev/null # installs prometheus and the venv
-fi
 PY=$ROOT/target/deploy-tools/venv/bin/python
-[ -f node_modules/azurite/dist/src/azurite.js ] || npm ci --no-audit --no-fund --loglevel=error
+if ! command -v prometheus >/dev/null || [ ! -x "$PY" ]; then
+    echo "e2e: prometheus or the venv is missing: run scripts/setup-deploy-tools.sh first" >&2
+    exit 2
+fi
+if [ ! -f node_modules/azurite/dist/src/azurite.js ]; then
+    echo "e2e: Azurite is missing: run npm ci first" >&2
+    exit 2
+fi
 
 exec 3>&2
 WORK=$(mktemp -d)
@@ -129,7 +133,7 @@ else
 fi
 
 # --- Prometheus --------------------------------------------------------------------------------
-"$PY" scripts/deploy_check.py rules-extract deploy/base/prometheusrule.yaml "$WORK/rollq-rules.yaml"
+"$PY" scripts/deploy_check.py rules-extract deploy/components/monitoring/prometheusrule.yaml "$WORK/rollq-rules.yaml"
 PROM_PORT=$(free_port)
 cat >"$WORK/prometheus.yml" <<EOF
 global:
@@ -182,7 +186,7 @@ fi
 curl -fsS "http://127.0.0.1:$TARGET_PORT/metrics" >"$WORK/scrape.prom"
 [ -n "$SAVE_SCRAPE" ] && cp "$WORK/scrape.prom" "$SAVE_SCRAPE"
 "$PY" scripts/deploy_check.py metrics --scrape "$WORK/scrape.prom" --allow deploy/tests/external-metrics.txt \
-    --rules deploy/base/prometheusrule.yaml --dashboard deploy/dashboards/rollq.json
+    --rules deploy/components/monitoring/prometheusrule.yaml --dashboard deploy/components/monitoring/dashboards/rollq.json
 if [ -z "$STAND_IN" ]; then
     echo "e2e: 1 passed, 0 failed"
 else

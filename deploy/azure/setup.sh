@@ -5,29 +5,41 @@
 #   az login && az account set --subscription <id>
 #   deploy/azure/setup.sh            # names below, each overridable from the environment
 #
+# The names the manifests also use (namespace, storage account, queue, containers, registry,
+# KEDA's namespace) are read from the same parameters file as kustomize reads,
+# deploy/params/params.env (or the file named by PARAMS), so they are typed once.
+#
 # What it sets up:
 #   - resource group, ACR, storage account with shared-key access OFF (Entra ID only);
 #   - the work queue, its `<queue>-poison` queue, input/output containers, a dead-letter container;
 #   - AKS with the OIDC issuer, workload identity and the KEDA add-on, pulling from the ACR;
 #   - user-assigned identities federated to Kubernetes service accounts:
 #       id-rollq       ↔ system:serviceaccount:$NAMESPACE:rollq  (the worker)
-#       id-keda-rollq  ↔ system:serviceaccount:kube-system:keda-operator (KEDA's scaler)
+#       id-keda-rollq  ↔ system:serviceaccount:$KEDA_NAMESPACE:keda-operator (KEDA's scaler;
+#                        kube-system for the AKS KEDA add-on)
 #   - least-privilege role assignments scoped to single queues and containers;
 #   - an Event Grid subscription: BlobCreated in the input container → the queue, skipping
 #     `_aggregated.csv` outputs, messages that never expire, a dead-letter container, delivered
 #     with the system topic's managed identity (shared keys are off).
-# It prints the values to put into deploy/aks-identity and keda/ at the end.
+# It prints the two client ids to put into the parameters file at the end.
 set -euo pipefail
+
+PARAMS=${PARAMS:-$(dirname "$0")/../params/params.env}
+[ -f "$PARAMS" ] || { echo "setup.sh: no parameters file $PARAMS" >&2; exit 2; }
+# param NAME: the value of NAME in the parameters file (empty when absent).
+param() { sed -n "s/^$1=//p" "$PARAMS" | tail -n 1; }
 
 LOCATION=${LOCATION:-westeurope}
 RG=${RG:-rg-rollq}
-ACR=${ACR:-acrrollq}
-STORAGE=${STORAGE:-strollqdata}
+IMAGE=$(param IMAGE)
+ACR=${ACR:-${IMAGE%%.azurecr.io/*}}
+STORAGE=${STORAGE:-$(param STORAGE_ACCOUNT)}
 AKS=${AKS:-aks-rollq}
-NAMESPACE=${NAMESPACE:-rollq}
-QUEUE=${QUEUE:-rollq-input}
-INPUT_CONTAINER=${INPUT_CONTAINER:-uploads}
-OUTPUT_CONTAINER=${OUTPUT_CONTAINER:-rollups}
+NAMESPACE=${NAMESPACE:-$(param NAMESPACE)}
+KEDA_NAMESPACE=${KEDA_NAMESPACE:-$(param KEDA_NAMESPACE)}
+QUEUE=${QUEUE:-$(param QUEUE)}
+INPUT_CONTAINER=${INPUT_CONTAINER:-$(param INPUT_CONTAINER)}
+OUTPUT_CONTAINER=${OUTPUT_CONTAINER:-$(param OUTPUT_CONTAINER)}
 DEADLETTER_CONTAINER=${DEADLETTER_CONTAINER:-eventgrid-deadletter}
 ROLLQ_IDENTITY=${ROLLQ_IDENTITY:-id-rollq}
 KEDA_IDENTITY=${KEDA_IDENTITY:-id-keda-rollq}
@@ -139,9 +151,9 @@ log "identity $KEDA_IDENTITY for KEDA's azure-queue scaler"
 exists az identity show -g "$RG" -n "$KEDA_IDENTITY" || az identity create -g "$RG" -n "$KEDA_IDENTITY" -o none
 KEDA_CLIENT_ID=$(az identity show -g "$RG" -n "$KEDA_IDENTITY" --query clientId -o tsv)
 KEDA_PRINCIPAL=$(az identity show -g "$RG" -n "$KEDA_IDENTITY" --query principalId -o tsv)
-# The AKS KEDA add-on runs keda-operator in kube-system; TriggerAuthentication.identityId makes
-# it use this identity with its own service-account token.
-federate "$KEDA_IDENTITY" keda-operator "system:serviceaccount:kube-system:keda-operator"
+# The AKS KEDA add-on runs keda-operator in kube-system (KEDA_NAMESPACE);
+# TriggerAuthentication.identityId makes it use this identity with its own service-account token.
+federate "$KEDA_IDENTITY" keda-operator "system:serviceaccount:$KEDA_NAMESPACE:keda-operator"
 # Reading the queue length (and peeking, for the ScaledJob's visibleonly) is all KEDA does.
 assign_role "$KEDA_PRINCIPAL" ServicePrincipal "Storage Queue Data Reader" "$QUEUE_ID"
 
@@ -172,12 +184,11 @@ fi
 
 cat <<EOF
 
-Done. Put these values into the manifests (then: kubectl apply -k deploy/aks):
-  deploy/aks-identity/serviceaccount.yaml  azure.workload.identity/client-id: $ROLLQ_CLIENT_ID
-  deploy/aks-identity/configmap.yaml       AZURE_STORAGE_ACCOUNT: $STORAGE   ROLLQ_QUEUE: $QUEUE
-  keda/scaledobject/scaledobject.yaml      accountName: $STORAGE   queueName: $QUEUE
-  keda/scaledjob/scaledjob.yaml            accountName: $STORAGE   queueName: $QUEUE
-  keda/auth-workload-identity/triggerauthentication.yaml  identityId: $KEDA_CLIENT_ID
-  deploy/aks/kustomization.yaml            images[rollq].newName: $ACR.azurecr.io/rollq
+Done. Put these values into $PARAMS (then: kubectl apply -k deploy/aks):
+  WORKER_CLIENT_ID=$ROLLQ_CLIENT_ID
+  KEDA_CLIENT_ID=$KEDA_CLIENT_ID
+and, if you overrode them here: STORAGE_ACCOUNT=$STORAGE QUEUE=$QUEUE NAMESPACE=$NAMESPACE
+  KEDA_NAMESPACE=$KEDA_NAMESPACE INPUT_CONTAINER=$INPUT_CONTAINER OUTPUT_CONTAINER=$OUTPUT_CONTAINER
+  IMAGE=$ACR.azurecr.io/rollq:<tag>
 Credentials for kubectl:  az aks get-credentials -g $RG -n $AKS
 EOF
