@@ -10,11 +10,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 
+use super::receive_loop::PollBackoff;
 use super::*;
 use crate::aggregate::{AggregateError, Sink, Source};
 use crate::contract::{META_FORMAT, META_SOURCE, META_SOURCE_ETAG, OUTPUT_FORMAT_VERSION};
 use crate::metrics::OutcomeLabel;
+use crate::shutdown::Shutdown;
 use crate::storage::memory::{MemoryBlobStore, MemoryQueue, MemoryQueueService};
+use crate::storage::{BlobPath, ErrorKind, PutOptions};
 
 const ACCOUNT: &str = "devstoreaccount1";
 

@@ -1,0 +1,318 @@
+//! The receive loop: lease batches while slots are free, spawn each message, back off when
+//! idle or failing, sample the queue gauges, and drain at the end.
+//!
+//! `startup::App` calls [`Worker::run`]; the loop selects on waiting (a slot, a receive, a
+//! sleep), never on working: in-flight messages get the drain deadline instead.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Worker;
+use crate::shutdown::Shutdown;
+use crate::storage::{Op, Received};
+
+/// Azure returns at most 32 messages per receive.
+const MAX_BATCH: usize = 32;
+
+/// How long releases may take after the drain deadline before the worker exits anyway
+/// (a release that does not happen only means the message reappears after its timeout).
+const RELEASE_GRACE: Duration = Duration::from_secs(10);
+
+/// What `run` stopped for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// A shutdown signal.
+    Stopped,
+    /// `--exit-when-idle`: the queue stayed empty long enough.
+    Idle,
+    /// `--max-messages` were received and processed.
+    MaxMessages,
+}
+
+impl Worker {
+    /// Samples queue figures for the gauges (every replica reports the same queue).
+    pub async fn sample_queue_stats(&self) {
+        let ctx = &self.ctx;
+        let count = ctx.queue.approximate_count().await;
+        ctx.observer.record(Op::QueueProperties, &count);
+        let poison = ctx.poison.approximate_count().await;
+        ctx.observer.record(Op::QueueProperties, &poison);
+        let peek = ctx.queue.peek(1).await;
+        ctx.observer.record(Op::Peek, &peek);
+        if let (Ok(count), Ok(poison), Ok(peek)) = (count, poison, peek) {
+            ctx.readiness.queue_ok();
+            let oldest = peek
+                .first()
+                .and_then(|m| m.inserted_on)
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            ctx.metrics.queue_stats(count, poison, oldest);
+        }
+    }
+
+    /// Receives and processes messages until `shutdown`, `--exit-when-idle` or
+    /// `--max-messages`, then drains: in-flight work gets `--drain-timeout`, after which (or
+    /// at a second signal) it is released.
+    pub async fn run(&self, shutdown: Shutdown) -> RunEnd {
+        let stats = self.spawn_queue_stats();
+        let mut state = LoopState::new(&self.ctx.settings);
+        let end = loop {
+            match self.next_batch(&mut state, &shutdown.stop).await {
+                Step::Batch(batch) => self.spawn(&state.tracker, batch, &shutdown.interrupt),
+                Step::Wait => {}
+                Step::End(end) => break end,
+            }
+        };
+        self.drain(end, &state.tracker, &shutdown).await;
+        stats.stop().await;
+        tracing::info!(reason = ?end, "worker stopped");
+        end
+    }
+
+    /// One turn of the loop: a free slot, then a receive of up to the free slots. An empty
+    /// or failed receive sleeps the poll backoff (and may end the run when idle).
+    async fn next_batch(&self, state: &mut LoopState, stop: &CancellationToken) -> Step {
+        let s = &self.ctx.settings;
+        if s.max_messages.is_some_and(|max| state.received >= max) {
+            return Step::End(RunEnd::MaxMessages);
+        }
+        // Select on waiting, never on working: a slot, then a receive.
+        let first = tokio::select! {
+            _ = stop.cancelled() => return Step::End(RunEnd::Stopped),
+            p = state.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let mut want = (1 + state.slots.available_permits()).min(MAX_BATCH);
+        if let Some(max) = s.max_messages {
+            want = want.min((max - state.received) as usize);
+        }
+        let r = tokio::select! {
+            _ = stop.cancelled() => return Step::End(RunEnd::Stopped),
+            r = self.ctx.queue.receive(want as u8, s.visibility_timeout) => r,
+        };
+        self.ctx.observer.record(Op::Receive, &r);
+        if r.is_ok() {
+            self.ctx.readiness.queue_ok();
+        }
+        let msgs = match r {
+            Ok(msgs) if !msgs.is_empty() => msgs,
+            Ok(_) => {
+                drop(first);
+                if self.idle_long_enough(state).await {
+                    return Step::End(RunEnd::Idle);
+                }
+                return self.sleep(state, stop).await;
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "receive failed; backing off");
+                drop(first);
+                return self.sleep(state, stop).await;
+            }
+        };
+        state.poll.reset();
+        state.idle_since = None;
+        state.received += msgs.len() as u64;
+        let mut permits = vec![first];
+        for _ in 1..msgs.len() {
+            // Only this loop takes permits, and it asked for at most the free ones.
+            permits.push(
+                state
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("receive returned at most the free slots"),
+            );
+        }
+        Step::Batch(msgs.into_iter().zip(permits).collect())
+    }
+
+    /// Sleeps the next poll backoff, unless a stop comes first.
+    async fn sleep(&self, state: &mut LoopState, stop: &CancellationToken) -> Step {
+        tokio::select! {
+            _ = stop.cancelled() => Step::End(RunEnd::Stopped),
+            _ = tokio::time::sleep(state.poll.next()) => Step::Wait,
+        }
+    }
+
+    /// `--exit-when-idle`: nothing in flight, nothing received for that long, and the queue
+    /// (invisible messages included) is empty.
+    async fn idle_long_enough(&self, state: &mut LoopState) -> bool {
+        let Some(limit) = self.ctx.settings.exit_when_idle else {
+            return false;
+        };
+        if !state.tracker.is_empty() {
+            state.idle_since = None;
+            return false;
+        }
+        let since = *state.idle_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= limit && self.queue_is_empty().await
+    }
+
+    /// Starts each message of the batch on its own task, holding its slot until its outcome.
+    fn spawn(&self, tracker: &TaskTracker, batch: Batch, interrupt: &CancellationToken) {
+        for (msg, permit) in batch {
+            let worker = self.clone();
+            let interrupt = interrupt.clone();
+            tracker.spawn(async move {
+                let _slot = permit; // freed when the message reaches its outcome
+                worker.process_one(msg, interrupt).await;
+            });
+        }
+    }
+
+    /// Waits for in-flight work: until it finishes, the drain deadline (then it is
+    /// interrupted and released) or a second signal, and then at most [`RELEASE_GRACE`]
+    /// for the releases.
+    async fn drain(&self, end: RunEnd, tracker: &TaskTracker, shutdown: &Shutdown) {
+        let ctx = &self.ctx;
+        let drain_timeout = ctx.settings.drain_timeout;
+        if end == RunEnd::Stopped {
+            ctx.readiness.set_draining();
+        }
+        tracker.close();
+        tracing::info!(in_flight = tracker.len(), reason = ?end, "stopped receiving; draining");
+        let deadline = async {
+            if end != RunEnd::Stopped {
+                // Batch exits finish their work, unless a signal arrives; then the drain
+                // deadline applies from that moment.
+                shutdown.stop.cancelled().await;
+                ctx.readiness.set_draining();
+            }
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::select! {
+            _ = tracker.wait() => {}
+            _ = deadline => {
+                tracing::warn!(in_flight = tracker.len(), "drain timeout: releasing in-flight messages");
+                shutdown.interrupt.cancel();
+            }
+            _ = shutdown.interrupt.cancelled() => {
+                tracing::warn!(in_flight = tracker.len(), "second signal: releasing in-flight messages");
+            }
+        }
+        if tokio::time::timeout(RELEASE_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                in_flight = tracker.len(),
+                "releases did not finish; exiting anyway"
+            );
+        }
+    }
+
+    /// Samples the queue gauges every `--queue-stats-interval` until stopped.
+    fn spawn_queue_stats(&self) -> StatsTask {
+        let stop = CancellationToken::new();
+        let worker = self.clone();
+        let every = self.ctx.settings.queue_stats_interval;
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    worker.sample_queue_stats().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            })
+        };
+        StatsTask { stop, task }
+    }
+
+    async fn queue_is_empty(&self) -> bool {
+        // Invisible messages (retries waiting out their delay) count: the queue is not done.
+        let r = self.ctx.queue.approximate_count().await;
+        self.ctx.observer.record(Op::QueueProperties, &r);
+        matches!(r, Ok(0))
+    }
+}
+
+/// Leased messages with the slot each one holds.
+type Batch = Vec<(Received, OwnedSemaphorePermit)>;
+
+/// What one turn of the loop produced.
+enum Step {
+    /// Messages to start.
+    Batch(Batch),
+    /// Nothing this turn (an empty or failed receive, after its backoff sleep).
+    Wait,
+    /// The loop is over.
+    End(RunEnd),
+}
+
+/// The loop's state across turns.
+struct LoopState {
+    /// One permit per message in flight: `--max-in-flight` of them.
+    slots: Arc<Semaphore>,
+    /// Every spawned message; the drain waits on it.
+    tracker: TaskTracker,
+    poll: PollBackoff,
+    /// Messages received so far (for `--max-messages`).
+    received: u64,
+    /// When the queue was first found empty with nothing in flight (for `--exit-when-idle`).
+    idle_since: Option<Instant>,
+}
+
+impl LoopState {
+    fn new(s: &super::Settings) -> Self {
+        LoopState {
+            slots: Arc::new(Semaphore::new(s.max_in_flight)),
+            tracker: TaskTracker::new(),
+            poll: PollBackoff::new(s.max_poll_interval),
+            received: 0,
+            idle_since: None,
+        }
+    }
+}
+
+/// The queue-gauge task; [`StatsTask::stop`] ends it.
+struct StatsTask {
+    /// Cancelled to end the sampling loop.
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatsTask {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Idle polling: exponential from 50 ms up to `--max-poll-interval`, with jitter so replicas
+/// do not poll in lockstep.
+#[derive(Debug)]
+pub(super) struct PollBackoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl PollBackoff {
+    pub(super) const MIN: Duration = Duration::from_millis(50);
+
+    pub(super) fn new(max: Duration) -> Self {
+        PollBackoff {
+            current: Duration::ZERO,
+            max: max.max(Self::MIN),
+        }
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.current = Duration::ZERO;
+    }
+
+    /// The next sleep: a random value in [d/2, d] where d doubles up to the maximum.
+    pub(super) fn next(&mut self) -> Duration {
+        self.current = (self.current * 2).clamp(Self::MIN, self.max);
+        let d = self.current;
+        let low = d / 2;
+        low + rand::rng().random_range(Duration::ZERO..=d - low)
+    }
+}
