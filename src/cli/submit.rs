@@ -129,16 +129,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     // The explainer borrows `conn`, which moves into an `Arc` for the uploads below.
     drop(explain);
 
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(items.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} files  {elapsed_precise}  {wide_msg}",
-            )
-            .expect("valid template"),
-        );
-        bar
-    });
+    let bar = progress_bar(items.len());
     let total = items.len();
     let conn = Arc::new(conn);
     let results: Vec<(Item, anyhow::Result<Done>)> = futures::stream::iter(items)
@@ -153,29 +144,55 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             }
         })
         .buffer_unordered(usize::from(args.parallel))
-        .inspect(|(item, r)| {
-            let what = match r {
-                Ok(Done::Uploaded) => "uploaded",
-                Ok(Done::Skipped) => "unchanged, not uploaded",
-                Err(_) => "failed",
-            };
-            match &bar {
-                Some(bar) => {
-                    bar.inc(1);
-                    bar.set_message(format!("{} {what}", item.blob));
-                }
-                None => match r {
-                    Ok(_) => tracing::info!(file = %item.file.display(), blob = %item.blob, "{what}, enqueued"),
-                    Err(e) => tracing::error!(file = %item.file.display(), blob = %item.blob, "{e:#}"),
-                },
-            }
-        })
+        .inspect(|(item, r)| report_progress(bar.as_ref(), item, r))
         .collect()
         .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    summarise(&results, total, &args.queue)
+}
 
+/// A progress bar on a terminal; elsewhere `None`, and one log line per file instead.
+fn progress_bar(files: usize) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(files as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} files  {elapsed_precise}  {wide_msg}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    })
+}
+
+fn report_progress(bar: Option<&indicatif::ProgressBar>, item: &Item, r: &anyhow::Result<Done>) {
+    let what = match r {
+        Ok(Done::Uploaded) => "uploaded",
+        Ok(Done::Skipped) => "unchanged, not uploaded",
+        Err(_) => "failed",
+    };
+    match bar {
+        Some(bar) => {
+            bar.inc(1);
+            bar.set_message(format!("{} {what}", item.blob));
+        }
+        None => match r {
+            Ok(_) => {
+                tracing::info!(file = %item.file.display(), blob = %item.blob, "{what}, enqueued")
+            }
+            Err(e) => tracing::error!(file = %item.file.display(), blob = %item.blob, "{e:#}"),
+        },
+    }
+}
+
+/// Prints the one summary line; fails naming the first failed file, if any.
+fn summarise(
+    results: &[(Item, anyhow::Result<Done>)],
+    total: usize,
+    queue: &str,
+) -> anyhow::Result<()> {
     let uploaded = results
         .iter()
         .filter(|(_, r)| matches!(r, Ok(Done::Uploaded)))
@@ -189,9 +206,8 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
         .collect();
     println!(
-        "uploaded {uploaded}, skipped {skipped} (identical), enqueued {} to queue {}",
+        "uploaded {uploaded}, skipped {skipped} (identical), enqueued {} to queue {queue}",
         uploaded + skipped,
-        args.queue
     );
     if let Some((item, first)) = failed.first() {
         bail!(

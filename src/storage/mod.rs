@@ -13,6 +13,8 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub mod error;
+// In-memory fakes for the library's own unit tests; never compiled into the shipped crate.
+#[cfg(test)]
 pub mod memory;
 pub mod op;
 pub use error::{ErrorKind, StorageError};

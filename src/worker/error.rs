@@ -224,9 +224,13 @@ mod tests {
             || JobError::Shutdown,
         );
         assert_eq!(e.class(), Class::Permanent);
-        let e = JobError::from_aggregate(AggregateError::TooManyBuckets { limit: 3 }, || {
-            JobError::Shutdown
-        });
-        assert_eq!(e.class(), Class::Permanent);
+        // Every reducer error but a read failure is the input's fault.
+        for input_error in [
+            AggregateError::TooManyBuckets { limit: 3 },
+            AggregateError::CorruptGzip("corrupt deflate stream".into()),
+        ] {
+            let e = JobError::from_aggregate(input_error, || JobError::Shutdown);
+            assert_eq!(e.class(), Class::Permanent);
+        }
     }
 }

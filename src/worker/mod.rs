@@ -134,7 +134,10 @@ impl Worker {
         }
     }
 
-    /// Replaces the reducer (tests only: a slow or failing double). Call before cloning.
+    /// Replaces the reducer with a slow or failing double. The seam for the unit tests of the
+    /// worker's control flow (cancellation, limits, poison), which no real input can drive
+    /// deterministically; compiled only into tests. Call before cloning.
+    #[cfg(test)]
     pub fn with_reducer(mut self, reducer: ReduceFn) -> Worker {
         Arc::get_mut(&mut self.ctx)
             .expect("with_reducer is called before the worker is shared")

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -292,15 +293,22 @@ impl StatsTask {
 pub(super) struct PollBackoff {
     current: Duration,
     max: Duration,
+    /// The jitter's source: seeded from the OS in production, from a fixed seed in tests.
+    rng: StdRng,
 }
 
 impl PollBackoff {
     pub(super) const MIN: Duration = Duration::from_millis(50);
 
     pub(super) fn new(max: Duration) -> Self {
+        Self::with_rng(max, StdRng::from_os_rng())
+    }
+
+    pub(super) fn with_rng(max: Duration, rng: StdRng) -> Self {
         PollBackoff {
             current: Duration::ZERO,
             max: max.max(Self::MIN),
+            rng,
         }
     }
 
@@ -313,6 +321,6 @@ impl PollBackoff {
         self.current = (self.current * 2).clamp(Self::MIN, self.max);
         let d = self.current;
         let low = d / 2;
-        low + rand::rng().random_range(Duration::ZERO..=d - low)
+        low + self.rng.random_range(Duration::ZERO..=d - low)
     }
 }

@@ -171,14 +171,19 @@ async fn completes_writes_metadata_and_deletes_last() {
 }
 
 #[tokio::test]
-async fn output_container_setting_is_used() {
-    let f = Fixture::new(|s| s.output_container = Some("out".into())).await;
+async fn a_gz_name_holding_no_gzip_is_poisoned_as_corrupt() {
+    let f = Fixture::new(|_| {}).await;
     f.put("a.csv.gz", "x").await;
     // Not gzip: the gunzip wrapper fails to decode, a permanent input error.
     assert!(matches!(
         f.send_and_process("a.csv.gz").await,
         Outcome::Poisoned(JobError::Input(AggregateError::CorruptGzip(_)))
     ));
+}
+
+#[tokio::test]
+async fn output_container_setting_is_used() {
+    let f = Fixture::new(|s| s.output_container = Some("out".into())).await;
     f.put("b.csv", "x\n").await;
     assert!(matches!(
         f.send_and_process("b.csv").await,
@@ -188,6 +193,12 @@ async fn output_container_setting_is_used() {
         f.blobs
             .get(&BlobPath::new("out", "b_aggregated.csv"))
             .is_some()
+    );
+    assert!(
+        f.blobs
+            .get(&BlobPath::new("in", "b_aggregated.csv"))
+            .is_none(),
+        "nothing is written beside the input"
     );
 }
 
@@ -261,7 +272,7 @@ async fn transient_failures_back_off_then_poison_after_max_attempts() {
     f.queue.send("t.csv").await.unwrap();
     f.blobs.set_outage(true);
     for attempt in 1..=3u64 {
-        // Make it visible again at once (as if the backoff had passed).
+        // Visible: just sent, or (later attempts) the clock was moved past its backoff below.
         let msg = f.receive().await;
         assert_eq!(msg.dequeue_count, attempt);
         let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
@@ -276,7 +287,8 @@ async fn transient_failures_back_off_then_poison_after_max_attempts() {
             assert_eq!(delay, f.worker.settings().backoff(attempt));
             assert!(!rewritten);
             let id = snap.id.clone();
-            // Skip the wait: re-expose the message through a fresh lease of our own.
+            // Skip the wait: move the paused clock past the backoff delay, after which the fake
+            // shows the message as visible again.
             tokio::time::pause();
             tokio::time::advance(delay + Duration::from_millis(1)).await;
             tokio::time::resume();
@@ -581,13 +593,30 @@ fn settings_refuse_a_queue_whose_poison_twin_is_too_long() {
 
 #[test]
 fn poll_backoff_is_jittered_and_capped() {
-    let mut p = PollBackoff::new(Duration::from_secs(5));
-    let mut last = Duration::ZERO;
-    for _ in 0..20 {
-        last = p.next();
-        assert!(last <= Duration::from_secs(5));
+    use rand::SeedableRng;
+    let max = Duration::from_secs(5);
+    let sleeps = |seed: u64| {
+        let mut p = PollBackoff::with_rng(max, rand::rngs::StdRng::seed_from_u64(seed));
+        (0..40).map(|_| p.next()).collect::<Vec<_>>()
+    };
+    let a = sleeps(1);
+    // Doubling from 50 ms reaches the cap after 7 steps; every sleep then lies in [max/2, max].
+    for (i, d) in a.iter().enumerate() {
+        let nominal = (PollBackoff::MIN * (1 << i.min(20))).min(max);
+        assert!(
+            *d >= nominal / 2 && *d <= nominal,
+            "sleep {i}: {d:?} vs {nominal:?}"
+        );
     }
-    assert!(last >= Duration::from_millis(2500));
+    // Jitter: at the cap the sleeps vary, and two replicas (seeds) do not poll in lockstep.
+    let capped = &a[10..];
+    assert!(capped.iter().any(|d| *d != capped[0]), "{capped:?}");
+    assert_ne!(a, sleeps(2));
+    // Reset starts again from the minimum.
+    let mut p = PollBackoff::with_rng(max, rand::rngs::StdRng::seed_from_u64(3));
+    for _ in 0..10 {
+        p.next();
+    }
     p.reset();
     assert!(p.next() <= PollBackoff::MIN);
 }
