@@ -447,7 +447,7 @@ pub fn pass(
                 if t < key_lo || t >= key_hi {
                     break;
                 }
-                let Some((v, len)) = read::parse_simple_prefix(&rest[20..]) else {
+                let Some((v, len)) = read::parse_simple(&rest[20..]) else {
                     break;
                 };
                 let end = 20 + len;
