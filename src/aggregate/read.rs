@@ -365,15 +365,19 @@ pub fn parse_value(cell: &[u8]) -> Value {
         return Value::Missing;
     }
     match parse_simple(s) {
-        Some(v) => Value::Number(v),
-        None => slow_value(s),
+        Some((v, used)) if used == s.len() => Value::Number(v),
+        _ => slow_value(s),
     }
 }
 
-/// Like [`parse_simple`] but on a prefix: parses `-?digits[.digits]` up to the first byte
-/// that cannot belong to it and returns the value and the bytes used.
+/// The fast path of [`parse_value`]: parses `-?digits[.digits]` with at most 15 digits up to
+/// the first byte that cannot belong to it, and returns the value and the bytes used (`None`
+/// when there are no digits or too many). No spaces: the caller trims, or checks what follows.
+///
+/// One function for both callers: [`parse_value`] wants the whole cell (it checks that the
+/// length used is the cell's), the reducer's fast lane a prefix of the buffered line.
 #[inline(always)]
-pub fn parse_simple_prefix(s: &[u8]) -> Option<(f64, usize)> {
+pub fn parse_simple(s: &[u8]) -> Option<(f64, usize)> {
     let neg = s.first() == Some(&b'-');
     let mut i = usize::from(neg);
     let mut mantissa: u64 = 0;
@@ -401,47 +405,6 @@ pub fn parse_simple_prefix(s: &[u8]) -> Option<(f64, usize)> {
         m / POW10[frac_digits]
     };
     Some((if neg { -v } else { v }, i))
-}
-
-/// The fast path of [`parse_value`] alone: `-?digits[.digits]`, at most 15 digits, nothing
-/// else (no spaces); `None` for anything else.
-#[inline]
-pub fn parse_simple(s: &[u8]) -> Option<f64> {
-    let (neg, digits) = match s {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, s),
-    };
-    let mut mantissa: u64 = 0;
-    let mut n_digits = 0u32;
-    let mut frac_digits = 0usize;
-    let mut seen_dot = false;
-    let mut simple = !digits.is_empty();
-    for &b in digits {
-        match b {
-            b'0'..=b'9' => {
-                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
-                n_digits += 1;
-                if seen_dot {
-                    frac_digits += 1;
-                }
-            }
-            b'.' if !seen_dot => seen_dot = true,
-            _ => {
-                simple = false;
-                break;
-            }
-        }
-    }
-    if simple && n_digits > 0 && n_digits <= 15 {
-        let m = mantissa as f64;
-        let v = if frac_digits == 0 {
-            m
-        } else {
-            m / POW10[frac_digits]
-        };
-        return Some(if neg { -v } else { v });
-    }
-    None
 }
 
 #[cold]
