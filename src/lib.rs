@@ -6,12 +6,17 @@
 //! `<name>_aggregated.csv` back before it deletes the message.
 //!
 //! # Layout
-//! - [`aggregate`]: the streaming reducer (sync, no IO beyond `Read`/`Write`) and its CSV parser.
-//! - [`storage`]: the queue and blob traits, the Azure SDK adapter, the in-memory fake.
+//! - [`aggregate`]: the streaming reducer (sync, no IO beyond `Read`/`Write`) and its CSV parser;
+//!   `reduce/` holds one pass: header, rows, the fast lane, the streaming and holding states.
+//! - [`storage`]: the queue and blob traits, [`storage::Op`] (the operation vocabulary), the
+//!   error kinds, connection settings (`connection/`), the Azure SDK adapter (`azure/`, which
+//!   alone imports the SDK and owns `connect`), and an in-memory fake compiled only for tests.
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
 //! - [`contract`]: the output contract: output names, input/output rules, metadata, currency.
 //! - [`telemetry`]: tracing subscriber set-up.
-//! - [`worker`]: the queue worker: receive loop, `process_one`, lease, job parsing, errors.
+//! - [`worker`]: the queue worker: `process_one` (the recipe) in `mod.rs`; `settings`, `check`
+//!   (start-up), `receive_loop`, `pipeline` (one job), `outcome`, `lease`, `envelope`, `job`
+//!   (message forms), `error` (the one classifier), `io` (blocking bridges).
 //! - [`startup`]: `App::build` / `run_until_stopped`: wires storage, worker, admin server.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and the readiness state.
 //! - [`metrics`]: the Prometheus metrics (names are a contract with dashboards).
