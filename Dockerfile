@@ -31,7 +31,10 @@ ARG RUST_VERSION=1.95
 # exist. To use it, replace the two lines below with
 #   FROM lukemathwalker/cargo-chef:<cargo-chef version>-rust-${RUST_VERSION}-bookworm AS chef
 FROM rust:${RUST_VERSION}-bookworm AS chef
-RUN cargo install cargo-chef --locked --version 0.1.78
+# cargo-auditable embeds the dependency list (crate names and versions) in the binary, so image
+# scanners (Trivy, Grype, Syft, `cargo audit bin`) see the crates inside the distroless image.
+RUN cargo install cargo-chef --locked --version 0.1.78 \
+    && cargo install cargo-auditable --locked --version 0.7.7
 WORKDIR /app
 
 FROM chef AS planner
@@ -43,7 +46,7 @@ COPY --from=planner /app/recipe.json recipe.json
 # Dependencies only: this layer is reused until Cargo.toml/Cargo.lock change.
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin rollq
 COPY . .
-RUN cargo build --release --locked --bin rollq \
+RUN cargo auditable build --release --locked --bin rollq \
     && install -D -m 0555 target/release/rollq /out/rollq
 
 # nonroot tag: UID/GID 65532, matching runAsUser/runAsGroup in deploy/base/deployment.yaml.

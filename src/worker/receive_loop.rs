@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::RngExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -301,7 +301,7 @@ impl PollBackoff {
     pub(super) const MIN: Duration = Duration::from_millis(50);
 
     pub(super) fn new(max: Duration) -> Self {
-        Self::with_rng(max, StdRng::from_os_rng())
+        Self::with_rng(max, rand::make_rng::<StdRng>())
     }
 
     pub(super) fn with_rng(max: Duration, rng: StdRng) -> Self {
