@@ -14,6 +14,7 @@
 //! - [`cli`]: one module per subcommand; `main.rs` only parses and dispatches.
 //! - [`contract`]: the output contract: output names, input/output rules, metadata, currency.
 //! - [`telemetry`]: tracing subscriber set-up.
+//! - `fuzzing` (hidden): the properties the fuzz targets in `fuzz/` check, and their seeds.
 //! - [`worker`]: the queue worker: `process_one` (the recipe) in `mod.rs`; `settings`, `check`
 //!   (start-up), `receive_loop`, `pipeline` (one job), `outcome`, `lease`, `envelope`, `job`
 //!   (message forms), `error` (the one classifier), `io` (blocking bridges).
@@ -27,6 +28,8 @@
 pub mod aggregate;
 pub mod cli;
 pub mod contract;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;

@@ -17,6 +17,7 @@ mod info;
 mod resolve;
 
 pub use args::StorageArgs;
+pub(crate) use connection_string::parse_connection_string;
 pub use connection_string::{DEV_ACCOUNT, DEV_KEY};
 pub(crate) use credential::Auth;
 pub use credential::CredentialKind;
