@@ -54,8 +54,8 @@ pub fn is_input(name: &str) -> bool {
 
 /// A stable hex digest of every option that can change the bytes of a successful output.
 ///
-/// Limits that only decide whether a run succeeds (`max_buckets`, `max_line_bytes`, and any
-/// later limit) stay out: raising one must not make every existing output stale.
+/// Limits that only decide whether a run succeeds (`max_buckets`, `max_line_bytes`,
+/// `max_held_cells`, and any later limit) stay out: raising one must not make every existing output stale.
 /// `max_bad_rows` is in, since skipped rows change the result.
 pub fn spec_fingerprint(spec: &Spec) -> String {
     // A canonical, versioned text form; field separators cannot occur inside the
@@ -208,6 +208,7 @@ mod tests {
     fn limits_do_not_change_the_fingerprint() {
         let raised = Spec {
             max_buckets: 5_000_000,
+            max_held_cells: 7,
             max_line_bytes: 8 << 20,
             ..Spec::default()
         };

@@ -45,7 +45,7 @@ pub struct ReducerArgs {
     )]
     pub max_bad_rows: u64,
 
-    /// Most buckets from the first to the last row (bounds output and memory).
+    /// Most buckets from the first to the last row, empty ones included (bounds the output).
     #[arg(
         long,
         env = "ROLLQ_MAX_BUCKETS",
@@ -53,6 +53,16 @@ pub struct ReducerArgs {
         value_name = "N"
     )]
     pub max_buckets: usize,
+
+    /// Most cells (buckets × value columns) held in memory at once when rows are out of order
+    /// or the input is standard input (bounds holding mode's memory, about 48 bytes a cell).
+    #[arg(
+        long,
+        env = "ROLLQ_MAX_HELD_CELLS",
+        default_value_t = 1_000_000,
+        value_name = "N"
+    )]
+    pub max_held_cells: usize,
 
     /// Longest input line in bytes (bounds the read buffer).
     #[arg(long, env = "ROLLQ_MAX_LINE_BYTES", default_value_t = 1 << 20, value_name = "N")]
@@ -89,6 +99,9 @@ impl ReducerArgs {
         if self.max_buckets == 0 {
             return Err("--max-buckets must be at least 1".into());
         }
+        if self.max_held_cells == 0 {
+            return Err("--max-held-cells must be at least 1".into());
+        }
         if self.max_line_bytes == 0 {
             return Err("--max-line-bytes must be at least 1".into());
         }
@@ -115,6 +128,7 @@ impl ReducerArgs {
             timezone,
             max_bad_rows: self.max_bad_rows,
             max_buckets: self.max_buckets,
+            max_held_cells: self.max_held_cells,
             max_line_bytes: self.max_line_bytes,
         })
     }

@@ -117,8 +117,10 @@ pub struct Spec {
     pub timezone: chrono_tz::Tz,
     /// Unparseable rows that may be skipped (and counted) before the run fails.
     pub max_bad_rows: u64,
-    /// Most buckets from the first to the last (output rows; also bounds holding memory).
+    /// Most buckets from the first to the last (output rows).
     pub max_buckets: usize,
+    /// Most cells (held buckets × value columns) holding mode keeps in memory at once.
+    pub max_held_cells: usize,
     /// Longest record in bytes (line break excluded); bounds the read buffer.
     pub max_line_bytes: usize,
 }
@@ -134,6 +136,7 @@ impl Default for Spec {
             timezone: chrono_tz::UTC,
             max_bad_rows: 0,
             max_buckets: 1_000_000,
+            max_held_cells: 1_000_000,
             max_line_bytes: 1 << 20,
         }
     }
@@ -237,9 +240,18 @@ pub enum AggregateError {
         line: u64,
         text: String,
     },
-    /// The span from the first to the last bucket exceeds `--max-buckets`.
-    #[error("more than {limit} buckets: raise --max-buckets or use a wider --bucket")]
-    TooManyBuckets { limit: usize },
+    /// The span from the first to the last bucket exceeds `--max-buckets`; `reached` is the
+    /// span (in buckets) of the row that crossed it.
+    #[error(
+        "the span from the first to the last bucket reached {reached} buckets, more than --max-buckets {limit}: raise --max-buckets or use a wider --bucket"
+    )]
+    TooManyBuckets { limit: usize, reached: u64 },
+    /// Holding mode would hold more than `--max-held-cells` cells (held buckets × value
+    /// columns); `reached` is what the row that crossed it would have made it hold.
+    #[error(
+        "holding mode reached {reached} held cells (buckets × value columns), more than --max-held-cells {limit}: raise --max-held-cells, sort the input by time, or use a wider --bucket"
+    )]
+    TooManyHeldCells { limit: usize, reached: u64 },
     /// A record exceeds `--max-line-bytes`.
     #[error("line {line} is longer than {limit} bytes: raise --max-line-bytes if it is real data")]
     LineTooLong { line: u64, limit: usize },

@@ -121,6 +121,103 @@ fn out_of_order_rows_switch_to_holding_and_count_both_passes() {
     );
 }
 
+/// The typo-year file: `rows` hourly rows from 2017 of eight columns, in order but for one
+/// row mistyped as 2107 in the middle; and the same rows sorted.
+fn typo_year(rows: usize) -> (Vec<u8>, Vec<u8>) {
+    let header = b"t,a,b,c,d,e,f,g,h\n";
+    let start = 1_483_228_800; // 2017-01-01 00:00:00 UTC
+    let line = |t: i64, i: usize| {
+        let mut l = Vec::new();
+        time::push_datetime(&mut l, t);
+        for c in 0..8 {
+            l.extend_from_slice(format!(",{}.{}", i % 97, c).as_bytes());
+        }
+        l.push(b'\n');
+        l
+    };
+    let typo = start + 90 * 365 * 86_400 + 22 * 86_400; // 2107-01-01, 90 years on
+    let mut unordered = header.to_vec();
+    let mut sorted = header.to_vec();
+    for i in 0..rows {
+        let t = start + i as i64 * 3600;
+        if i == rows / 2 {
+            unordered.extend(line(typo, i));
+        }
+        unordered.extend(line(t, i));
+        sorted.extend(line(t, i));
+    }
+    sorted.extend(line(typo, rows / 2));
+    (unordered, sorted)
+}
+
+#[test]
+fn a_typo_year_is_held_in_pages_not_as_the_whole_span() {
+    let (unordered, sorted) = typo_year(2000);
+    let (streamed, a) = run_bytes(&Spec::default(), &sorted).unwrap();
+    assert_eq!(a.mode, Some(Mode::Streaming));
+    // The span is ~790,000 hours × 8 columns = 6.3M cells; the data needs 2,001 buckets.
+    // A limit of 20,000 cells only passes if the gap is not held.
+    let tight = Spec {
+        max_held_cells: 20_000,
+        ..Spec::default()
+    };
+    for held in [
+        run_bytes(&tight, &unordered).unwrap(),
+        run_once(&tight, &unordered).unwrap(),
+    ] {
+        assert_eq!(held.1.mode, Some(Mode::Holding));
+        assert_eq!(held.1.buckets, a.buckets);
+        assert!(held.0 == streamed, "holding output differs from streaming");
+    }
+    assert!(a.buckets > 780_000, "{}", a.buckets);
+}
+
+#[test]
+fn limits_are_input_errors_naming_the_flag_and_the_value_reached() {
+    // Every row a new hour, far apart and in random order: each takes a page of its own.
+    let mut input = b"t,v\n".to_vec();
+    for i in 0..100i64 {
+        let t = 1_483_228_800 + ((i * 7919) % 100) * 86_400 * 30;
+        time::push_datetime(&mut input, t);
+        input.extend_from_slice(b",1\n");
+    }
+    let spec = Spec {
+        max_held_cells: 640,
+        ..Spec::default()
+    };
+    let err = run_once(&spec, &input).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AggregateError::TooManyHeldCells {
+                limit: 640,
+                reached: 704
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("--max-held-cells 640") && text.contains("704"),
+        "{text}"
+    );
+    let spec = Spec {
+        max_buckets: 1000,
+        ..Spec::default()
+    };
+    for err in [
+        run_bytes(&spec, &input).unwrap_err(),
+        run_once(&spec, &input).unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(
+            matches!(err, AggregateError::TooManyBuckets { limit: 1000, reached } if reached > 1000),
+            "{err:?}"
+        );
+        assert!(text.contains("--max-buckets 1000"), "{text}");
+    }
+}
+
 #[test]
 fn header_only_and_empty_inputs() {
     let (out, report) = run_bytes(&Spec::default(), b"Datetime,T\n").unwrap();
@@ -502,6 +599,25 @@ proptest! {
         prop_assert_eq!(a.mode, Some(Mode::Streaming));
         prop_assert_eq!(b.mode, Some(Mode::Holding));
         prop_assert_eq!(streamed, held);
+    }
+
+    #[test]
+    fn streaming_equals_holding_across_sparse_pages(
+        rows in prop::collection::vec((0i64..600_000, cell(), cell()), 1..40),
+    ) {
+        // Minutes over ~14 months: most rows far apart, in pages of their own, some close.
+        // Holding mode gets the buckets latest first (pages allocated out of order), each
+        // bucket's rows in time order as streaming gets them, so the sums run alike.
+        let mut sorted = rows.clone();
+        sorted.sort_by_key(|r| r.0);
+        let mut descending = sorted.clone();
+        let t = |m: i64| 1_600_000_000 + m * 60 + m % 7;
+        descending.sort_by_key(|r| (-(t(r.0).div_euclid(3600)), t(r.0)));
+        let (streamed, a) = run_bytes(&Spec::default(), &render(&sorted)).unwrap();
+        let (held, b) = run_once(&Spec::default(), &render(&descending)).unwrap();
+        prop_assert_eq!(a.mode, Some(Mode::Streaming));
+        prop_assert_eq!(b.mode, Some(Mode::Holding));
+        prop_assert!(streamed == held, "holding output differs from streaming");
     }
 
     #[test]

@@ -226,7 +226,10 @@ mod tests {
         assert_eq!(e.class(), Class::Permanent);
         // Every reducer error but a read failure is the input's fault.
         for input_error in [
-            AggregateError::TooManyBuckets { limit: 3 },
+            AggregateError::TooManyBuckets {
+                limit: 3,
+                reached: 4,
+            },
             AggregateError::CorruptGzip("corrupt deflate stream".into()),
         ] {
             let e = JobError::from_aggregate(input_error, || JobError::Shutdown);

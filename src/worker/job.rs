@@ -267,6 +267,18 @@ fn subject_path(subject: &str) -> Result<BlobPath, JobError> {
 /// `acct.dfs.core.windows.net` on Data Lake, other clouds alike); path-style otherwise
 /// (`http://127.0.0.1:10000/devstoreaccount1/container/blob`, the emulator's form).
 fn parse_blob_url(text: &str) -> Result<(String, BlobPath), JobError> {
+    // The URL parser resolves `.` and `..` (and `%2e%2e`) before the segments below can be
+    // seen, turning `in/a/../b.csv` into `in/b.csv`: look at the path as written first.
+    // Backslashes count as slashes, as the parser reads them in http(s) URLs.
+    let written = text.split_once("://").map_or("", |(_, rest)| rest);
+    let written = written.split(['?', '#']).next().unwrap_or_default();
+    if let Some(seg) = written
+        .split(['/', '\\'])
+        .skip(1)
+        .find(|s| is_dot_segment(s))
+    {
+        return Err(bad(format!("URL {text:?} has a {seg:?} path segment")));
+    }
     let url = url::Url::parse(text).map_err(|e| bad(format!("invalid URL {text:?}: {e}")))?;
     let mut segments: Vec<String> = url
         .path_segments()
@@ -315,6 +327,17 @@ fn percent_decode(seg: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Whether a path segment is `.` or `..` once percent-decoded (`%2e%2e`, `.%2E`): a URL
+/// built from such a name resolves it, so the request would reach another blob (a `..`
+/// under `<container>/` lands in `$root`). Empty segments (`a//b`) are legal Azure names.
+fn is_dot_segment(segment: &str) -> bool {
+    segment.len() <= 6
+        && matches!(
+            segment.to_ascii_lowercase().replace("%2e", ".").as_str(),
+            "." | ".."
+        )
+}
+
 /// Last checks shared by every form: allowed container, valid name, not an output.
 fn finish(path: BlobPath, rules: &JobRules) -> Result<Parsed, JobError> {
     if !rules.allows_container(&path.container) {
@@ -337,6 +360,11 @@ fn finish(path: BlobPath, rules: &JobRules) -> Result<Parsed, JobError> {
     }
     if name.ends_with('/') {
         return Err(bad(format!("blob name {name:?} ends with '/'")));
+    }
+    if let Some(seg) = name.split('/').find(|s| is_dot_segment(s)) {
+        return Err(bad(format!(
+            "blob name {name:?} has a {seg:?} path segment"
+        )));
     }
     if contract::is_output(name) {
         return Ok(Parsed::Skip(SkipReason::OutputBlob));
@@ -560,6 +588,81 @@ mod tests {
         assert_eq!(
             auto("http://127.0.0.1:10000/devstoreaccount1/in/d/a%2Bb.csv").unwrap(),
             job("in", "d/a+b.csv")
+        );
+    }
+
+    fn is_bad(r: Result<Parsed, JobError>) -> bool {
+        matches!(r, Err(JobError::BadMessage(_)))
+    }
+
+    #[test]
+    fn dot_segments_are_rejected_in_every_form() {
+        const URL: &str = "http://127.0.0.1:10000/devstoreaccount1/in";
+        const HOST: &str = "https://devstoreaccount1.blob.core.windows.net/in";
+        for name in [
+            "..",
+            ".",
+            "../t.csv",
+            "a/../t.csv",
+            "./t.csv",
+            "a/.",
+            "a/..",
+            "%2e%2e/t.csv",
+            "%2E%2E/t.csv",
+            "a/%2E/t.csv",
+            ".%2e/t.csv",
+            "%2e./t.csv",
+            "a/%2e",
+        ] {
+            let json = serde_json::json!({"container": "in", "blob": name}).to_string();
+            let subject = format!("/blobServices/default/containers/in/blobs/{name}");
+            let eg = event_grid(BLOB_CREATED, &subject, 5, &format!("{HOST}/x.csv"));
+            let ce = cloud_event(&subject, &format!("{URL}/x.csv"));
+            let base = rules(MessageEncoding::Base64);
+            let forms = [
+                ("bare", auto(name)),
+                ("json", auto(&json)),
+                ("base64 json", auto(&b64(&json))),
+                ("base64 encoding", Job::parse(&b64(name), &base)),
+                ("path-style url", auto(&format!("{URL}/{name}"))),
+                ("host-style url", auto(&format!("{HOST}/{name}"))),
+                ("event grid subject", auto(&eg)),
+                ("cloud event subject", auto(&ce)),
+            ];
+            for (form, r) in forms {
+                let shown = format!("{r:?}");
+                assert!(is_bad(r), "{form} {name:?}: {shown}");
+            }
+        }
+        // An event whose subject is fine but whose URL is not.
+        let eg = event_grid(
+            BLOB_CREATED,
+            "/blobServices/default/containers/in/blobs/x.csv",
+            5,
+            &format!("{HOST}/a/%2e%2e/x.csv"),
+        );
+        assert!(is_bad(auto(&eg)));
+        assert!(is_bad(auto(&format!("{URL}/a\\..\\x.csv"))));
+    }
+
+    #[test]
+    fn names_that_only_look_like_dot_segments_stay_accepted() {
+        for name in [
+            "a//b.csv",
+            "...",
+            ".a.csv",
+            "a/..b",
+            "a/.../b.csv",
+            "%2e%2e%2e",
+            "a..csv",
+        ] {
+            assert_eq!(auto(name).unwrap(), job("in", name), "{name}");
+            let json = serde_json::json!({"blob": name}).to_string();
+            assert_eq!(auto(&json).unwrap(), job("in", name), "{name}");
+        }
+        assert_eq!(
+            auto("http://127.0.0.1:10000/devstoreaccount1/in/a//b.csv").unwrap(),
+            job("in", "a//b.csv")
         );
     }
 

@@ -1,7 +1,10 @@
-//! Holding mode's state: every bucket of the span in a dense array, written at the end.
-//! Constructed by [`super::pass`] for [`Mode::Holding`](super::super::Mode) (rows out of
-//! order, or a source or sink that allows one attempt only), whose row loop feeds it
-//! through [`Buckets`]. Memory is bounded by `--max-buckets`.
+//! Holding mode's state: the buckets that hold data, in pages kept in a sorted map, written
+//! at the end with the empty buckets between them. Constructed by [`super::pass`] for
+//! [`Mode::Holding`](super::super::Mode) (rows out of order, or a source or sink that allows
+//! one attempt only), whose row loop feeds it through [`Buckets`]. Memory is bounded by
+//! `--max-held-cells` (what is held), output by `--max-buckets` (the span).
+
+use std::collections::BTreeMap;
 
 use chrono_tz::Tz;
 
@@ -16,8 +19,9 @@ pub(super) struct Holding<'s> {
     time_name: String,
     value_names: Vec<String>,
     n_cols: usize,
+    /// `--max-buckets`: the span from the first to the last bucket.
     limit: usize,
-    held: Option<Held>,
+    held: Held,
     /// The earliest row: pandas anchors sub-day grids to its day.
     earliest: Option<i64>,
     bucket: Bucket,
@@ -37,7 +41,7 @@ impl<'s> Holding<'s> {
             value_names: layout.value_names.clone(),
             n_cols: layout.value_idx.len(),
             limit: spec.max_buckets,
-            held: None,
+            held: Held::new(layout.value_idx.len(), spec.max_held_cells),
             earliest: None,
             bucket: spec.bucket,
             tz: spec.timezone,
@@ -61,15 +65,7 @@ impl Buckets for Holding<'_> {
         values: &[f64],
     ) -> Result<Option<PassEnd>, AggregateError> {
         self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
-        let n_cols = self.n_cols;
-        let h = self.held.get_or_insert_with(|| Held {
-            n_cols,
-            base: key,
-            accs: vec![Acc::default(); n_cols],
-            min: key,
-            max: key,
-        });
-        let accs = h.slot(key, self.limit)?;
+        let accs = self.held.slot(key, self.limit)?;
         for (acc, &v) in accs.iter_mut().zip(values) {
             if !v.is_nan() {
                 acc.push(v);
@@ -97,12 +93,26 @@ impl Buckets for Holding<'_> {
                 return Ok((PassEnd::Reanchor(e), 0));
             }
             output::push_header(&mut self.out.buf, &self.time_name, &self.value_names);
-            if let Some(h) = &self.held {
-                for key in h.min..=h.max {
-                    let at = (key - h.base) as usize * h.n_cols;
-                    self.out.emit(&grid, key, &h.accs[at..at + h.n_cols])?;
+            let blank = vec![Acc::default(); self.n_cols];
+            let h = &self.held;
+            if let Some((min, max)) = h.span {
+                // Pages in key order; the buckets between them are empty and written from
+                // one blank row, so nothing proportional to the span is ever held.
+                let mut next = min;
+                for (&page, &at) in &h.index {
+                    let start = (page << h.shift).max(min);
+                    let end = ((page + 1) << h.shift).min(max + 1);
+                    for key in next..start {
+                        self.out.emit(&grid, key, &blank)?;
+                    }
+                    let cells = &h.pages[at as usize];
+                    for key in start..end {
+                        let off = ((key - (page << h.shift)) as usize) * self.n_cols;
+                        self.out.emit(&grid, key, &cells[off..off + self.n_cols])?;
+                    }
+                    next = end;
                 }
-                buckets = (h.max - h.min + 1) as u64;
+                buckets = (max - min + 1) as u64;
             }
         } else {
             // Header-only input: no grid, no buckets, just the header.
@@ -113,63 +123,162 @@ impl Buckets for Holding<'_> {
     }
 }
 
-/// The buckets of holding mode: a dense array over the span seen so far.
-struct Held {
+/// Cells (accumulators) a page aims at: small enough that sparse data (one row per page)
+/// wastes little, large enough that dense data rarely leaves its page.
+const PAGE_CELLS: usize = 1024;
+/// The most buckets in one page.
+const MAX_PAGE_BUCKETS: usize = 64;
+
+/// The buckets of holding mode: pages of `1 << shift` consecutive buckets, allocated where a
+/// row falls and found through a sorted map, so memory follows the buckets that hold data
+/// and a gap of any length costs nothing.
+pub(super) struct Held {
     n_cols: usize,
-    /// Key of slot 0.
-    base: i64,
-    /// `slots * n_cols` accumulators.
-    accs: Vec<Acc>,
+    /// log2 of the buckets per page (a power of two, so a key's page is a shift, also for
+    /// negative keys).
+    shift: u32,
+    /// `--max-held-cells`.
+    max_cells: usize,
+    /// Page number → index into `pages`.
+    index: BTreeMap<i64, u32>,
+    /// Each `(1 << shift) * n_cols` accumulators.
+    pages: Vec<Box<[Acc]>>,
+    /// The page of the previous row and its index: consecutive rows mostly share a page, so
+    /// the map is consulted only when a row leaves it.
+    last: Option<(i64, usize)>,
     /// Smallest and largest key with a row.
-    min: i64,
-    max: i64,
+    span: Option<(i64, i64)>,
 }
 
 impl Held {
-    fn slots(&self) -> i64 {
-        (self.accs.len() / self.n_cols) as i64
+    pub(super) fn new(n_cols: usize, max_cells: usize) -> Self {
+        let buckets = (PAGE_CELLS / n_cols.max(1)).clamp(1, MAX_PAGE_BUCKETS);
+        Held {
+            n_cols,
+            // Round down to a power of two.
+            shift: usize::BITS - 1 - buckets.leading_zeros(),
+            max_cells,
+            index: BTreeMap::new(),
+            pages: Vec::new(),
+            last: None,
+            span: None,
+        }
     }
 
-    /// The accumulators of bucket `key`, growing the array (at least doubling, never past
-    /// the `limit`-bucket span) when the key is outside it. Inlined into the row loop: it
-    /// runs for every general-path row of holding mode.
+    /// Cells held: allocated pages × buckets per page × value columns.
+    pub(super) fn cells(&self) -> u64 {
+        (self.pages.len() << self.shift) as u64 * self.n_cols as u64
+    }
+
+    /// The accumulators of bucket `key`, allocating its page when it has none. Fails when the
+    /// span would exceed `limit` buckets (`--max-buckets`) or a new page would hold more than
+    /// `--max-held-cells`. Inlined into the row loop: it runs for every general-path row of
+    /// holding mode.
     #[inline]
-    fn slot(&mut self, key: i64, limit: usize) -> Result<&mut [Acc], AggregateError> {
-        let (min, max) = (self.min.min(key), self.max.max(key));
-        if max.abs_diff(min) >= limit as u64 {
-            return Err(AggregateError::TooManyBuckets { limit });
+    pub(super) fn slot(&mut self, key: i64, limit: usize) -> Result<&mut [Acc], AggregateError> {
+        let (min, max) = self
+            .span
+            .map_or((key, key), |(lo, hi)| (lo.min(key), hi.max(key)));
+        let reached = max.abs_diff(min) + 1;
+        if reached > limit as u64 {
+            return Err(AggregateError::TooManyBuckets { limit, reached });
         }
-        let limit = limit as i64;
-        let end = self.base + self.slots();
-        if key < self.base || key >= end {
-            let grow = self.slots().max(64);
-            let new_base = if key < self.base {
-                (self.base - grow).max(max - limit + 1).min(key)
-            } else {
-                self.base
-            };
-            let new_end = if key >= end {
-                (end + grow).min(min + limit).max(key + 1)
-            } else {
-                end
-            };
-            let new_len = (new_end - new_base) as usize * self.n_cols;
-            if new_base == self.base {
-                // Growing to the right (the common case, rows mostly ascending): extend in
-                // place, so old and new arrays never coexist.
-                self.accs.reserve_exact(new_len - self.accs.len());
-                self.accs.resize(new_len, Acc::default());
-            } else {
-                let mut accs = vec![Acc::default(); new_len];
-                let off = (self.base - new_base) as usize * self.n_cols;
-                accs[off..off + self.accs.len()].copy_from_slice(&self.accs);
-                self.accs = accs;
-                self.base = new_base;
+        self.span = Some((min, max));
+        let page = key >> self.shift;
+        let at = match self.last {
+            Some((p, at)) if p == page => at,
+            _ => {
+                let at = match self.index.get(&page) {
+                    Some(&at) => at as usize,
+                    None => self.allocate(page)?,
+                };
+                self.last = Some((page, at));
+                at
             }
+        };
+        let off = (key - (page << self.shift)) as usize * self.n_cols;
+        Ok(&mut self.pages[at][off..off + self.n_cols])
+    }
+
+    #[cold]
+    fn allocate(&mut self, page: i64) -> Result<usize, AggregateError> {
+        let page_cells = (1usize << self.shift) * self.n_cols;
+        let reached = self.cells() + page_cells as u64;
+        if reached > self.max_cells as u64 {
+            return Err(AggregateError::TooManyHeldCells {
+                limit: self.max_cells,
+                reached,
+            });
         }
-        self.min = min;
-        self.max = max;
-        let at = (key - self.base) as usize * self.n_cols;
-        Ok(&mut self.accs[at..at + self.n_cols])
+        let at = self.pages.len();
+        self.pages
+            .push(vec![Acc::default(); page_cells].into_boxed_slice());
+        self.index.insert(page, at as u32);
+        Ok(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An hour's key in a grid whose key 0 is 2017-01-01.
+    const YEAR: i64 = 8766;
+
+    #[test]
+    fn a_gap_of_ninety_years_costs_one_page() {
+        let mut h = Held::new(8, 1_000_000);
+        // 2,000 hours from 2017 in reverse order, then one row in 2107.
+        for key in (0..2000).rev() {
+            h.slot(key, 1_000_000).unwrap()[3].push(1.0);
+        }
+        h.slot(90 * YEAR, 1_000_000).unwrap()[0].push(2.0);
+        let per_page = 1 << h.shift;
+        assert_eq!(per_page, 64);
+        // ⌈2000 / 64⌉ = 32 pages for the dense part, one for the lone row.
+        assert_eq!(h.pages.len(), 2000usize.div_ceil(per_page) + 1);
+        assert_eq!(h.cells(), (h.pages.len() * per_page * 8) as u64);
+        assert!(h.cells() < 20_000, "{}", h.cells());
+        assert_eq!(h.span, Some((0, 90 * YEAR)));
+    }
+
+    #[test]
+    fn negative_keys_and_wide_rows_page_correctly() {
+        // 10,000 columns: one bucket per page.
+        let mut wide = Held::new(10_000, 1_000_000);
+        assert_eq!(wide.shift, 0);
+        wide.slot(-5, 100).unwrap()[9_999].push(1.0);
+        wide.slot(5, 100).unwrap()[0].push(1.0);
+        assert_eq!(wide.cells(), 20_000);
+        let mut h = Held::new(1, 1_000_000);
+        for key in [-65, -64, -1, 0, 63, 64] {
+            h.slot(key, 1_000).unwrap()[0].push(key as f64);
+        }
+        // Pages -2, -1, 0, 1.
+        assert_eq!(h.index.keys().copied().collect::<Vec<_>>(), [-2, -1, 0, 1]);
+    }
+
+    #[test]
+    fn limits_name_the_value_reached() {
+        let mut h = Held::new(1, 1_000_000);
+        h.slot(0, 10).unwrap();
+        match h.slot(10, 10) {
+            Err(AggregateError::TooManyBuckets {
+                limit: 10,
+                reached: 11,
+            }) => {}
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // 64 cells per page: the third page passes 128 cells.
+        let mut h = Held::new(1, 128);
+        h.slot(0, 1_000_000).unwrap();
+        h.slot(1_000, 1_000_000).unwrap();
+        match h.slot(2_000, 1_000_000) {
+            Err(AggregateError::TooManyHeldCells {
+                limit: 128,
+                reached: 192,
+            }) => {}
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! A pass reads the header ([`header`]), then feeds every row to a state behind the
 //! [`Buckets`] interface (add a row, finish): [`Streaming`] writes each bucket as soon as a
 //! later one starts and keeps one bucket in memory; it gives up (returns
-//! [`PassEnd::OutOfOrder`]) at the first row for an earlier bucket. [`Holding`] keeps every
-//! bucket of the span in a dense array, bounded by `--max-buckets`, and writes them all at
-//! the end. Rows go through the general path ([`rows`]) or, when the state offers a
+//! [`PassEnd::OutOfOrder`]) at the first row for an earlier bucket. [`Holding`] keeps the
+//! buckets that hold data in pages (bounded by `--max-held-cells`) and writes the whole span
+//! at the end, bounded by `--max-buckets`. Rows go through the general path ([`rows`]) or, when the state offers a
 //! [`Lane`](lane::Lane), the fast lane ([`lane`]).
 //!
 //! The row loop is generic over the state, so each mode gets its own monomorphised copy

@@ -43,8 +43,12 @@ impl<'s> Streaming<'s> {
 
     /// Closes the open bucket `from`, writes the empty ones before `to` and opens `to`.
     fn advance(&mut self, grid: &Grid, from: i64, to: i64) -> Result<(), AggregateError> {
-        if to.abs_diff(self.first_key) >= self.limit as u64 {
-            return Err(AggregateError::TooManyBuckets { limit: self.limit });
+        let reached = to.abs_diff(self.first_key) + 1;
+        if reached > self.limit as u64 {
+            return Err(AggregateError::TooManyBuckets {
+                limit: self.limit,
+                reached,
+            });
         }
         self.out.emit(grid, from, &self.open)?;
         self.open.fill(Acc::default());
