@@ -9,6 +9,7 @@
 use base64::Engine;
 use serde_json::{Map, Value};
 
+use super::echo::Echo;
 use super::error::JobError;
 use crate::contract::{self, OUTPUT_SUFFIX};
 use crate::storage::BlobPath;
@@ -50,7 +51,8 @@ impl JobRules {
             Ok(())
         } else {
             Err(JobError::Refused(format!(
-                "{from} names account {account:?}, not the configured account {:?}",
+                "{from} names account {}, not the configured account {:?}",
+                Echo(account),
                 self.account
             )))
         }
@@ -77,7 +79,9 @@ pub enum SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SkipReason::NotBlobCreated(t) => write!(f, "event type {t} is not {BLOB_CREATED}"),
+            SkipReason::NotBlobCreated(t) => {
+                write!(f, "event type {} is not {BLOB_CREATED}", Echo(t))
+            }
             SkipReason::EmptyBlob => f.write_str("BlobCreated with contentLength 0"),
             SkipReason::OutputBlob => write!(f, "the blob is an output ({OUTPUT_SUFFIX})"),
         }
@@ -219,7 +223,10 @@ fn parse_event(obj: &Map<String, Value>, rules: &JobRules) -> Result<Parsed, Job
     let mut account_seen = false;
     if let Some(topic) = str_field(obj, topic_key)? {
         let account = topic_account(topic).ok_or_else(|| {
-            JobError::Refused(format!("{topic_key} {topic:?} is not a storage account"))
+            JobError::Refused(format!(
+                "{topic_key} {} is not a storage account",
+                Echo(topic)
+            ))
         })?;
         rules.check_account(account, topic_key)?;
         account_seen = true;
@@ -256,10 +263,10 @@ fn topic_account(topic: &str) -> Option<&str> {
 fn subject_path(subject: &str) -> Result<BlobPath, JobError> {
     let rest = subject
         .strip_prefix("/blobServices/default/containers/")
-        .ok_or_else(|| bad(format!("subject {subject:?} is not a blob subject")))?;
+        .ok_or_else(|| bad(format!("subject {} is not a blob subject", Echo(subject))))?;
     let (container, name) = rest
         .split_once("/blobs/")
-        .ok_or_else(|| bad(format!("subject {subject:?} has no /blobs/ part")))?;
+        .ok_or_else(|| bad(format!("subject {} has no /blobs/ part", Echo(subject))))?;
     Ok(BlobPath::new(container, name))
 }
 
@@ -277,14 +284,17 @@ fn parse_blob_url(text: &str) -> Result<(String, BlobPath), JobError> {
         .skip(1)
         .find(|s| is_dot_segment(s))
     {
-        return Err(bad(format!("URL {text:?} has a {seg:?} path segment")));
+        return Err(bad(format!(
+            "URL {} has a {seg:?} path segment",
+            Echo(text)
+        )));
     }
-    let url = url::Url::parse(text).map_err(|e| bad(format!("invalid URL {text:?}: {e}")))?;
+    let url = url::Url::parse(text).map_err(|e| bad(format!("invalid URL {}: {e}", Echo(text))))?;
     let mut segments: Vec<String> = url
         .path_segments()
         .map(|s| {
             s.map(|seg| {
-                percent_decode(seg).ok_or_else(|| bad(format!("URL {text:?} is not UTF-8")))
+                percent_decode(seg).ok_or_else(|| bad(format!("URL {} is not UTF-8", Echo(text))))
             })
             .collect::<Result<Vec<_>, _>>()
         })
@@ -297,12 +307,18 @@ fn parse_blob_url(text: &str) -> Result<(String, BlobPath), JobError> {
         labels[0].to_owned()
     } else {
         if segments.is_empty() {
-            return Err(bad(format!("URL {text:?} has no account in its path")));
+            return Err(bad(format!(
+                "URL {} has no account in its path",
+                Echo(text)
+            )));
         }
         segments.remove(0)
     };
     if segments.len() < 2 {
-        return Err(bad(format!("URL {text:?} names no container and blob")));
+        return Err(bad(format!(
+            "URL {} names no container and blob",
+            Echo(text)
+        )));
     }
     let container = segments.remove(0);
     Ok((account, BlobPath::new(container, segments.join("/"))))
@@ -342,8 +358,8 @@ fn is_dot_segment(segment: &str) -> bool {
 fn finish(path: BlobPath, rules: &JobRules) -> Result<Parsed, JobError> {
     if !rules.allows_container(&path.container) {
         return Err(JobError::Refused(format!(
-            "container {:?} is not --container or in --allowed-containers",
-            path.container
+            "container {} is not --container or in --allowed-containers",
+            Echo(&path.container)
         )));
     }
     let name = path.name.as_str();
@@ -355,15 +371,17 @@ fn finish(path: BlobPath, rules: &JobRules) -> Result<Parsed, JobError> {
     }
     if name.chars().any(char::is_control) {
         return Err(bad(format!(
-            "blob name {name:?} contains control characters"
+            "blob name {} contains control characters",
+            Echo(name)
         )));
     }
     if name.ends_with('/') {
-        return Err(bad(format!("blob name {name:?} ends with '/'")));
+        return Err(bad(format!("blob name {} ends with '/'", Echo(name))));
     }
     if let Some(seg) = name.split('/').find(|s| is_dot_segment(s)) {
         return Err(bad(format!(
-            "blob name {name:?} has a {seg:?} path segment"
+            "blob name {} has a {seg:?} path segment",
+            Echo(name)
         )));
     }
     if contract::is_output(name) {
@@ -679,5 +697,22 @@ mod tests {
         assert!(matches!(auto(no_subject), Err(JobError::BadMessage(_))));
         let no_account = r#"{"eventType": "Microsoft.Storage.BlobCreated", "subject": "/blobServices/default/containers/in/blobs/a.csv", "data": {"contentLength": 3}}"#;
         assert!(matches!(auto(no_account), Err(JobError::BadMessage(_))));
+    }
+
+    #[test]
+    fn producer_text_in_errors_is_bounded_and_loses_its_signature() {
+        // Another account's SAS URL: refused, and the refusal does not carry the signature.
+        let url = "https://other.blob.core.windows.net/in/t.csv?sv=2024&sig=SECRETSIG";
+        let err = auto(url).unwrap_err().to_string();
+        assert!(err.contains("other"), "{err}");
+        let bad_url = format!("https://{}/x?sig=SECRETSIG", "h".repeat(70_000));
+        let err = auto(&bad_url).unwrap_err().to_string();
+        assert!(!err.contains("SECRETSIG"), "{err}");
+        assert!(err.len() < 1_000, "{} bytes", err.len());
+        // A long name with a control character: the error quotes only its head.
+        let name = format!("{}\u{7}", "n".repeat(1000));
+        let err = auto(&name).unwrap_err().to_string();
+        assert!(err.contains("more characters"), "{err}");
+        assert!(err.len() < 1_000, "{} bytes", err.len());
     }
 }

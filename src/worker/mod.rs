@@ -7,7 +7,8 @@
 //! once. The rooms: `settings` (flags and validated settings), `check` (start-up checks),
 //! `receive_loop` (batches, idle backoff, queue gauges, drain), `pipeline` (one job: parse,
 //! idempotency, reduce, conditional write), `outcome` (the outcome's log line and metrics),
-//! `lease`, `envelope`, `job`, `error`, `io` (the blocking bridges).
+//! `lease`, `envelope`, `job`, `echo` (producer text in logs), `error`, `io` (the blocking
+//! bridges).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::storage::{BlobStore, Op, Queue, QueueService, Received, StorageError};
 
 mod check;
+pub mod echo;
 pub mod envelope;
 pub mod error;
 pub mod io;
