@@ -113,7 +113,9 @@ impl<'r> Records<'r> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
-            if self.q_from >= self.start {
+            // Shift a valid cache window that survives the move (`q_from <= q_pos <= q_to`);
+            // the reset state `(1, 0, 0)` is not one, and shifting it would underflow.
+            if self.q_from >= self.start && self.q_from <= self.q_to {
                 self.q_from -= self.start;
                 self.q_to -= self.start;
                 self.q_pos -= self.start;
