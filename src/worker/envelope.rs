@@ -1,10 +1,12 @@
-//! The release envelope: how a shutdown release is told apart from a failed attempt.
+//! The bookkeeping envelope: how releases and platform failures are told apart from failed
+//! attempts.
 //!
-//! Azure's dequeue count grows on every receive, whether the attempt failed or was merely
-//! interrupted by a shutdown or scale-in. When the worker releases a message on shutdown it
-//! rewrites the text (Update Message can) into `{"$rollq":{"released":N},"body":"<original>"}`;
-//! failed attempts are then `dequeue_count - released`. The original text is what is parsed,
-//! and what goes to the poison queue, verbatim.
+//! Azure's dequeue count grows on every receive, whether the attempt failed, was interrupted
+//! by a shutdown or scale-in, or met a storage outage. When the worker releases a message on
+//! shutdown, or hides it after a platform failure, it rewrites the text (Update Message can)
+//! into `{"$rollq":{"released":N,"deferred":M},"body":"<original>"}`; failed attempts are then
+//! `dequeue_count - released - deferred`. Zero counts are left out. The original text is what
+//! is parsed.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,8 @@ pub struct Envelope {
     pub original: String,
     /// How many times a shutdown released this message.
     pub released: u64,
+    /// How many times a platform failure hid this message without counting an attempt.
+    pub deferred: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -28,9 +32,16 @@ struct Wire {
     body: String,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Default)]
 struct Meta {
+    #[serde(default, skip_serializing_if = "is_zero")]
     released: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    deferred: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Envelope {
@@ -42,20 +53,42 @@ impl Envelope {
             return Envelope {
                 original: wire.body,
                 released: wire.rollq.released,
+                deferred: wire.rollq.deferred,
             };
         }
         Envelope {
             original: text.to_owned(),
             released: 0,
+            deferred: 0,
         }
     }
 
     /// The text to write back when releasing once more, or `None` if it would be too long.
     pub fn released_once_more(&self) -> Option<String> {
+        self.wrap(Meta {
+            released: self.released + 1,
+            ..self.meta()
+        })
+    }
+
+    /// The text to write back after one more platform failure, or `None` if too long.
+    pub fn deferred_once_more(&self) -> Option<String> {
+        self.wrap(Meta {
+            deferred: self.deferred + 1,
+            ..self.meta()
+        })
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            released: self.released,
+            deferred: self.deferred,
+        }
+    }
+
+    fn wrap(&self, meta: Meta) -> Option<String> {
         let wire = Wire {
-            rollq: Meta {
-                released: self.released + 1,
-            },
+            rollq: meta,
             body: self.original.clone(),
         };
         let text = serde_json::to_string(&wire).ok()?;
@@ -64,7 +97,7 @@ impl Envelope {
 
     /// Failed attempts so far, this one included, given the service's dequeue count.
     pub fn attempts(&self, dequeue_count: u64) -> u64 {
-        dequeue_count.saturating_sub(self.released)
+        dequeue_count.saturating_sub(self.released.saturating_add(self.deferred))
     }
 }
 
@@ -92,11 +125,30 @@ mod tests {
                 third,
                 Envelope {
                     original: original.into(),
-                    released: 2
+                    released: 2,
+                    deferred: 0,
                 }
             );
             assert_eq!(third.attempts(5), 3);
+            let fourth = Envelope::open(&third.deferred_once_more().unwrap());
+            assert_eq!((fourth.released, fourth.deferred), (2, 1));
+            assert_eq!(fourth.original, original);
+            assert_eq!(fourth.attempts(5), 2);
         }
+    }
+
+    #[test]
+    fn the_documented_release_form_still_reads_and_is_still_written() {
+        let e = Envelope::open(r#"{"$rollq":{"released":1},"body":"t.csv"}"#);
+        assert_eq!(
+            (e.original.as_str(), e.released, e.deferred),
+            ("t.csv", 1, 0)
+        );
+        let fresh = Envelope::open("t.csv");
+        assert_eq!(
+            fresh.released_once_more().unwrap(),
+            r#"{"$rollq":{"released":1},"body":"t.csv"}"#
+        );
     }
 
     #[test]

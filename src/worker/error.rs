@@ -1,7 +1,9 @@
 //! `JobError`: why one message could not be completed, and the only place errors are classified.
 //!
 //! `process_one` turns every failure into a `JobError` and asks [`JobError::class`] what to do:
-//! poison it, retry it later, release it (shutdown), or leave it alone (lease lost).
+//! poison it, retry it later as a failed attempt (the message's own failure), defer it without
+//! counting an attempt (the platform's failure), release it (shutdown), or leave it alone
+//! (lease lost).
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -18,8 +20,14 @@ use crate::storage::{BlobPath, ErrorKind, StorageError};
 pub enum Class {
     /// The message or its input is at fault: retrying cannot help. Poison at once.
     Permanent,
-    /// The failure may pass: make the message visible again after a backoff delay.
-    Retry,
+    /// The message's own failure that may pass (processing time exceeded, a reducer or
+    /// internal error, an output race, a blob replaced mid-read): retry after a backoff delay;
+    /// it counts toward `--max-dequeue-count`.
+    Attempt,
+    /// The platform's failure (storage unreachable, timeouts, 5xx, throttling, authentication
+    /// or permission, a missing queue or container): no fault of the message, so it never
+    /// counts as an attempt. The message is hidden for the worker's current backoff delay.
+    Platform,
     /// Shutdown or scale-in interrupted the work: release without counting an attempt.
     Release,
     /// Another consumer owns the message now: touch nothing.
@@ -124,14 +132,22 @@ impl JobError {
             | JobError::Unreadable(_) => Class::Permanent,
             JobError::Storage(e) => match e.kind {
                 ErrorKind::LeaseLost => Class::LeaseLost,
-                // Not found here means a container or the queue vanished, or auth broke:
-                // configuration that may be fixed, so retry (and poison after max attempts).
-                _ => Class::Retry,
+                // A missing input blob is `InputNotFound` above; not found here means a
+                // container or the queue vanished: configuration, like a refused credential.
+                ErrorKind::Transient
+                | ErrorKind::Throttled
+                | ErrorKind::Auth
+                | ErrorKind::NotFound => Class::Platform,
+                // The input replaced mid-read, a lost create race, or a 4xx we did not expect:
+                // tied to this message, so counted, and a message that keeps meeting one ends.
+                ErrorKind::PreconditionFailed | ErrorKind::Conflict | ErrorKind::Other => {
+                    Class::Attempt
+                }
             },
             JobError::TimedOut(_)
             | JobError::OutputConflict(_)
             | JobError::OutputRace(_)
-            | JobError::Internal(_) => Class::Retry,
+            | JobError::Internal(_) => Class::Attempt,
             JobError::Shutdown => Class::Release,
             JobError::LeaseLost => Class::LeaseLost,
         }
@@ -192,14 +208,31 @@ mod tests {
             JobError::Input(AggregateError::EmptyInput).class(),
             Class::Permanent
         );
-        assert_eq!(storage(ErrorKind::Transient).class(), Class::Retry);
-        assert_eq!(storage(ErrorKind::Throttled).class(), Class::Retry);
-        assert_eq!(storage(ErrorKind::PreconditionFailed).class(), Class::Retry);
+        for kind in [
+            ErrorKind::Transient,
+            ErrorKind::Throttled,
+            ErrorKind::Auth,
+            ErrorKind::NotFound,
+        ] {
+            assert_eq!(storage(kind).class(), Class::Platform, "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::PreconditionFailed,
+            ErrorKind::Conflict,
+            ErrorKind::Other,
+        ] {
+            assert_eq!(storage(kind).class(), Class::Attempt, "{kind:?}");
+        }
         assert_eq!(storage(ErrorKind::LeaseLost).class(), Class::LeaseLost);
         assert_eq!(JobError::Shutdown.class(), Class::Release);
         assert_eq!(
             JobError::TimedOut(Duration::from_secs(1)).class(),
-            Class::Retry
+            Class::Attempt
+        );
+        assert_eq!(JobError::Internal("x".into()).class(), Class::Attempt);
+        assert_eq!(
+            JobError::OutputRace(BlobPath::new("c", "b")).class(),
+            Class::Attempt
         );
     }
 

@@ -21,6 +21,7 @@ use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::storage::{BlobStore, Op, Queue, QueueService, Received, StorageError};
 
+mod backoff;
 mod check;
 pub mod envelope;
 pub mod error;
@@ -32,6 +33,7 @@ mod pipeline;
 mod receive_loop;
 pub mod settings;
 
+use backoff::PlatformBackoff;
 pub use check::StartupError;
 use envelope::Envelope;
 use error::{Class, JobError};
@@ -66,6 +68,8 @@ struct Ctx {
     metrics: Metrics,
     readiness: Readiness,
     observer: Arc<Observer>,
+    /// The delay a platform failure hides a message for.
+    platform: PlatformBackoff,
     reducer: ReduceFn,
 }
 
@@ -129,6 +133,7 @@ impl Worker {
                 metrics,
                 readiness,
                 observer,
+                platform: PlatformBackoff::default(),
                 reducer: aggregate::run,
             }),
         }
@@ -198,6 +203,9 @@ impl Worker {
     async fn complete(&self, lease: Lease, done: Done) -> Outcome {
         let r = lease.complete().await;
         self.ctx.observer.record(Op::Delete, &r);
+        if r.is_ok() {
+            self.ctx.platform.succeeded();
+        }
         match (r, done) {
             (Ok(()), Done::Written(report)) => {
                 self.ctx.metrics.rows(report.rows, report.bad_rows);
@@ -221,11 +229,12 @@ impl Worker {
         let max = self.ctx.settings.max_dequeue_count;
         match e.class() {
             Class::Permanent => self.poison(lease, envelope, e).await,
-            Class::Retry if attempts >= max => {
+            Class::Attempt if attempts >= max => {
                 let e = JobError::TooManyAttempts { attempts, max };
                 self.poison(lease, envelope, e).await
             }
-            Class::Retry => self.retry_later(lease, attempts, e).await,
+            Class::Attempt => self.retry_later(lease, attempts, e).await,
+            Class::Platform => self.defer(lease, envelope, e).await,
             Class::Release => self.release(lease, envelope).await,
             Class::LeaseLost => Outcome::LeaseLost,
         }
@@ -239,6 +248,29 @@ impl Worker {
         self.ctx.observer.record(Op::Update, &r);
         if let Err(u) = r {
             tracing::warn!(error.message = %u, "could not set the retry delay; the message reappears when its timeout lapses");
+        }
+        Outcome::Retried(e)
+    }
+
+    /// A platform failure: hides the message for the worker's current backoff delay (not 0,
+    /// so replicas do not spin on it during an outage), recording the deferral so it is not an
+    /// attempt.
+    async fn defer(&self, lease: Lease, envelope: &Envelope, e: JobError) -> Outcome {
+        let retry_after = match &e {
+            JobError::Storage(se) => se.retry_after,
+            _ => None,
+        };
+        let delay = self.ctx.platform.failed(&self.ctx.settings, retry_after);
+        let text = envelope.deferred_once_more();
+        if text.is_none() {
+            tracing::warn!(
+                "message too long to record the platform failure; it counts as an attempt"
+            );
+        }
+        let r = lease.update(delay, text.as_deref()).await;
+        self.ctx.observer.record(Op::Update, &r);
+        if let Err(u) = r {
+            tracing::warn!(error.message = %u, "could not defer; the message reappears when its timeout lapses");
         }
         Outcome::Retried(e)
     }

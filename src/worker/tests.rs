@@ -266,11 +266,15 @@ async fn events_that_need_no_work_are_acknowledged() {
 }
 
 #[tokio::test]
-async fn transient_failures_back_off_then_poison_after_max_attempts() {
-    let f = Fixture::new(|s| s.max_dequeue_count = 3).await;
-    f.put("t.csv", "h\n1\n").await;
+async fn the_messages_own_failures_back_off_then_poison_after_max_attempts() {
+    let f = Fixture::new(|s| {
+        s.max_dequeue_count = 3;
+        s.max_processing_time = Duration::from_millis(50);
+    })
+    .await;
+    // Never finishes: every attempt exceeds --max-processing-time, the message's own failure.
+    f.put("t.csv", "SPIN\n").await;
     f.queue.send("t.csv").await.unwrap();
-    f.blobs.set_outage(true);
     for attempt in 1..=3u64 {
         // Visible: just sent, or (later attempts) the clock was moved past its backoff below.
         let msg = f.receive().await;
@@ -278,20 +282,15 @@ async fn transient_failures_back_off_then_poison_after_max_attempts() {
         let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
         if attempt < 3 {
             assert!(
-                matches!(outcome, Outcome::Retried(JobError::Storage(_))),
+                matches!(outcome, Outcome::Retried(JobError::TimedOut(_))),
                 "{outcome:?}"
             );
             let snap = &f.queue.snapshot()[0];
             assert!(!snap.visible);
-            let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+            let (_, delay, _) = f.queue.updates().last().cloned().unwrap();
             assert_eq!(delay, f.worker.settings().backoff(attempt));
-            assert!(!rewritten);
             let id = snap.id.clone();
-            // Skip the wait: move the paused clock past the backoff delay, after which the fake
-            // shows the message as visible again.
-            tokio::time::pause();
-            tokio::time::advance(delay + Duration::from_millis(1)).await;
-            tokio::time::resume();
+            skip(delay).await;
             assert!(f.queue.snapshot().iter().any(|m| m.id == id && m.visible));
         } else {
             assert!(
@@ -669,4 +668,55 @@ async fn start_up_check_names_what_is_missing() {
             .is_ok(),
         "poison queue created"
     );
+}
+
+/// Moves the paused clock past `delay`, after which the fakes show hidden messages again.
+async fn skip(delay: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(delay + Duration::from_millis(1)).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn a_blob_outage_longer_than_max_dequeue_count_never_poisons() {
+    let f = Fixture::new(|s| s.max_dequeue_count = 2).await;
+    f.put("t.csv", "h\n1\n").await;
+    f.queue.send("t.csv").await.unwrap();
+    f.blobs.set_outage(true);
+    // Three times the attempts allowed: every delivery meets the outage.
+    for delivery in 1..=6u64 {
+        let msg = f.receive().await;
+        assert_eq!(msg.dequeue_count, delivery);
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        assert!(f.poison_texts().is_empty(), "{delivery}: {outcome:?}");
+        assert!(
+            matches!(outcome, Outcome::Retried(JobError::Storage(_))),
+            "{outcome:?}"
+        );
+        let snap = &f.queue.snapshot()[0];
+        assert!(
+            !snap.visible,
+            "hidden for a backoff delay, not released at 0"
+        );
+        // The worker's backoff grows with each platform failure in a row.
+        let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+        assert_eq!(delay, f.worker.settings().backoff(delivery));
+        assert!(rewritten, "the deferral is recorded");
+        let envelope = Envelope::open(&snap.text);
+        assert_eq!(
+            (envelope.original.as_str(), envelope.deferred),
+            ("t.csv", delivery)
+        );
+        skip(snap.invisible_for).await;
+    }
+    f.blobs.set_outage(false);
+    let msg = f.receive().await;
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(
+        matches!(outcome, Outcome::Completed { rows: 1 }),
+        "{outcome:?}"
+    );
+    assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
+    assert!(f.queue.snapshot().is_empty());
+    assert!(f.poison_texts().is_empty());
 }
