@@ -63,6 +63,22 @@ impl Envelope {
         }
     }
 
+    /// Clamps the counts a message claims to what its deliveries allow: every release or
+    /// deferral happened on an earlier delivery, so together they are at most
+    /// `dequeue_count - 1`. A forged envelope (`{"$rollq":{"released":1000},…}`) then gains at
+    /// most the deliveries it really had, and `--max-deliveries` ends it whatever it claims.
+    pub fn clamp(&mut self, dequeue_count: u64) {
+        let earlier = dequeue_count.saturating_sub(1);
+        self.released = self.released.min(earlier);
+        self.deferred = self.deferred.min(earlier - self.released);
+    }
+
+    /// The text to write back with the bookkeeping as it is (after a failed attempt), or
+    /// `None` if it would be too long.
+    pub fn rewritten(&self) -> Option<String> {
+        self.wrap(self.meta())
+    }
+
     /// The text to write back when releasing once more, or `None` if it would be too long.
     pub fn released_once_more(&self) -> Option<String> {
         self.wrap(Meta {
@@ -157,6 +173,21 @@ mod tests {
         assert_eq!(Envelope::open(text).original, text);
         let odd = r#"{"$rollq": "not ours"}"#;
         assert_eq!(Envelope::open(odd).original, odd);
+    }
+
+    #[test]
+    fn claimed_counts_are_clamped_to_earlier_deliveries() {
+        let mut forged = Envelope::open(r#"{"$rollq":{"released":1000,"deferred":7},"body":"x"}"#);
+        forged.clamp(1);
+        assert_eq!((forged.released, forged.deferred), (0, 0));
+        assert_eq!(forged.attempts(1), 1);
+        let mut forged = Envelope::open(r#"{"$rollq":{"released":2,"deferred":1000},"body":"x"}"#);
+        forged.clamp(5);
+        assert_eq!((forged.released, forged.deferred), (2, 2));
+        assert_eq!(forged.attempts(5), 1, "never below one: this delivery");
+        let mut honest = Envelope::open(r#"{"$rollq":{"released":1,"deferred":2},"body":"x"}"#);
+        honest.clamp(4);
+        assert_eq!((honest.released, honest.deferred), (1, 2));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum JobError {
     /// The message failed more often than `--max-dequeue-count` allows.
     #[error("failed {attempts} times (--max-dequeue-count {max})")]
     TooManyAttempts { attempts: u64, max: u64 },
+    /// The message was delivered `--max-deliveries` times, whatever the failures were: the
+    /// absolute bound on the work anyone who can write to the queue can cause.
+    #[error("delivered {deliveries} times (--max-deliveries {max})")]
+    MaxDeliveries { deliveries: u64, max: u64 },
     /// The input is not valid CSV under the reducer's options, or exceeds a limit.
     #[error("invalid input: {0}")]
     Input(#[source] AggregateError),
@@ -128,6 +132,7 @@ impl JobError {
             | JobError::Refused(_)
             | JobError::InputNotFound(_)
             | JobError::TooManyAttempts { .. }
+            | JobError::MaxDeliveries { .. }
             | JobError::Input(_)
             | JobError::Unreadable(_) => Class::Permanent,
             JobError::Storage(e) => match e.kind {
@@ -160,6 +165,7 @@ impl JobError {
             JobError::Refused(_) => "refused",
             JobError::InputNotFound(_) => "input_not_found",
             JobError::TooManyAttempts { .. } => "too_many_attempts",
+            JobError::MaxDeliveries { .. } => "max_deliveries",
             JobError::Input(_) => "invalid_input",
             JobError::Unreadable(_) => "unreadable_input",
             JobError::Storage(_) => "storage",

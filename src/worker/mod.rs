@@ -174,7 +174,8 @@ impl Worker {
         let s = &ctx.settings;
         let started = Instant::now();
         ctx.metrics.in_flight().inc();
-        let envelope = Envelope::open(&msg.text);
+        let mut envelope = Envelope::open(&msg.text);
+        envelope.clamp(msg.dequeue_count);
         let attempts = envelope.attempts(msg.dequeue_count);
         let lease = Lease::hold(
             ctx.queue.clone(),
@@ -182,21 +183,37 @@ impl Worker {
             LeaseParams::new(s.visibility_timeout),
             ctx.metrics.clone(),
         );
-        let result = if attempts > s.max_dequeue_count {
-            // Covers crash loops: attempts that died without reaching an outcome.
-            Err(JobError::TooManyAttempts {
-                attempts: attempts - 1,
-                max: s.max_dequeue_count,
-            })
-        } else {
-            self.run_with_limits(&envelope, &lease, &interrupt).await
+        let result = match self.over_limits(msg.dequeue_count, attempts) {
+            Some(e) => Err(e),
+            None => self.run_with_limits(&envelope, &lease, &interrupt).await,
         };
         let outcome = match result {
             Ok(done) => self.complete(lease, done).await,
-            Err(e) => self.dispose(lease, &envelope, attempts, e).await,
+            Err(e) => {
+                self.dispose(lease, &envelope, msg.dequeue_count, attempts, e)
+                    .await
+            }
         };
         outcome::record(&ctx.metrics, &msg, &outcome, started.elapsed(), attempts);
         outcome
+    }
+
+    /// A message received more often than the limits allow is poisoned before any work: this
+    /// covers crash loops (deliveries that died without reaching an outcome).
+    fn over_limits(&self, dequeue_count: u64, attempts: u64) -> Option<JobError> {
+        let s = &self.ctx.settings;
+        if let Some(max) = s.max_deliveries
+            && dequeue_count > max
+        {
+            return Some(JobError::MaxDeliveries {
+                deliveries: dequeue_count - 1,
+                max,
+            });
+        }
+        (attempts > s.max_dequeue_count).then_some(JobError::TooManyAttempts {
+            attempts: attempts - 1,
+            max: s.max_dequeue_count,
+        })
     }
 
     /// The work is done: delete the message, last.
@@ -218,32 +235,54 @@ impl Worker {
         }
     }
 
-    /// The work failed: what happens to the message is [`JobError::class`]'s answer.
+    /// The work failed: what happens to the message is [`JobError::class`]'s answer, within
+    /// the two bounds: `--max-deliveries` for every delivery, `--max-dequeue-count` for the
+    /// message's own failures.
     async fn dispose(
+        &self,
+        lease: Lease,
+        envelope: &Envelope,
+        dequeue_count: u64,
+        attempts: u64,
+        e: JobError,
+    ) -> Outcome {
+        let s = &self.ctx.settings;
+        let max = s.max_dequeue_count;
+        let class = e.class();
+        match class {
+            Class::Permanent => self.poison(lease, envelope, e).await,
+            Class::Release => self.release(lease, envelope).await,
+            Class::LeaseLost => Outcome::LeaseLost,
+            Class::Attempt | Class::Platform => match s.max_deliveries {
+                Some(max) if dequeue_count >= max => {
+                    let e = JobError::MaxDeliveries {
+                        deliveries: dequeue_count,
+                        max,
+                    };
+                    self.poison(lease, envelope, e).await
+                }
+                _ if class == Class::Platform => self.defer(lease, envelope, e).await,
+                _ if attempts >= max => {
+                    let e = JobError::TooManyAttempts { attempts, max };
+                    self.poison(lease, envelope, e).await
+                }
+                _ => self.retry_later(lease, envelope, attempts, e).await,
+            },
+        }
+    }
+
+    /// Hides the message for the backoff delay of its `attempts`-th failure, writing back its
+    /// bookkeeping as clamped (so a forged count does not survive the first failure).
+    async fn retry_later(
         &self,
         lease: Lease,
         envelope: &Envelope,
         attempts: u64,
         e: JobError,
     ) -> Outcome {
-        let max = self.ctx.settings.max_dequeue_count;
-        match e.class() {
-            Class::Permanent => self.poison(lease, envelope, e).await,
-            Class::Attempt if attempts >= max => {
-                let e = JobError::TooManyAttempts { attempts, max };
-                self.poison(lease, envelope, e).await
-            }
-            Class::Attempt => self.retry_later(lease, attempts, e).await,
-            Class::Platform => self.defer(lease, envelope, e).await,
-            Class::Release => self.release(lease, envelope).await,
-            Class::LeaseLost => Outcome::LeaseLost,
-        }
-    }
-
-    /// Hides the message for the backoff delay of its `attempts`-th failure.
-    async fn retry_later(&self, lease: Lease, attempts: u64, e: JobError) -> Outcome {
+        let text = envelope.rewritten();
         let r = lease
-            .update(self.ctx.settings.backoff(attempts), None)
+            .update(self.ctx.settings.backoff(attempts), text.as_deref())
             .await;
         self.ctx.observer.record(Op::Update, &r);
         if let Err(u) = r {

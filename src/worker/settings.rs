@@ -33,6 +33,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_processing_time: Duration,
     pub max_dequeue_count: u64,
+    /// Deliveries (the dequeue count, every failure and release included) after which a
+    /// message is poisoned; `None` is off.
+    pub max_deliveries: Option<u64>,
     pub max_poll_interval: Duration,
     pub exit_when_idle: Option<Duration>,
     pub max_messages: Option<u64>,
@@ -68,6 +71,7 @@ impl Settings {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             max_processing_time: args.max_processing_time,
             max_dequeue_count: args.max_dequeue_count,
+            max_deliveries: (args.max_deliveries > 0).then_some(args.max_deliveries),
             max_poll_interval: args.max_poll_interval,
             exit_when_idle: args.exit_when_idle,
             max_messages: args.max_messages,
@@ -167,6 +171,11 @@ pub struct WorkerArgs {
     /// Failed attempts allowed before a message is poisoned (shutdown releases do not count).
     #[arg(long, env = "ROLLQ_MAX_DEQUEUE_COUNT", default_value_t = 5)]
     pub max_dequeue_count: u64,
+    /// Deliveries of one message, every failure and release included, after which it is
+    /// poisoned (0: off). The default outlasts a 6 h outage: a message hidden for at least
+    /// --retry-delay (5s) per platform failure is delivered at most 4320 times in 6 h.
+    #[arg(long, env = "ROLLQ_MAX_DELIVERIES", default_value_t = 5000)]
+    pub max_deliveries: u64,
     /// Longest sleep between polls of an empty queue (exponential backoff with jitter).
     #[arg(long, env = "ROLLQ_MAX_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_poll_interval: Duration,
@@ -267,6 +276,11 @@ mod tests {
         let s = Settings::with_defaults("jobs", "acct", "in").unwrap();
         assert_eq!(s.visibility_timeout, Duration::from_secs(300));
         assert_eq!(s.max_dequeue_count, 5);
+        assert_eq!(s.max_deliveries, Some(5000));
+        let mut args = WorkerArgs::defaults("jobs", "in");
+        args.max_deliveries = 0;
+        let off = Settings::from_args(&args, "acct").unwrap();
+        assert_eq!(off.max_deliveries, None, "0 turns the bound off");
         assert_eq!(s.drain_timeout, Duration::from_secs(25));
         assert_eq!(s.read.partition_bytes, 4 << 20);
         assert_eq!(s.upload_block_bytes, 4 << 20);

@@ -400,9 +400,16 @@ async fn max_processing_time_cancels_and_counts_as_a_failure() {
         matches!(outcome, Outcome::Retried(JobError::TimedOut(_))),
         "{outcome:?}"
     );
-    let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+    let (_, delay, _) = f.queue.updates().last().cloned().unwrap();
     assert_eq!(delay, f.worker.settings().backoff(1));
-    assert!(!rewritten, "a timeout is an attempt, not a release");
+    let snap = &f.queue.snapshot()[0];
+    let envelope = Envelope::open(&snap.text);
+    assert_eq!(
+        (envelope.released, envelope.deferred),
+        (0, 0),
+        "a timeout is an attempt, not a release"
+    );
+    assert_eq!(envelope.attempts(2), 2);
 }
 
 #[tokio::test]
@@ -719,4 +726,86 @@ async fn a_blob_outage_longer_than_max_dequeue_count_never_poisons() {
     assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
     assert!(f.queue.snapshot().is_empty());
     assert!(f.poison_texts().is_empty());
+}
+
+#[tokio::test]
+async fn a_forged_release_count_cannot_postpone_poisoning() {
+    let f = Fixture::new(|s| {
+        s.max_dequeue_count = 2;
+        s.max_processing_time = Duration::from_millis(50);
+    })
+    .await;
+    f.put("t.csv", "SPIN\n").await;
+    // Anyone who can write to the queue can claim a thousand shutdown releases.
+    f.queue
+        .send(r#"{"$rollq":{"released":1000},"body":"t.csv"}"#)
+        .await
+        .unwrap();
+    let mut poisoned_at = None;
+    for delivery in 1..=6u64 {
+        let msg = f.receive().await;
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        if let Outcome::Poisoned(e) = outcome {
+            assert!(matches!(e, JobError::TooManyAttempts { .. }), "{e:?}");
+            poisoned_at = Some(delivery);
+            break;
+        }
+        skip(f.queue.snapshot()[0].invisible_for).await;
+    }
+    assert_eq!(poisoned_at, Some(2), "poisoned after --max-dequeue-count");
+}
+
+#[tokio::test]
+async fn max_deliveries_ends_crash_loops_forged_counts_and_outages() {
+    let f = Fixture::new(|s| s.max_deliveries = Some(3)).await;
+    f.put("t.csv", "h\n1\n").await;
+    // A forged envelope whose deliveries die without an outcome (crashes): receive, let go.
+    f.queue
+        .send(r#"{"$rollq":{"released":1000},"body":"t.csv"}"#)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let m = f.receive().await;
+        f.queue
+            .update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+            .await
+            .unwrap();
+    }
+    let msg = f.receive().await;
+    assert_eq!(msg.dequeue_count, 4);
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Poisoned(JobError::MaxDeliveries {
+                deliveries: 3,
+                max: 3
+            })
+        ),
+        "{outcome:?}"
+    );
+    // Platform failures never count as attempts, but they are deliveries: the third one ends.
+    f.queue.send("t.csv").await.unwrap();
+    f.blobs.set_outage(true);
+    for delivery in 1..=3u64 {
+        let msg = f.receive().await;
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        if delivery < 3 {
+            assert!(matches!(outcome, Outcome::Retried(_)), "{outcome:?}");
+            skip(f.queue.snapshot()[0].invisible_for).await;
+        } else {
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Poisoned(JobError::MaxDeliveries {
+                        deliveries: 3,
+                        max: 3
+                    })
+                ),
+                "{outcome:?}"
+            );
+        }
+    }
+    assert!(f.queue.snapshot().is_empty());
+    assert_eq!(f.poison_texts().len(), 2);
 }
