@@ -5,8 +5,13 @@
 //! by a shutdown or scale-in, or met a storage outage. When the worker releases a message on
 //! shutdown, or hides it after a platform failure, it rewrites the text (Update Message can)
 //! into `{"$rollq":{"released":N,"deferred":M},"body":"<original>"}`; failed attempts are then
-//! `dequeue_count - released - deferred`. Zero counts are left out. The original text is what
-//! is parsed.
+//! `dequeue_count - released - deferred`. Zero counts are left out. The first failure's time
+//! is recorded too (`first_failure`, RFC 3339), so the poison copy can say when trouble began.
+//! The original text is what is parsed.
+//!
+//! The poison copy uses the same envelope with a `poison` object
+//! (`{"$rollq":{"poison":{"reason":…,"class":…,"deliveries":…}},"body":"<original>"}`, see
+//! [`PoisonNote`]); a verbatim copy has none. Every reader unwraps both the same way.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +28,35 @@ pub struct Envelope {
     pub released: u64,
     /// How many times a platform failure hid this message without counting an attempt.
     pub deferred: u64,
+    /// When the first failure of this message was recorded (RFC 3339), if one was.
+    pub first_failure: Option<String>,
+    /// Why the message was poisoned, on a poison copy.
+    pub poison: Option<PoisonNote>,
+}
+
+/// What a poison copy says about why it was poisoned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoisonNote {
+    /// The stable reason label (`too_many_attempts`, `max_deliveries`, `invalid_input`, …).
+    pub reason: String,
+    /// The error, as logged.
+    pub error: String,
+    /// The class of the failure that ended it: `permanent`, `message` or `platform`.
+    pub class: String,
+    /// Deliveries (the dequeue count), this one included.
+    pub deliveries: u64,
+    /// Failed attempts (deliveries minus releases and platform failures).
+    pub attempts: u64,
+    #[serde(default)]
+    pub released: u64,
+    #[serde(default)]
+    pub deferred: u64,
+    /// The first failure (RFC 3339): recorded in the bookkeeping, or this one.
+    pub first_failure: String,
+    /// This, the last, failure (RFC 3339).
+    pub last_failure: String,
+    /// The worker that poisoned it (`--worker-name`).
+    pub worker: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +72,10 @@ struct Meta {
     released: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     deferred: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    poison: Option<PoisonNote>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -54,13 +92,34 @@ impl Envelope {
                 original: wire.body,
                 released: wire.rollq.released,
                 deferred: wire.rollq.deferred,
+                first_failure: wire.rollq.first_failure,
+                poison: wire.rollq.poison,
             };
         }
         Envelope {
             original: text.to_owned(),
             released: 0,
             deferred: 0,
+            first_failure: None,
+            poison: None,
         }
+    }
+
+    /// This envelope with a failure at `now` recorded: the first one's time is kept.
+    pub fn failed_at(&self, now: &str) -> Envelope {
+        Envelope {
+            first_failure: Some(self.first_failure.clone().unwrap_or_else(|| now.to_owned())),
+            ..self.clone()
+        }
+    }
+
+    /// The poison copy's text, or `None` if the envelope would be too long (the copy is then
+    /// verbatim and the reason only in the log).
+    pub fn poisoned(&self, note: PoisonNote) -> Option<String> {
+        self.wrap(Meta {
+            poison: Some(note),
+            ..Meta::default()
+        })
     }
 
     /// Clamps the counts a message claims to what its deliveries allow: every release or
@@ -99,6 +158,8 @@ impl Envelope {
         Meta {
             released: self.released,
             deferred: self.deferred,
+            first_failure: self.first_failure.clone(),
+            poison: None,
         }
     }
 
@@ -143,6 +204,8 @@ mod tests {
                     original: original.into(),
                     released: 2,
                     deferred: 0,
+                    first_failure: None,
+                    poison: None,
                 }
             );
             assert_eq!(third.attempts(5), 3);
@@ -173,6 +236,37 @@ mod tests {
         assert_eq!(Envelope::open(text).original, text);
         let odd = r#"{"$rollq": "not ours"}"#;
         assert_eq!(Envelope::open(odd).original, odd);
+    }
+
+    #[test]
+    fn the_first_failure_is_kept_and_a_poison_note_round_trips() {
+        let once = Envelope::open("t.csv").failed_at("2026-01-01T00:00:00Z");
+        let twice = Envelope::open(&once.rewritten().unwrap()).failed_at("2026-01-02T00:00:00Z");
+        assert_eq!(twice.first_failure.as_deref(), Some("2026-01-01T00:00:00Z"));
+        let deferred = Envelope::open(&twice.deferred_once_more().unwrap());
+        assert_eq!(deferred.first_failure, twice.first_failure);
+        let note = PoisonNote {
+            reason: "too_many_attempts".into(),
+            error: "failed 5 times".into(),
+            class: "message".into(),
+            deliveries: 6,
+            attempts: 5,
+            released: 1,
+            deferred: 0,
+            first_failure: "2026-01-01T00:00:00Z".into(),
+            last_failure: "2026-01-02T00:00:00Z".into(),
+            worker: "pod-1".into(),
+        };
+        let copy = Envelope::open(&deferred.poisoned(note.clone()).unwrap());
+        assert_eq!(copy.original, "t.csv");
+        assert_eq!(copy.poison, Some(note));
+        assert_eq!(
+            (copy.released, copy.deferred),
+            (0, 0),
+            "counts live in the note"
+        );
+        // A verbatim copy has no note and is its own original.
+        assert_eq!(Envelope::open("t.csv").poison, None);
     }
 
     #[test]

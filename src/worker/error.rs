@@ -34,6 +34,20 @@ pub enum Class {
     LeaseLost,
 }
 
+impl Class {
+    /// The label a poison copy gives the failure that ended the message: `permanent`,
+    /// `message` (its own failures) or `platform`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Permanent => "permanent",
+            Class::Attempt => "message",
+            Class::Platform => "platform",
+            Class::Release => "release",
+            Class::LeaseLost => "lease_lost",
+        }
+    }
+}
+
 /// Why a message failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

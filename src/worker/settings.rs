@@ -49,6 +49,30 @@ pub struct Settings {
     /// Output block size: the sink holds at most this much before staging.
     pub upload_block_bytes: usize,
     pub spec: Spec,
+    /// What a poison copy holds: the envelope with the reason, or the text verbatim.
+    pub poison_format: PoisonFormat,
+    /// Named in poison copies: `--worker-name`, else the host name (the pod's name).
+    pub worker_name: String,
+}
+
+/// What `<queue>-poison` receives (`--poison-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoisonFormat {
+    /// A `$rollq` envelope holding the original text and why it was poisoned.
+    Envelope,
+    /// The original text as it is (Azure Functions' behaviour), for tools that read bodies.
+    Verbatim,
+}
+
+/// The host name (on Kubernetes, the pod's name), or `unknown`.
+fn host_name() -> String {
+    // The kernel's own record first; the file many distributions keep second.
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 impl Settings {
@@ -85,6 +109,8 @@ impl Settings {
             },
             upload_block_bytes: args.upload_block_size,
             spec,
+            poison_format: args.poison_format,
+            worker_name: args.worker_name.clone().unwrap_or_else(host_name),
         };
         settings.validate()?;
         Ok(settings)
@@ -213,6 +239,13 @@ pub struct WorkerArgs {
     /// Output block size: the output is staged in blocks this large while it is produced.
     #[arg(long, env = "ROLLQ_UPLOAD_BLOCK_SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub upload_block_size: usize,
+    /// What the poison queue receives: an envelope with the original text and why, or the
+    /// text verbatim (as Azure Functions does).
+    #[arg(long, env = "ROLLQ_POISON_FORMAT", value_enum, default_value_t = PoisonFormat::Envelope)]
+    pub poison_format: PoisonFormat,
+    /// This worker's name in poison copies [default: the host name, the pod's name].
+    #[arg(long, env = "ROLLQ_WORKER_NAME")]
+    pub worker_name: Option<String>,
     #[command(flatten)]
     pub reducer: ReducerArgs,
     #[command(flatten)]
@@ -277,6 +310,8 @@ mod tests {
         assert_eq!(s.visibility_timeout, Duration::from_secs(300));
         assert_eq!(s.max_dequeue_count, 5);
         assert_eq!(s.max_deliveries, Some(5000));
+        assert_eq!(s.poison_format, PoisonFormat::Envelope);
+        assert!(!s.worker_name.is_empty());
         let mut args = WorkerArgs::defaults("jobs", "in");
         args.max_deliveries = 0;
         let off = Settings::from_args(&args, "acct").unwrap();

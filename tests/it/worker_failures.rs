@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use rollq::worker::envelope::Envelope;
+
 use crate::support::{Azurite, TcpProxy};
 use crate::worker_support::*;
 
 /// Issue 4, test 2: a garbage message, a foreign URL, a missing blob, a malformed CSV and a
-/// message over the dequeue limit all land in `<queue>-poison`, verbatim; nothing is left.
+/// message over the dequeue limit all land in `<queue>-poison`, each copy an envelope holding
+/// the original text and why; nothing is left. Then (issue 10) `rollq poison list` shows each
+/// reason and `rollq poison requeue` sends the original texts back without the envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_paths() {
     let az = Azurite::start();
@@ -56,8 +60,24 @@ async fn poison_paths() {
     let status = worker.wait_exit(PATIENCE).await;
     assert!(status.success(), "exit {status}");
     let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    let mut got = peek_texts(&poison).await;
+    let copies = peek_texts(&poison).await;
+    let mut got: Vec<String> = copies.iter().map(|t| Envelope::open(t).original).collect();
     got.sort();
+    let mut reasons: Vec<String> = copies
+        .iter()
+        .map(|t| Envelope::open(t).poison.expect("an enveloped copy").reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "bad_message",
+            "input_not_found",
+            "invalid_input",
+            "refused",
+            "too_many_attempts"
+        ]
+    );
     let mut want: Vec<String> = texts.iter().map(|s| s.to_string()).collect();
     want.push("fine.csv".into());
     want.sort();
@@ -81,6 +101,22 @@ async fn poison_paths() {
             && log.contains("refused"),
         "{log}"
     );
+
+    let (listed, _) = az.rollq_ok(&["poison", "list", "--queue", queue.name()]);
+    assert!(listed.contains("5 message(s)"), "{listed}");
+    assert!(
+        listed.contains("reason too_many_attempts (message, ")
+            && listed.contains("deliveries 3 attempts 3")
+            && listed.contains("reason invalid_input (permanent, ")
+            && listed.contains("\"does-not-exist.csv\""),
+        "{listed}"
+    );
+    let (out, _) = az.rollq_ok(&["poison", "requeue", "--queue", queue.name()]);
+    assert!(out.contains("requeued 5 message(s)"), "{out}");
+    let mut back = peek_texts(&queue).await;
+    back.sort();
+    assert_eq!(back, want, "the original texts, without the envelope");
+    assert_eq!(poison.approximate_count().await.unwrap(), 0);
 }
 
 /// Seed rows whose size at `rate` bytes/s takes about `secs` to download.
