@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use rollq::worker::envelope::Envelope;
 
-use crate::support::{Azurite, TcpProxy};
+use crate::support::http_proxy::{Action, Kind, Rule, When};
+use crate::support::{Azurite, HttpProxy, TcpProxy};
 use crate::worker_support::*;
 
 /// Issue 4, test 2: a garbage message, a foreign URL, a missing blob, a malformed CSV and a
@@ -339,4 +340,63 @@ async fn storage_outage_flips_readiness_and_loses_nothing() {
         "receive errors were counted"
     );
     assert!(worker.alive());
+}
+
+/// Issue 10: blob storage answering 503 for longer than `--max-dequeue-count` attempts is a
+/// platform failure: nothing is poisoned, every message completes once it passes. The HTTP
+/// proxy answers the first 24 HEAD requests (Get Blob Properties, every job's first blob call)
+/// with 503 itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_503s_longer_than_max_dequeue_count_poison_nothing() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let busy = 24;
+    let blob_proxy = HttpProxy::start(
+        az.blob_addr(),
+        10,
+        vec![Rule {
+            kind: Kind::Head,
+            when: When::FirstN(busy),
+            action: Action::Answer {
+                status: 503,
+                retry_after: None,
+            },
+        }],
+    );
+    let mut bodies = Vec::new();
+    for i in 0..3u64 {
+        let body = seed_csv(20 + i, 50);
+        bodies.push(expected_output(&body));
+        upload(&conn.blobs, &container, &format!("busy{i}.csv"), body).await;
+        queue.send(&format!("busy{i}.csv")).await.unwrap();
+    }
+    let mut worker = WorkerProc::spawn_with(
+        az.rollq_via(blob_proxy.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &[
+            "--exit-when-idle",
+            "2s",
+            "--max-dequeue-count",
+            "2",
+            "--retry-delay",
+            "100ms",
+            "--max-retry-delay",
+            "400ms",
+            "--storage-timeout",
+            "2s",
+        ],
+    );
+    let status = worker.wait_exit(PATIENCE).await;
+    assert!(status.success(), "exit {status}; log:\n{}", worker.log());
+    for (i, want) in bodies.iter().enumerate() {
+        let got = download(&conn.blobs, &container, &format!("busy{i}_aggregated.csv")).await;
+        assert!(got.as_ref() == Some(want), "output {i} missing or wrong");
+    }
+    assert_queue_and_poison_empty(&conn, &queue).await;
+    let log = worker.log();
+    assert!(!log.contains("message poisoned"), "{log}");
+    let (_, answered) = blob_proxy.count(Kind::Head);
+    assert_eq!(answered, busy, "every injected 503 was served");
 }
