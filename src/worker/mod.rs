@@ -7,7 +7,8 @@
 //! once. The rooms: `settings` (flags and validated settings), `check` (start-up checks),
 //! `receive_loop` (batches, idle backoff, queue gauges, drain), `pipeline` (one job: parse,
 //! idempotency, reduce, conditional write), `outcome` (the outcome's log line and metrics),
-//! `lease`, `envelope`, `job`, `error`, `io` (the blocking bridges).
+//! `lease`, `envelope` (bookkeeping and poison copies), `backoff` (the delay after platform
+//! failures), `job`, `error`, `io` (the blocking bridges).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
