@@ -16,8 +16,9 @@
 //! - [`telemetry`]: tracing subscriber set-up.
 //! - `fuzzing` (hidden): the properties the fuzz targets in `fuzz/` check, and their seeds.
 //! - [`worker`]: the queue worker: `process_one` (the recipe) in `mod.rs`; `settings`, `check`
-//!   (start-up), `receive_loop`, `pipeline` (one job), `outcome`, `lease`, `envelope`, `job`
-//!   (message forms), `error` (the one classifier), `io` (blocking bridges).
+//!   (start-up), `receive_loop`, `pipeline` (one job), `outcome`, `lease`, `envelope`
+//!   (bookkeeping and poison copies), `backoff` (the platform-failure delay), `job` (message
+//!   forms), `error` (the one classifier), `io` (blocking bridges).
 //! - [`startup`]: `App::build` / `run_until_stopped`: wires storage, worker, admin server.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` and the readiness state.
 //! - [`metrics`]: the Prometheus metrics (names are a contract with dashboards).

@@ -291,6 +291,16 @@ impl Metrics {
             .inc();
     }
 
+    /// How many `op` calls failed with `kind` so far.
+    pub fn storage_error_count(&self, op: Op, kind: ErrorKind) -> u64 {
+        self.storage_errors
+            .get_or_create(&StorageErrorLabels {
+                op: op.as_str().to_owned(),
+                kind: kind.as_str().to_owned(),
+            })
+            .get()
+    }
+
     /// Sets the sampled queue figures.
     pub fn queue_stats(&self, queue: u64, poison: u64, oldest_age_seconds: f64) {
         self.queue_messages.set(queue as i64);

@@ -16,6 +16,7 @@ use crate::storage::{
     BlobPath, ErrorKind, StorageArgs, poison_queue_name, validate_container_name,
     validate_queue_name,
 };
+use crate::worker::envelope::Envelope;
 
 /// Enqueue every input blob that has no current output.
 ///
@@ -94,7 +95,8 @@ pub struct PoisonArgs {
 pub enum PoisonCommand {
     /// Show the first poison messages (peek: at most 32, nothing is changed).
     List(QueueTarget),
-    /// Move poison messages back to the main queue, bodies verbatim.
+    /// Move poison messages back to the main queue: the original text, without the worker's
+    /// envelope (verbatim copies are sent as they are).
     Requeue(RequeueArgs),
 }
 
@@ -370,16 +372,44 @@ async fn list(t: QueueTarget) -> anyhow::Result<()> {
         msgs.len()
     );
     for m in msgs {
-        // Debug formatting escapes control characters, so one message stays one line.
         println!(
-            "{}\tage {}\tdequeued {}\t{:?}",
-            m.id,
-            age(m.inserted_on),
-            m.dequeue_count,
-            m.text
+            "{}",
+            list_line(
+                &m.id.to_string(),
+                &age(m.inserted_on),
+                m.dequeue_count,
+                &m.text
+            )
         );
     }
     Ok(())
+}
+
+/// One `poison list` line: id, age, the poison queue's own dequeue count, why (from the
+/// worker's envelope; `verbatim copy` when there is none) and the original text. Debug
+/// formatting escapes control characters, so one message stays one line.
+fn list_line(id: &str, age: &str, dequeued: u64, text: &str) -> String {
+    let e = Envelope::open(text);
+    let why = match &e.poison {
+        Some(p) => format!(
+            "reason {} ({}, {:?})\tdeliveries {} attempts {} released {} deferred {}\tfirst failure {} last {}\tworker {}",
+            p.reason,
+            p.class,
+            p.error,
+            p.deliveries,
+            p.attempts,
+            p.released,
+            p.deferred,
+            p.first_failure,
+            p.last_failure,
+            p.worker
+        ),
+        None => "reason ? (verbatim copy)".to_owned(),
+    };
+    format!(
+        "{id}\tage {age}\tdequeued {dequeued}\t{why}\t{:?}",
+        e.original
+    )
 }
 
 async fn requeue(r: RequeueArgs) -> anyhow::Result<()> {
@@ -414,7 +444,11 @@ async fn requeue(r: RequeueArgs) -> anyhow::Result<()> {
         for m in batch {
             // Send first, then delete: a crash in between leaves a copy in the poison
             // queue (visible again after the timeout), never a lost message.
-            main.send(&m.text).await.map_err(&explain)?;
+            // The producer's text, unwrapped from the poison envelope: the worker sees the
+            // message as it was first sent, with no counts carried over.
+            main.send(&Envelope::open(&m.text).original)
+                .await
+                .map_err(&explain)?;
             p.delete(&m.id, &m.pop_receipt).await.map_err(&explain)?;
             moved += 1;
         }
@@ -438,6 +472,25 @@ mod tests {
         assert_eq!(got, ["a", "x", "y z", "b"]);
         let got = message_texts(&strings(&["t.csv"]), true, std::io::empty()).unwrap();
         assert_eq!(got, ["dC5jc3Y="]);
+    }
+
+    #[test]
+    fn list_lines_show_why_and_the_original() {
+        let copy = r#"{"$rollq":{"poison":{"reason":"too_many_attempts","error":"failed 5 times","class":"message","deliveries":6,"attempts":5,"released":1,"deferred":0,"first_failure":"2026-01-01T00:00:00Z","last_failure":"2026-01-01T00:05:00Z","worker":"pod-1"}},"body":"t.csv"}"#;
+        let line = list_line("m1", "1m", 1, copy);
+        for part in [
+            "reason too_many_attempts (message, \"failed 5 times\")",
+            "deliveries 6 attempts 5 released 1 deferred 0",
+            "first failure 2026-01-01T00:00:00Z last 2026-01-01T00:05:00Z",
+            "worker pod-1",
+            "\"t.csv\"",
+        ] {
+            assert!(line.contains(part), "{part}: {line}");
+        }
+        let line = list_line("m2", "1m", 1, "a\nb.csv");
+        assert!(line.contains("verbatim copy"), "{line}");
+        assert!(line.ends_with(r#""a\nb.csv""#), "{line}");
+        assert_eq!(line.lines().count(), 1);
     }
 
     #[test]

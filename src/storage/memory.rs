@@ -107,6 +107,8 @@ struct QueueState {
     messages: Vec<StoredMessage>,
     /// Every update's visibility and whether it rewrote the text, for test assertions.
     updates: Vec<(MessageId, Duration, bool)>,
+    /// While set, every send fails with `ErrorKind::Transient` (this queue alone is sick).
+    refuse_sends: bool,
 }
 
 /// One in-memory queue.
@@ -150,6 +152,18 @@ impl MemoryQueue {
     /// Every `update` call so far: message, visibility, whether the text was rewritten.
     pub fn updates(&self) -> Vec<(MessageId, Duration, bool)> {
         self.state.lock().unwrap().updates.clone()
+    }
+
+    /// Deletes the queue and its messages, as someone clearing it by hand would.
+    pub fn delete_queue(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.exists = false;
+        state.messages.clear();
+    }
+
+    /// Makes every send to this queue fail (true) or work again (false).
+    pub fn refuse_sends(&self, refuse: bool) {
+        self.state.lock().unwrap().refuse_sends = refuse;
     }
 
     fn not_found(&self, op: Op) -> StorageError {
@@ -206,6 +220,14 @@ impl Queue for MemoryQueue {
 
     async fn send(&self, text: &str) -> Result<MessageId, StorageError> {
         let mut state = self.locked(Op::Send)?;
+        if state.refuse_sends {
+            return Err(StorageError::new(
+                ErrorKind::Transient,
+                Op::Send,
+                &self.name,
+                "500 InternalError (simulated)",
+            ));
+        }
         if text.len() > 64 * 1024 {
             return Err(StorageError::new(
                 ErrorKind::Other,

@@ -1,7 +1,9 @@
 //! `JobError`: why one message could not be completed, and the only place errors are classified.
 //!
 //! `process_one` turns every failure into a `JobError` and asks [`JobError::class`] what to do:
-//! poison it, retry it later, release it (shutdown), or leave it alone (lease lost).
+//! poison it, retry it later as a failed attempt (the message's own failure), defer it without
+//! counting an attempt (the platform's failure), release it (shutdown), or leave it alone
+//! (lease lost).
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -18,12 +20,32 @@ use crate::storage::{BlobPath, ErrorKind, StorageError};
 pub enum Class {
     /// The message or its input is at fault: retrying cannot help. Poison at once.
     Permanent,
-    /// The failure may pass: make the message visible again after a backoff delay.
-    Retry,
+    /// The message's own failure that may pass (processing time exceeded, a reducer or
+    /// internal error, an output race, a blob replaced mid-read): retry after a backoff delay;
+    /// it counts toward `--max-dequeue-count`.
+    Attempt,
+    /// The platform's failure (storage unreachable, timeouts, 5xx, throttling, authentication
+    /// or permission, a missing queue or container): no fault of the message, so it never
+    /// counts as an attempt. The message is hidden for the worker's current backoff delay.
+    Platform,
     /// Shutdown or scale-in interrupted the work: release without counting an attempt.
     Release,
     /// Another consumer owns the message now: touch nothing.
     LeaseLost,
+}
+
+impl Class {
+    /// The label a poison copy gives the failure that ended the message: `permanent`,
+    /// `message` (its own failures) or `platform`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Permanent => "permanent",
+            Class::Attempt => "message",
+            Class::Platform => "platform",
+            Class::Release => "release",
+            Class::LeaseLost => "lease_lost",
+        }
+    }
 }
 
 /// Why a message failed.
@@ -41,6 +63,10 @@ pub enum JobError {
     /// The message failed more often than `--max-dequeue-count` allows.
     #[error("failed {attempts} times (--max-dequeue-count {max})")]
     TooManyAttempts { attempts: u64, max: u64 },
+    /// The message was delivered `--max-deliveries` times, whatever the failures were: the
+    /// absolute bound on the work anyone who can write to the queue can cause.
+    #[error("delivered {deliveries} times (--max-deliveries {max})")]
+    MaxDeliveries { deliveries: u64, max: u64 },
     /// The input is not valid CSV under the reducer's options, or exceeds a limit.
     #[error("invalid input: {0}")]
     Input(#[source] AggregateError),
@@ -120,18 +146,27 @@ impl JobError {
             | JobError::Refused(_)
             | JobError::InputNotFound(_)
             | JobError::TooManyAttempts { .. }
+            | JobError::MaxDeliveries { .. }
             | JobError::Input(_)
             | JobError::Unreadable(_) => Class::Permanent,
             JobError::Storage(e) => match e.kind {
                 ErrorKind::LeaseLost => Class::LeaseLost,
-                // Not found here means a container or the queue vanished, or auth broke:
-                // configuration that may be fixed, so retry (and poison after max attempts).
-                _ => Class::Retry,
+                // A missing input blob is `InputNotFound` above; not found here means a
+                // container or the queue vanished: configuration, like a refused credential.
+                ErrorKind::Transient
+                | ErrorKind::Throttled
+                | ErrorKind::Auth
+                | ErrorKind::NotFound => Class::Platform,
+                // The input replaced mid-read, a lost create race, or a 4xx we did not expect:
+                // tied to this message, so counted, and a message that keeps meeting one ends.
+                ErrorKind::PreconditionFailed | ErrorKind::Conflict | ErrorKind::Other => {
+                    Class::Attempt
+                }
             },
             JobError::TimedOut(_)
             | JobError::OutputConflict(_)
             | JobError::OutputRace(_)
-            | JobError::Internal(_) => Class::Retry,
+            | JobError::Internal(_) => Class::Attempt,
             JobError::Shutdown => Class::Release,
             JobError::LeaseLost => Class::LeaseLost,
         }
@@ -144,6 +179,7 @@ impl JobError {
             JobError::Refused(_) => "refused",
             JobError::InputNotFound(_) => "input_not_found",
             JobError::TooManyAttempts { .. } => "too_many_attempts",
+            JobError::MaxDeliveries { .. } => "max_deliveries",
             JobError::Input(_) => "invalid_input",
             JobError::Unreadable(_) => "unreadable_input",
             JobError::Storage(_) => "storage",
@@ -192,14 +228,31 @@ mod tests {
             JobError::Input(AggregateError::EmptyInput).class(),
             Class::Permanent
         );
-        assert_eq!(storage(ErrorKind::Transient).class(), Class::Retry);
-        assert_eq!(storage(ErrorKind::Throttled).class(), Class::Retry);
-        assert_eq!(storage(ErrorKind::PreconditionFailed).class(), Class::Retry);
+        for kind in [
+            ErrorKind::Transient,
+            ErrorKind::Throttled,
+            ErrorKind::Auth,
+            ErrorKind::NotFound,
+        ] {
+            assert_eq!(storage(kind).class(), Class::Platform, "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::PreconditionFailed,
+            ErrorKind::Conflict,
+            ErrorKind::Other,
+        ] {
+            assert_eq!(storage(kind).class(), Class::Attempt, "{kind:?}");
+        }
         assert_eq!(storage(ErrorKind::LeaseLost).class(), Class::LeaseLost);
         assert_eq!(JobError::Shutdown.class(), Class::Release);
         assert_eq!(
             JobError::TimedOut(Duration::from_secs(1)).class(),
-            Class::Retry
+            Class::Attempt
+        );
+        assert_eq!(JobError::Internal("x".into()).class(), Class::Attempt);
+        assert_eq!(
+            JobError::OutputRace(BlobPath::new("c", "b")).class(),
+            Class::Attempt
         );
     }
 

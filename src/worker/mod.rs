@@ -7,11 +7,11 @@
 //! once. The rooms: `settings` (flags and validated settings), `check` (start-up checks),
 //! `receive_loop` (batches, idle backoff, queue gauges, drain), `pipeline` (one job: parse,
 //! idempotency, reduce, conditional write), `outcome` (the outcome's log line and metrics),
-//! `lease`, `envelope`, `job`, `echo` (producer text in logs), `error`, `io` (the blocking
-//! bridges).
+//! `lease`, `envelope` (bookkeeping and poison copies), `backoff` (the delay after platform
+//! failures), `job`, `echo` (producer text in logs), `error`, `io` (the blocking bridges).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +20,9 @@ use tracing::Instrument;
 use crate::aggregate::{self, Report, Spec};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::storage::{BlobStore, Op, Queue, QueueService, Received, StorageError};
+use crate::storage::{BlobStore, ErrorKind, Op, Queue, QueueService, Received, StorageError};
 
+mod backoff;
 mod check;
 pub mod echo;
 pub mod envelope;
@@ -34,15 +35,35 @@ mod pipeline;
 mod receive_loop;
 pub mod settings;
 
+use backoff::PlatformBackoff;
 pub use check::StartupError;
-use envelope::Envelope;
+use envelope::{Envelope, PoisonNote};
 use error::{Class, JobError};
 use job::JobRules;
 use lease::{Lease, LeaseParams};
 pub use outcome::Outcome;
 use pipeline::Done;
 pub use receive_loop::RunEnd;
-pub use settings::{MAX_QUEUE_NAME, Settings, WorkerArgs};
+pub use settings::{MAX_QUEUE_NAME, PoisonFormat, Settings, WorkerArgs};
+
+/// Tries at sending one poison copy before the message is left to reappear after its
+/// visibility timeout (bounded, so a sick poison queue cannot hold a slot for long).
+const POISON_SEND_TRIES: u32 = 3;
+
+/// Pause before the second try, doubled before the third.
+const POISON_SEND_PAUSE: Duration = Duration::from_millis(200);
+
+/// How many times this message was delivered and how many of those were failed attempts.
+#[derive(Clone, Copy, Debug)]
+struct Deliveries {
+    dequeue_count: u64,
+    attempts: u64,
+}
+
+/// Now, as the envelope records times (RFC 3339, whole seconds).
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
 
 /// The reducer entry point; [`aggregate::run`] except in tests that need a deliberately slow
 /// or failing one.
@@ -68,6 +89,8 @@ struct Ctx {
     metrics: Metrics,
     readiness: Readiness,
     observer: Arc<Observer>,
+    /// The delay a platform failure hides a message for.
+    platform: PlatformBackoff,
     reducer: ReduceFn,
 }
 
@@ -131,6 +154,7 @@ impl Worker {
                 metrics,
                 readiness,
                 observer,
+                platform: PlatformBackoff::default(),
                 reducer: aggregate::run,
             }),
         }
@@ -171,7 +195,8 @@ impl Worker {
         let s = &ctx.settings;
         let started = Instant::now();
         ctx.metrics.in_flight().inc();
-        let envelope = Envelope::open(&msg.text);
+        let mut envelope = Envelope::open(&msg.text);
+        envelope.clamp(msg.dequeue_count);
         let attempts = envelope.attempts(msg.dequeue_count);
         let lease = Lease::hold(
             ctx.queue.clone(),
@@ -179,27 +204,47 @@ impl Worker {
             LeaseParams::new(s.visibility_timeout),
             ctx.metrics.clone(),
         );
-        let result = if attempts > s.max_dequeue_count {
-            // Covers crash loops: attempts that died without reaching an outcome.
-            Err(JobError::TooManyAttempts {
-                attempts: attempts - 1,
-                max: s.max_dequeue_count,
-            })
-        } else {
-            self.run_with_limits(&envelope, &lease, &interrupt).await
+        let d = Deliveries {
+            dequeue_count: msg.dequeue_count,
+            attempts,
+        };
+        let result = match self.over_limits(msg.dequeue_count, attempts) {
+            Some(e) => Err(e),
+            None => self.run_with_limits(&envelope, &lease, &interrupt).await,
         };
         let outcome = match result {
             Ok(done) => self.complete(lease, done).await,
-            Err(e) => self.dispose(lease, &envelope, attempts, e).await,
+            Err(e) => self.dispose(lease, &envelope, d, e).await,
         };
         outcome::record(&ctx.metrics, &msg, &outcome, started.elapsed(), attempts);
         outcome
+    }
+
+    /// A message received more often than the limits allow is poisoned before any work: this
+    /// covers crash loops (deliveries that died without reaching an outcome).
+    fn over_limits(&self, dequeue_count: u64, attempts: u64) -> Option<JobError> {
+        let s = &self.ctx.settings;
+        if let Some(max) = s.max_deliveries
+            && dequeue_count > max
+        {
+            return Some(JobError::MaxDeliveries {
+                deliveries: dequeue_count - 1,
+                max,
+            });
+        }
+        (attempts > s.max_dequeue_count).then_some(JobError::TooManyAttempts {
+            attempts: attempts - 1,
+            max: s.max_dequeue_count,
+        })
     }
 
     /// The work is done: delete the message, last.
     async fn complete(&self, lease: Lease, done: Done) -> Outcome {
         let r = lease.complete().await;
         self.ctx.observer.record(Op::Delete, &r);
+        if r.is_ok() {
+            self.ctx.platform.succeeded();
+        }
         match (r, done) {
             (Ok(()), Done::Written(report)) => {
                 self.ctx.metrics.rows(report.rows, report.bad_rows);
@@ -212,35 +257,87 @@ impl Worker {
         }
     }
 
-    /// The work failed: what happens to the message is [`JobError::class`]'s answer.
+    /// The work failed: what happens to the message is [`JobError::class`]'s answer, within
+    /// the two bounds: `--max-deliveries` for every delivery, `--max-dequeue-count` for the
+    /// message's own failures.
     async fn dispose(
+        &self,
+        lease: Lease,
+        envelope: &Envelope,
+        d: Deliveries,
+        e: JobError,
+    ) -> Outcome {
+        let s = &self.ctx.settings;
+        let max = s.max_dequeue_count;
+        // A limit hit before any work (crash loops) counts as the message's own failure.
+        let class = match e {
+            JobError::TooManyAttempts { .. } | JobError::MaxDeliveries { .. } => Class::Attempt,
+            _ => e.class(),
+        };
+        match e.class() {
+            Class::Permanent => self.poison(lease, envelope, d, e, class).await,
+            Class::Release => self.release(lease, envelope).await,
+            Class::LeaseLost => Outcome::LeaseLost,
+            Class::Attempt | Class::Platform => match s.max_deliveries {
+                Some(max) if d.dequeue_count >= max => {
+                    let e = JobError::MaxDeliveries {
+                        deliveries: d.dequeue_count,
+                        max,
+                    };
+                    self.poison(lease, envelope, d, e, class).await
+                }
+                _ if class == Class::Platform => self.defer(lease, envelope, e).await,
+                _ if d.attempts >= max => {
+                    let e = JobError::TooManyAttempts {
+                        attempts: d.attempts,
+                        max,
+                    };
+                    self.poison(lease, envelope, d, e, class).await
+                }
+                _ => self.retry_later(lease, envelope, d.attempts, e).await,
+            },
+        }
+    }
+
+    /// Hides the message for the backoff delay of its `attempts`-th failure, writing back its
+    /// bookkeeping as clamped (so a forged count does not survive the first failure).
+    async fn retry_later(
         &self,
         lease: Lease,
         envelope: &Envelope,
         attempts: u64,
         e: JobError,
     ) -> Outcome {
-        let max = self.ctx.settings.max_dequeue_count;
-        match e.class() {
-            Class::Permanent => self.poison(lease, envelope, e).await,
-            Class::Retry if attempts >= max => {
-                let e = JobError::TooManyAttempts { attempts, max };
-                self.poison(lease, envelope, e).await
-            }
-            Class::Retry => self.retry_later(lease, attempts, e).await,
-            Class::Release => self.release(lease, envelope).await,
-            Class::LeaseLost => Outcome::LeaseLost,
-        }
-    }
-
-    /// Hides the message for the backoff delay of its `attempts`-th failure.
-    async fn retry_later(&self, lease: Lease, attempts: u64, e: JobError) -> Outcome {
+        let text = envelope.failed_at(&now_rfc3339()).rewritten();
         let r = lease
-            .update(self.ctx.settings.backoff(attempts), None)
+            .update(self.ctx.settings.backoff(attempts), text.as_deref())
             .await;
         self.ctx.observer.record(Op::Update, &r);
         if let Err(u) = r {
             tracing::warn!(error.message = %u, "could not set the retry delay; the message reappears when its timeout lapses");
+        }
+        Outcome::Retried(e)
+    }
+
+    /// A platform failure: hides the message for the worker's current backoff delay (not 0,
+    /// so replicas do not spin on it during an outage), recording the deferral so it is not an
+    /// attempt.
+    async fn defer(&self, lease: Lease, envelope: &Envelope, e: JobError) -> Outcome {
+        let retry_after = match &e {
+            JobError::Storage(se) => se.retry_after,
+            _ => None,
+        };
+        let delay = self.ctx.platform.failed(&self.ctx.settings, retry_after);
+        let text = envelope.failed_at(&now_rfc3339()).deferred_once_more();
+        if text.is_none() {
+            tracing::warn!(
+                "message too long to record the platform failure; it counts as an attempt"
+            );
+        }
+        let r = lease.update(delay, text.as_deref()).await;
+        self.ctx.observer.record(Op::Update, &r);
+        if let Err(u) = r {
+            tracing::warn!(error.message = %u, "could not defer; the message reappears when its timeout lapses");
         }
         Outcome::Retried(e)
     }
@@ -259,16 +356,32 @@ impl Worker {
         Outcome::Released
     }
 
-    async fn poison(&self, lease: Lease, envelope: &Envelope, e: JobError) -> Outcome {
+    /// Copies the message to `<queue>-poison` with why (see [`Worker::poison_text`]), then
+    /// deletes it. Never for a message whose lease is lost: another consumer may own it. If
+    /// the copy cannot be sent, the message is left to reappear after its visibility timeout
+    /// and is poisoned then; it always ends.
+    async fn poison(
+        &self,
+        lease: Lease,
+        envelope: &Envelope,
+        d: Deliveries,
+        e: JobError,
+        cause: Class,
+    ) -> Outcome {
         let ctx = &self.ctx;
-        // The producer's text verbatim, as Azure Functions does: a requeue is a plain copy.
-        let sent = ctx.poison.send(&envelope.original).await;
-        ctx.observer.record(Op::Send, &sent);
-        if let Err(send) = sent {
-            // Do not delete what we could not copy: retry later instead.
-            tracing::warn!(error.message = %send, reason = e.reason(), "could not poison the message; retrying later");
-            let r = lease.update(ctx.settings.retry_delay, None).await;
-            ctx.observer.record(Op::Update, &r);
+        let text = self.poison_text(envelope, d, &e, cause);
+        if let Err(send) = self.send_poison(&lease, &text).await {
+            if lease.lost().is_cancelled() {
+                return Outcome::LeaseLost;
+            }
+            tracing::warn!(
+                error.message = %send,
+                poison_queue = ctx.poison.name(),
+                reason = e.reason(),
+                "could not poison the message; it reappears when its visibility timeout lapses"
+            );
+            // Dropping the lease stops renewal and touches nothing else.
+            drop(lease);
             return Outcome::Retried(JobError::Storage(send));
         }
         let r = lease.complete().await;
@@ -279,6 +392,81 @@ impl Worker {
             tracing::warn!(error.message = %del, "poisoned, but could not delete the original");
         }
         Outcome::Poisoned(e)
+    }
+
+    /// The poison copy: by default the envelope with the original text and a [`PoisonNote`];
+    /// the original verbatim with `--poison-format verbatim`, or when the envelope would not
+    /// fit in a message (the reason is then only in the outcome's log line).
+    fn poison_text(
+        &self,
+        envelope: &Envelope,
+        d: Deliveries,
+        e: &JobError,
+        cause: Class,
+    ) -> String {
+        let s = &self.ctx.settings;
+        if s.poison_format == PoisonFormat::Verbatim {
+            return envelope.original.clone();
+        }
+        let now = now_rfc3339();
+        let note = PoisonNote {
+            reason: e.reason().to_owned(),
+            error: e.to_string(),
+            class: cause.as_str().to_owned(),
+            deliveries: d.dequeue_count,
+            attempts: d.attempts,
+            released: envelope.released,
+            deferred: envelope.deferred,
+            first_failure: envelope
+                .first_failure
+                .clone()
+                .unwrap_or_else(|| now.clone()),
+            last_failure: now,
+            worker: s.worker_name.clone(),
+        };
+        envelope.poisoned(note).unwrap_or_else(|| {
+            tracing::warn!("message too long for the poison envelope; copied verbatim");
+            envelope.original.clone()
+        })
+    }
+
+    /// Sends the poison copy: creates the poison queue when it is missing, and tries
+    /// [`POISON_SEND_TRIES`] times. Stops early if the lease is lost meanwhile.
+    async fn send_poison(&self, lease: &Lease, text: &str) -> Result<(), StorageError> {
+        let ctx = &self.ctx;
+        let mut pause = POISON_SEND_PAUSE;
+        let mut tries = 0;
+        loop {
+            if lease.lost().is_cancelled() {
+                return Err(StorageError::new(
+                    ErrorKind::LeaseLost,
+                    Op::Send,
+                    ctx.poison.name(),
+                    "lease lost before the poison copy was sent",
+                ));
+            }
+            tries += 1;
+            let sent = ctx.poison.send(text).await;
+            ctx.observer.record(Op::Send, &sent);
+            let err = match sent {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            tracing::warn!(error.message = %err, poison_queue = ctx.poison.name(), tries, "could not send to the poison queue");
+            if err.kind == ErrorKind::NotFound {
+                // Deleted since start-up (which creates it): create it again and retry.
+                let created = ctx.poison.create_if_missing().await;
+                ctx.observer.record(Op::CreateQueue, &created);
+                if let Err(c) = created {
+                    tracing::warn!(error.message = %c, poison_queue = ctx.poison.name(), "could not create the poison queue");
+                }
+            }
+            if tries >= POISON_SEND_TRIES {
+                return Err(err);
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub max_processing_time: Duration,
     pub max_dequeue_count: u64,
+    /// Deliveries (the dequeue count, every failure and release included) after which a
+    /// message is poisoned; `None` is off.
+    pub max_deliveries: Option<u64>,
     pub max_poll_interval: Duration,
     pub exit_when_idle: Option<Duration>,
     pub max_messages: Option<u64>,
@@ -46,6 +49,30 @@ pub struct Settings {
     /// Output block size: the sink holds at most this much before staging.
     pub upload_block_bytes: usize,
     pub spec: Spec,
+    /// What a poison copy holds: the envelope with the reason, or the text verbatim.
+    pub poison_format: PoisonFormat,
+    /// Named in poison copies: `--worker-name`, else the host name (the pod's name).
+    pub worker_name: String,
+}
+
+/// What `<queue>-poison` receives (`--poison-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoisonFormat {
+    /// A `$rollq` envelope holding the original text and why it was poisoned.
+    Envelope,
+    /// The original text as it is (Azure Functions' behaviour), for tools that read bodies.
+    Verbatim,
+}
+
+/// The host name (on Kubernetes, the pod's name), or `unknown`.
+fn host_name() -> String {
+    // The kernel's own record first; the file many distributions keep second.
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 impl Settings {
@@ -68,6 +95,7 @@ impl Settings {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             max_processing_time: args.max_processing_time,
             max_dequeue_count: args.max_dequeue_count,
+            max_deliveries: (args.max_deliveries > 0).then_some(args.max_deliveries),
             max_poll_interval: args.max_poll_interval,
             exit_when_idle: args.exit_when_idle,
             max_messages: args.max_messages,
@@ -81,6 +109,8 @@ impl Settings {
             },
             upload_block_bytes: args.upload_block_size,
             spec,
+            poison_format: args.poison_format,
+            worker_name: args.worker_name.clone().unwrap_or_else(host_name),
         };
         settings.validate()?;
         Ok(settings)
@@ -167,6 +197,11 @@ pub struct WorkerArgs {
     /// Failed attempts allowed before a message is poisoned (shutdown releases do not count).
     #[arg(long, env = "ROLLQ_MAX_DEQUEUE_COUNT", default_value_t = 5)]
     pub max_dequeue_count: u64,
+    /// Deliveries of one message, every failure and release included, after which it is
+    /// poisoned (0: off). The default outlasts a 6 h outage: a message hidden for at least
+    /// --retry-delay (5s) per platform failure is delivered at most 4320 times in 6 h.
+    #[arg(long, env = "ROLLQ_MAX_DELIVERIES", default_value_t = 5000)]
+    pub max_deliveries: u64,
     /// Longest sleep between polls of an empty queue (exponential backoff with jitter).
     #[arg(long, env = "ROLLQ_MAX_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_poll_interval: Duration,
@@ -204,6 +239,13 @@ pub struct WorkerArgs {
     /// Output block size: the output is staged in blocks this large while it is produced.
     #[arg(long, env = "ROLLQ_UPLOAD_BLOCK_SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub upload_block_size: usize,
+    /// What the poison queue receives: an envelope with the original text and why, or the
+    /// text verbatim (as Azure Functions does).
+    #[arg(long, env = "ROLLQ_POISON_FORMAT", value_enum, default_value_t = PoisonFormat::Envelope)]
+    pub poison_format: PoisonFormat,
+    /// This worker's name in poison copies [default: the host name, the pod's name].
+    #[arg(long, env = "ROLLQ_WORKER_NAME")]
+    pub worker_name: Option<String>,
     #[command(flatten)]
     pub reducer: ReducerArgs,
     #[command(flatten)]
@@ -267,6 +309,13 @@ mod tests {
         let s = Settings::with_defaults("jobs", "acct", "in").unwrap();
         assert_eq!(s.visibility_timeout, Duration::from_secs(300));
         assert_eq!(s.max_dequeue_count, 5);
+        assert_eq!(s.max_deliveries, Some(5000));
+        assert_eq!(s.poison_format, PoisonFormat::Envelope);
+        assert!(!s.worker_name.is_empty());
+        let mut args = WorkerArgs::defaults("jobs", "in");
+        args.max_deliveries = 0;
+        let off = Settings::from_args(&args, "acct").unwrap();
+        assert_eq!(off.max_deliveries, None, "0 turns the bound off");
         assert_eq!(s.drain_timeout, Duration::from_secs(25));
         assert_eq!(s.read.partition_bytes, 4 << 20);
         assert_eq!(s.upload_block_bytes, 4 << 20);

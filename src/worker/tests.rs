@@ -124,8 +124,22 @@ impl Fixture {
             .map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
+    /// The original texts in the poison queue (each copy unwrapped from its envelope).
     fn poison_texts(&self) -> Vec<String> {
-        self.poison.snapshot().into_iter().map(|m| m.text).collect()
+        self.poison
+            .snapshot()
+            .into_iter()
+            .map(|m| Envelope::open(&m.text).original)
+            .collect()
+    }
+
+    /// What each poison copy says about why.
+    fn poison_notes(&self) -> Vec<envelope::PoisonNote> {
+        self.poison
+            .snapshot()
+            .into_iter()
+            .map(|m| Envelope::open(&m.text).poison.expect("an enveloped copy"))
+            .collect()
     }
 }
 
@@ -226,7 +240,7 @@ async fn an_up_to_date_output_is_skipped_without_reading_and_a_stale_one_is_repl
 }
 
 #[tokio::test]
-async fn permanent_failures_go_to_the_poison_queue_verbatim() {
+async fn permanent_failures_go_to_the_poison_queue_at_once() {
     let f = Fixture::new(|_| {}).await;
     f.put("bad.csv", "h\nBAD\n").await;
     let cases = [
@@ -266,11 +280,15 @@ async fn events_that_need_no_work_are_acknowledged() {
 }
 
 #[tokio::test]
-async fn transient_failures_back_off_then_poison_after_max_attempts() {
-    let f = Fixture::new(|s| s.max_dequeue_count = 3).await;
-    f.put("t.csv", "h\n1\n").await;
+async fn the_messages_own_failures_back_off_then_poison_after_max_attempts() {
+    let f = Fixture::new(|s| {
+        s.max_dequeue_count = 3;
+        s.max_processing_time = Duration::from_millis(50);
+    })
+    .await;
+    // Never finishes: every attempt exceeds --max-processing-time, the message's own failure.
+    f.put("t.csv", "SPIN\n").await;
     f.queue.send("t.csv").await.unwrap();
-    f.blobs.set_outage(true);
     for attempt in 1..=3u64 {
         // Visible: just sent, or (later attempts) the clock was moved past its backoff below.
         let msg = f.receive().await;
@@ -278,20 +296,15 @@ async fn transient_failures_back_off_then_poison_after_max_attempts() {
         let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
         if attempt < 3 {
             assert!(
-                matches!(outcome, Outcome::Retried(JobError::Storage(_))),
+                matches!(outcome, Outcome::Retried(JobError::TimedOut(_))),
                 "{outcome:?}"
             );
             let snap = &f.queue.snapshot()[0];
             assert!(!snap.visible);
-            let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+            let (_, delay, _) = f.queue.updates().last().cloned().unwrap();
             assert_eq!(delay, f.worker.settings().backoff(attempt));
-            assert!(!rewritten);
             let id = snap.id.clone();
-            // Skip the wait: move the paused clock past the backoff delay, after which the fake
-            // shows the message as visible again.
-            tokio::time::pause();
-            tokio::time::advance(delay + Duration::from_millis(1)).await;
-            tokio::time::resume();
+            skip(delay).await;
             assert!(f.queue.snapshot().iter().any(|m| m.id == id && m.visible));
         } else {
             assert!(
@@ -401,9 +414,16 @@ async fn max_processing_time_cancels_and_counts_as_a_failure() {
         matches!(outcome, Outcome::Retried(JobError::TimedOut(_))),
         "{outcome:?}"
     );
-    let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+    let (_, delay, _) = f.queue.updates().last().cloned().unwrap();
     assert_eq!(delay, f.worker.settings().backoff(1));
-    assert!(!rewritten, "a timeout is an attempt, not a release");
+    let snap = &f.queue.snapshot()[0];
+    let envelope = Envelope::open(&snap.text);
+    assert_eq!(
+        (envelope.released, envelope.deferred),
+        (0, 0),
+        "a timeout is an attempt, not a release"
+    );
+    assert_eq!(envelope.attempts(2), 2);
 }
 
 #[tokio::test]
@@ -669,4 +689,287 @@ async fn start_up_check_names_what_is_missing() {
             .is_ok(),
         "poison queue created"
     );
+}
+
+/// Moves the paused clock past `delay`, after which the fakes show hidden messages again.
+async fn skip(delay: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(delay + Duration::from_millis(1)).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn a_blob_outage_longer_than_max_dequeue_count_never_poisons() {
+    let f = Fixture::new(|s| s.max_dequeue_count = 2).await;
+    f.put("t.csv", "h\n1\n").await;
+    f.queue.send("t.csv").await.unwrap();
+    f.blobs.set_outage(true);
+    // Three times the attempts allowed: every delivery meets the outage.
+    for delivery in 1..=6u64 {
+        let msg = f.receive().await;
+        assert_eq!(msg.dequeue_count, delivery);
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        assert!(f.poison_texts().is_empty(), "{delivery}: {outcome:?}");
+        assert!(
+            matches!(outcome, Outcome::Retried(JobError::Storage(_))),
+            "{outcome:?}"
+        );
+        let snap = &f.queue.snapshot()[0];
+        assert!(
+            !snap.visible,
+            "hidden for a backoff delay, not released at 0"
+        );
+        // The worker's backoff grows with each platform failure in a row.
+        let (_, delay, rewritten) = f.queue.updates().last().cloned().unwrap();
+        assert_eq!(delay, f.worker.settings().backoff(delivery));
+        assert!(rewritten, "the deferral is recorded");
+        let envelope = Envelope::open(&snap.text);
+        assert_eq!(
+            (envelope.original.as_str(), envelope.deferred),
+            ("t.csv", delivery)
+        );
+        skip(snap.invisible_for).await;
+    }
+    f.blobs.set_outage(false);
+    let msg = f.receive().await;
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(
+        matches!(outcome, Outcome::Completed { rows: 1 }),
+        "{outcome:?}"
+    );
+    assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
+    assert!(f.queue.snapshot().is_empty());
+    assert!(f.poison_texts().is_empty());
+}
+
+#[tokio::test]
+async fn a_forged_release_count_cannot_postpone_poisoning() {
+    let f = Fixture::new(|s| {
+        s.max_dequeue_count = 2;
+        s.max_processing_time = Duration::from_millis(50);
+    })
+    .await;
+    f.put("t.csv", "SPIN\n").await;
+    // Anyone who can write to the queue can claim a thousand shutdown releases.
+    f.queue
+        .send(r#"{"$rollq":{"released":1000},"body":"t.csv"}"#)
+        .await
+        .unwrap();
+    let mut poisoned_at = None;
+    for delivery in 1..=6u64 {
+        let msg = f.receive().await;
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        if let Outcome::Poisoned(e) = outcome {
+            assert!(matches!(e, JobError::TooManyAttempts { .. }), "{e:?}");
+            poisoned_at = Some(delivery);
+            break;
+        }
+        skip(f.queue.snapshot()[0].invisible_for).await;
+    }
+    assert_eq!(poisoned_at, Some(2), "poisoned after --max-dequeue-count");
+}
+
+#[tokio::test]
+async fn max_deliveries_ends_crash_loops_forged_counts_and_outages() {
+    let f = Fixture::new(|s| s.max_deliveries = Some(3)).await;
+    f.put("t.csv", "h\n1\n").await;
+    // A forged envelope whose deliveries die without an outcome (crashes): receive, let go.
+    f.queue
+        .send(r#"{"$rollq":{"released":1000},"body":"t.csv"}"#)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let m = f.receive().await;
+        f.queue
+            .update(&m.id, &m.pop_receipt, Duration::ZERO, None)
+            .await
+            .unwrap();
+    }
+    let msg = f.receive().await;
+    assert_eq!(msg.dequeue_count, 4);
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Poisoned(JobError::MaxDeliveries {
+                deliveries: 3,
+                max: 3
+            })
+        ),
+        "{outcome:?}"
+    );
+    // Platform failures never count as attempts, but they are deliveries: the third one ends.
+    f.queue.send("t.csv").await.unwrap();
+    f.blobs.set_outage(true);
+    for delivery in 1..=3u64 {
+        let msg = f.receive().await;
+        let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+        if delivery < 3 {
+            assert!(matches!(outcome, Outcome::Retried(_)), "{outcome:?}");
+            skip(f.queue.snapshot()[0].invisible_for).await;
+        } else {
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::Poisoned(JobError::MaxDeliveries {
+                        deliveries: 3,
+                        max: 3
+                    })
+                ),
+                "{outcome:?}"
+            );
+        }
+    }
+    assert!(f.queue.snapshot().is_empty());
+    assert_eq!(f.poison_texts().len(), 2);
+}
+
+#[tokio::test]
+async fn the_poison_copy_says_why() {
+    let f = Fixture::new(|s| {
+        s.max_dequeue_count = 2;
+        s.max_processing_time = Duration::from_millis(50);
+        s.worker_name = "worker-7".into();
+    })
+    .await;
+    f.put("t.csv", "SPIN\n").await;
+    f.put("bad.csv", "h\nBAD\n").await;
+    f.queue.send("t.csv").await.unwrap();
+    let msg = f.receive().await;
+    f.worker.process_one(msg, CancellationToken::new()).await;
+    let first = Envelope::open(&f.queue.snapshot()[0].text).first_failure;
+    assert!(
+        first.is_some(),
+        "the first failure is recorded in the bookkeeping"
+    );
+    skip(f.queue.snapshot()[0].invisible_for).await;
+    let msg = f.receive().await;
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(matches!(outcome, Outcome::Poisoned(_)), "{outcome:?}");
+    assert!(matches!(
+        f.send_and_process("bad.csv").await,
+        Outcome::Poisoned(JobError::Input(_))
+    ));
+    assert_eq!(f.poison_texts(), ["t.csv", "bad.csv"]);
+    let notes = f.poison_notes();
+    let n = &notes[0];
+    assert_eq!(
+        (
+            n.reason.as_str(),
+            n.class.as_str(),
+            n.deliveries,
+            n.attempts
+        ),
+        ("too_many_attempts", "message", 2, 2)
+    );
+    assert_eq!(Some(&n.first_failure), first.as_ref());
+    assert!(n.last_failure >= n.first_failure, "{n:?}");
+    assert_eq!(n.worker, "worker-7");
+    assert!(n.error.contains("--max-dequeue-count 2"), "{}", n.error);
+    let n = &notes[1];
+    assert_eq!(
+        (
+            n.reason.as_str(),
+            n.class.as_str(),
+            n.deliveries,
+            n.attempts
+        ),
+        ("invalid_input", "permanent", 1, 1)
+    );
+    assert_eq!(n.first_failure, n.last_failure, "failed once");
+}
+
+#[tokio::test]
+async fn verbatim_poison_format_and_texts_too_long_for_the_envelope_are_copied_as_they_are() {
+    let f = Fixture::new(|s| s.poison_format = PoisonFormat::Verbatim).await;
+    f.send_and_process("{garbage").await;
+    assert_eq!(
+        f.poison.snapshot()[0].text,
+        "{garbage",
+        "Azure Functions' behaviour"
+    );
+    let f = Fixture::new(|_| {}).await;
+    let long = format!("{{{}", "x".repeat(envelope::MAX_ENVELOPE_BYTES));
+    assert!(matches!(
+        f.send_and_process(&long).await,
+        Outcome::Poisoned(JobError::BadMessage(_))
+    ));
+    assert_eq!(f.poison.snapshot()[0].text, long);
+}
+
+#[tokio::test]
+async fn a_deleted_poison_queue_is_created_and_the_message_ends() {
+    let f = Fixture::new(|_| {}).await;
+    f.poison.delete_queue();
+    assert!(matches!(
+        f.send_and_process("{garbage").await,
+        Outcome::Poisoned(JobError::BadMessage(_))
+    ));
+    assert_eq!(f.poison_texts(), ["{garbage"]);
+    assert!(f.queue.snapshot().is_empty());
+    assert_eq!(
+        f.metrics.storage_error_count(Op::Send, ErrorKind::NotFound),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_poison_queue_that_refuses_sends_leaves_the_message_for_its_timeout() {
+    let f = Fixture::new(|_| {}).await;
+    f.poison.refuse_sends(true);
+    let outcome = f.send_and_process("{garbage").await;
+    assert!(
+        matches!(outcome, Outcome::Retried(JobError::Storage(ref e)) if e.op == Op::Send),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        f.metrics
+            .storage_error_count(Op::Send, ErrorKind::Transient),
+        u64::from(POISON_SEND_TRIES),
+        "bounded tries, each counted"
+    );
+    let snap = &f.queue.snapshot()[0];
+    assert_eq!(snap.text, "{garbage", "not deleted, not rewritten");
+    assert!(
+        !snap.visible && snap.invisible_for > Duration::from_secs(20),
+        "left for its visibility timeout, not a short retry: {:?}",
+        snap.invisible_for
+    );
+    // When it reappears and the poison queue works again, it ends.
+    f.poison.refuse_sends(false);
+    skip(snap.invisible_for).await;
+    assert!(matches!(
+        f.worker
+            .process_one(f.receive().await, CancellationToken::new())
+            .await,
+        Outcome::Poisoned(_)
+    ));
+    assert_eq!(f.poison_texts(), ["{garbage"]);
+    assert!(f.queue.snapshot().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_whose_lease_is_lost_is_never_poisoned() {
+    // Renewal every 250 ms (paused clock): it finds the takeover while the poison copy is
+    // still being retried, before the third try at 600 ms.
+    let f = Fixture::new(|s| s.visibility_timeout = Duration::from_millis(500)).await;
+    f.poison.refuse_sends(true);
+    f.queue.send("{garbage").await.unwrap();
+    let msg = f.receive().await;
+    // Another consumer takes the message over.
+    f.queue
+        .update(&msg.id, &msg.pop_receipt, Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(matches!(outcome, Outcome::LeaseLost), "{outcome:?}");
+    assert!(
+        f.metrics
+            .storage_error_count(Op::Send, ErrorKind::Transient)
+            < u64::from(POISON_SEND_TRIES),
+        "stopped trying once the lease was lost"
+    );
+    f.poison.refuse_sends(false);
+    assert!(f.poison_texts().is_empty());
+    assert_eq!(f.queue.snapshot().len(), 1, "left to its new owner");
 }

@@ -466,8 +466,8 @@ async fn conditional_writes_conflict_and_precondition() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::PreconditionFailed, "{err}");
-    // The worker retries a job whose input changed under it.
-    assert_eq!(JobError::from(err.clone()).class(), Class::Retry);
+    // The worker retries a job whose input changed under it, as a failed attempt.
+    assert_eq!(JobError::from(err.clone()).class(), Class::Attempt);
 
     // Staged uploads apply the condition at commit; nothing is visible before it.
     let mut up = blobs

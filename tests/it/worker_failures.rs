@@ -3,11 +3,16 @@
 
 use std::time::Duration;
 
-use crate::support::{Azurite, TcpProxy};
+use rollq::worker::envelope::Envelope;
+
+use crate::support::http_proxy::{Action, Kind, Rule, When};
+use crate::support::{Azurite, HttpProxy, TcpProxy};
 use crate::worker_support::*;
 
 /// Issue 4, test 2: a garbage message, a foreign URL, a missing blob, a malformed CSV and a
-/// message over the dequeue limit all land in `<queue>-poison`, verbatim; nothing is left.
+/// message over the dequeue limit all land in `<queue>-poison`, each copy an envelope holding
+/// the original text and why; nothing is left. Then (issue 10) `rollq poison list` shows each
+/// reason and `rollq poison requeue` sends the original texts back without the envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_paths() {
     let az = Azurite::start();
@@ -56,8 +61,24 @@ async fn poison_paths() {
     let status = worker.wait_exit(PATIENCE).await;
     assert!(status.success(), "exit {status}");
     let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
-    let mut got = peek_texts(&poison).await;
+    let copies = peek_texts(&poison).await;
+    let mut got: Vec<String> = copies.iter().map(|t| Envelope::open(t).original).collect();
     got.sort();
+    let mut reasons: Vec<String> = copies
+        .iter()
+        .map(|t| Envelope::open(t).poison.expect("an enveloped copy").reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "bad_message",
+            "input_not_found",
+            "invalid_input",
+            "refused",
+            "too_many_attempts"
+        ]
+    );
     let mut want: Vec<String> = texts.iter().map(|s| s.to_string()).collect();
     want.push("fine.csv".into());
     want.sort();
@@ -81,6 +102,22 @@ async fn poison_paths() {
             && log.contains("refused"),
         "{log}"
     );
+
+    let (listed, _) = az.rollq_ok(&["poison", "list", "--queue", queue.name()]);
+    assert!(listed.contains("5 message(s)"), "{listed}");
+    assert!(
+        listed.contains("reason too_many_attempts (message, ")
+            && listed.contains("deliveries 3 attempts 3")
+            && listed.contains("reason invalid_input (permanent, ")
+            && listed.contains("\"does-not-exist.csv\""),
+        "{listed}"
+    );
+    let (out, _) = az.rollq_ok(&["poison", "requeue", "--queue", queue.name()]);
+    assert!(out.contains("requeued 5 message(s)"), "{out}");
+    let mut back = peek_texts(&queue).await;
+    back.sort();
+    assert_eq!(back, want, "the original texts, without the envelope");
+    assert_eq!(poison.approximate_count().await.unwrap(), 0);
 }
 
 /// Seed rows whose size at `rate` bytes/s takes about `secs` to download.
@@ -303,4 +340,63 @@ async fn storage_outage_flips_readiness_and_loses_nothing() {
         "receive errors were counted"
     );
     assert!(worker.alive());
+}
+
+/// Issue 10: blob storage answering 503 for longer than `--max-dequeue-count` attempts is a
+/// platform failure: nothing is poisoned, every message completes once it passes. The HTTP
+/// proxy answers the first 24 HEAD requests (Get Blob Properties, every job's first blob call)
+/// with 503 itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_503s_longer_than_max_dequeue_count_poison_nothing() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let busy = 24;
+    let blob_proxy = HttpProxy::start(
+        az.blob_addr(),
+        10,
+        vec![Rule {
+            kind: Kind::Head,
+            when: When::FirstN(busy),
+            action: Action::Answer {
+                status: 503,
+                retry_after: None,
+            },
+        }],
+    );
+    let mut bodies = Vec::new();
+    for i in 0..3u64 {
+        let body = seed_csv(20 + i, 50);
+        bodies.push(expected_output(&body));
+        upload(&conn.blobs, &container, &format!("busy{i}.csv"), body).await;
+        queue.send(&format!("busy{i}.csv")).await.unwrap();
+    }
+    let mut worker = WorkerProc::spawn_with(
+        az.rollq_via(blob_proxy.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &[
+            "--exit-when-idle",
+            "2s",
+            "--max-dequeue-count",
+            "2",
+            "--retry-delay",
+            "100ms",
+            "--max-retry-delay",
+            "400ms",
+            "--storage-timeout",
+            "2s",
+        ],
+    );
+    let status = worker.wait_exit(PATIENCE).await;
+    assert!(status.success(), "exit {status}; log:\n{}", worker.log());
+    for (i, want) in bodies.iter().enumerate() {
+        let got = download(&conn.blobs, &container, &format!("busy{i}_aggregated.csv")).await;
+        assert!(got.as_ref() == Some(want), "output {i} missing or wrong");
+    }
+    assert_queue_and_poison_empty(&conn, &queue).await;
+    let log = worker.log();
+    assert!(!log.contains("message poisoned"), "{log}");
+    let (_, answered) = blob_proxy.count(Kind::Head);
+    assert_eq!(answered, busy, "every injected 503 was served");
 }

@@ -1,14 +1,17 @@
-//! Shared test helpers: the Azurite harness, unique names, a fault-injecting TCP proxy, a
+//! Shared test helpers: the Azurite harness, unique names, a fault-injecting TCP proxy and an
+//! HTTP-aware one, a
 //! `rollq` command builder pointed at an emulator, checks on a finished command, a large
 //! patterned blob, and a child's peak RSS.
 #![allow(dead_code)] // Not every test module uses every helper.
 
 pub mod azurite;
 pub mod fake_http;
+pub mod http_proxy;
 pub mod proxy;
 
 pub use azurite::{Azurite, unique_name};
 pub use fake_http::FakeHttp;
+pub use http_proxy::HttpProxy;
 pub use proxy::TcpProxy;
 
 /// Owns a spawned child process: killed and reaped on drop, even if the test panics.

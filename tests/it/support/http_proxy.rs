@@ -1,0 +1,429 @@
+//! An HTTP-aware fault-injecting proxy in front of Azurite: it reads each request, tells its
+//! kind (receive, update, delete, blob GET, Put Block, Put Block List, HEAD, …) and, on the
+//! Nth request of a kind or at a seeded rate, forwards it and drops the response, holds it,
+//! resets the connection, or answers 5xx itself with or without `Retry-After`.
+//!
+//! Plain threads and HTTP/1.1 only (what the SDK speaks to Azurite): one upstream connection
+//! per client connection, bodies framed by `content-length` or chunked. The rate rules draw
+//! from one `StdRng` seeded by the test, so a run is repeatable.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// What a request is, from its method, path and query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Get Messages.
+    Receive,
+    /// Peek Messages.
+    Peek,
+    /// Put Message.
+    Send,
+    /// Update Message (a renewal, retry or release).
+    Update,
+    /// Delete Message.
+    Delete,
+    /// Get Blob.
+    BlobGet,
+    /// Put Block.
+    PutBlock,
+    /// Put Block List.
+    PutBlockList,
+    /// Any HEAD (blob, container or queue properties).
+    Head,
+    /// Anything else.
+    Other,
+}
+
+impl Kind {
+    /// Classifies a request line's method and target (`/account/...?query`).
+    pub fn of(method: &str, target: &str) -> Kind {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let has = |k: &str| {
+            query
+                .split('&')
+                .any(|p| p == k || p.starts_with(&format!("{k}=")))
+        };
+        let comp = |v: &str| query.split('&').any(|p| p == format!("comp={v}"));
+        let messages = path.split('/').any(|s| s == "messages");
+        match method {
+            "HEAD" => Kind::Head,
+            "GET" if messages && query.contains("peekonly=true") => Kind::Peek,
+            "GET" if messages => Kind::Receive,
+            "POST" if messages => Kind::Send,
+            "PUT" if messages && has("popreceipt") => Kind::Update,
+            "DELETE" if messages && has("popreceipt") => Kind::Delete,
+            "PUT" if comp("block") => Kind::PutBlock,
+            "PUT" if comp("blocklist") => Kind::PutBlockList,
+            "GET" if !has("comp") && !has("restype") => Kind::BlobGet,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// What the proxy does to a matching request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Forward it, then close the client's connection without its response: the request
+    /// may have been applied, the client cannot know.
+    DropResponse,
+    /// Wait this long, then forward it.
+    Hold(Duration),
+    /// Close the client's connection without forwarding.
+    Reset,
+    /// Answer it without forwarding: this status, and `Retry-After: secs` if given.
+    Answer {
+        status: u16,
+        retry_after: Option<u32>,
+    },
+}
+
+/// When a rule applies to a request of its kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum When {
+    /// The Nth request of the kind (1-based) and no other.
+    Nth(usize),
+    /// The first N requests of the kind.
+    FirstN(usize),
+    /// Each request with this probability, drawn from the seeded generator.
+    Rate(f64),
+}
+
+/// One fault: requests of `kind`, `when`, get `action`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub kind: Kind,
+    pub when: When,
+    pub action: Action,
+}
+
+/// A request the proxy saw, and what it did (`None`: forwarded untouched).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub kind: Kind,
+    pub target: String,
+    pub action: Option<Action>,
+}
+
+struct State {
+    target: SocketAddr,
+    rules: Vec<Rule>,
+    rng: Mutex<StdRng>,
+    seen: Mutex<Vec<Seen>>,
+    stop: AtomicBool,
+}
+
+impl State {
+    /// Records the request and decides what to do with it.
+    fn decide(&self, kind: Kind, target: &str) -> Option<Action> {
+        let mut seen = self.seen.lock().unwrap();
+        let nth = seen.iter().filter(|s| s.kind == kind).count() + 1;
+        let action = self
+            .rules
+            .iter()
+            .filter(|r| r.kind == kind)
+            .find(|r| match r.when {
+                When::Nth(n) => nth == n,
+                When::FirstN(n) => nth <= n,
+                When::Rate(p) => self.rng.lock().unwrap().random_bool(p),
+            })
+            .map(|r| r.action);
+        seen.push(Seen {
+            kind,
+            target: target.to_owned(),
+            action,
+        });
+        action
+    }
+}
+
+/// A running proxy; stopped on drop.
+pub struct HttpProxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl HttpProxy {
+    /// Listens on 127.0.0.1:0 and forwards to `target`, applying `rules` (the first matching
+    /// rule wins) with rates drawn from `seed`.
+    pub fn start(target: SocketAddr, seed: u64, rules: Vec<Rule>) -> HttpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            target,
+            rules,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            seen: Mutex::default(),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(&st, conn);
+                });
+            }
+        });
+        HttpProxy {
+            addr,
+            state,
+            accept: Some(accept),
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request seen so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests of `kind` were seen, and how many of those a rule acted on.
+    pub fn count(&self, kind: Kind) -> (usize, usize) {
+        let seen = self.seen();
+        let of_kind = seen.iter().filter(|s| s.kind == kind);
+        (
+            of_kind.clone().count(),
+            of_kind.filter(|s| s.action.is_some()).count(),
+        )
+    }
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One HTTP message head and body as raw bytes.
+struct Message {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    /// The first line, e.g. `GET /acct/q/messages?numofmessages=1 HTTP/1.1`.
+    first_line: String,
+}
+
+/// Reads one HTTP/1.1 message (`None` at a clean end of stream). `no_body` for responses to
+/// HEAD, which carry a content-length but no body.
+fn read_message(r: &mut impl BufRead, no_body: bool) -> io::Result<Option<Message>> {
+    let mut head = Vec::new();
+    let mut first_line = String::new();
+    let (mut length, mut chunked) = (None::<usize>, false);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            if head.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(line.as_bytes());
+        if first_line.is_empty() {
+            first_line = line.trim_end().to_owned();
+            continue;
+        }
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = trimmed.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "content-length" {
+                length = v.parse().ok();
+            } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if no_body {
+    } else if chunked {
+        // Copy the chunks as they are, framing included.
+        loop {
+            let mut size_line = String::new();
+            r.read_line(&mut size_line)?;
+            body.extend_from_slice(size_line.as_bytes());
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok(Some(Message {
+        head,
+        body,
+        first_line,
+    }))
+}
+
+/// Serves one client connection: request by request, forwarded over one upstream connection.
+fn serve(st: &State, client: TcpStream) -> io::Result<()> {
+    let mut from_client = BufReader::new(client.try_clone()?);
+    let mut to_client = client;
+    let mut upstream: Option<(BufReader<TcpStream>, TcpStream)> = None;
+    while let Some(req) = read_message(&mut from_client, false)? {
+        let mut words = req.first_line.split(' ');
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let action = st.decide(Kind::of(method, target), target);
+        match action {
+            Some(Action::Reset) => {
+                let _ = to_client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(Action::Answer {
+                status,
+                retry_after,
+            }) => {
+                let mut head = format!("HTTP/1.1 {status} Injected\r\ncontent-length: 0\r\n");
+                if let Some(s) = retry_after {
+                    head.push_str(&format!("retry-after: {s}\r\n"));
+                }
+                head.push_str("\r\n");
+                to_client.write_all(head.as_bytes())?;
+                continue;
+            }
+            Some(Action::Hold(d)) => std::thread::sleep(d),
+            Some(Action::DropResponse) | None => {}
+        }
+        if upstream.is_none() {
+            let s = TcpStream::connect(st.target)?;
+            upstream = Some((BufReader::new(s.try_clone()?), s));
+        }
+        let (up_reader, up_writer) = upstream.as_mut().expect("connected above");
+        up_writer.write_all(&req.head)?;
+        up_writer.write_all(&req.body)?;
+        let Some(resp) = read_message(up_reader, method == "HEAD")? else {
+            return Ok(());
+        };
+        if action == Some(Action::DropResponse) {
+            // The server applied the request; the client sees its connection close.
+            let _ = to_client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        to_client.write_all(&resp.head)?;
+        to_client.write_all(&resp.body)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::support::Azurite;
+    use crate::support::azurite::unique_name;
+    use rollq::storage::StorageArgs;
+    use secrecy::SecretString;
+
+    /// The three faults that forward or cut, against Azurite through the SDK, which retries
+    /// what failed: a dropped Put Message response was applied (the retry sends a duplicate),
+    /// a reset peek is simply retried, a held receive arrives late.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_reset_and_hold_against_azurite() {
+        let az = Azurite::start();
+        let hold = Duration::from_millis(300);
+        let proxy = HttpProxy::start(
+            az.queue_addr(),
+            1,
+            vec![
+                Rule {
+                    kind: Kind::Send,
+                    when: When::Nth(1),
+                    action: Action::DropResponse,
+                },
+                Rule {
+                    kind: Kind::Peek,
+                    when: When::Nth(1),
+                    action: Action::Reset,
+                },
+                Rule {
+                    kind: Kind::Receive,
+                    when: When::Nth(1),
+                    action: Action::Hold(hold),
+                },
+            ],
+        );
+        let args = StorageArgs {
+            connection_string: Some(SecretString::from(
+                az.connection_string_via(az.blob_addr(), proxy.addr()),
+            )),
+            storage_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let conn = rollq::storage::connect(&args).await.unwrap();
+        let q = conn.queues.queue(&unique_name("proxy"));
+        q.create_if_missing().await.unwrap();
+        q.send("once").await.unwrap();
+        assert_eq!(proxy.count(Kind::Send), (2, 1), "dropped, then retried");
+        let peeked = q.peek(32).await.unwrap();
+        assert_eq!(peeked.len(), 2, "the dropped send was applied: a duplicate");
+        assert_eq!(proxy.count(Kind::Peek), (2, 1), "reset, then retried");
+        let started = std::time::Instant::now();
+        let got = q.receive(1, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
+        assert_eq!(proxy.count(Kind::Receive), (1, 1));
+    }
+
+    #[test]
+    fn kinds_from_azure_request_lines() {
+        let cases = [
+            (
+                "GET",
+                "/acct/q/messages?numofmessages=1&visibilitytimeout=30",
+                Kind::Receive,
+            ),
+            ("GET", "/acct/q/messages?peekonly=true", Kind::Peek),
+            ("POST", "/acct/q/messages?messagettl=-1", Kind::Send),
+            (
+                "PUT",
+                "/acct/q/messages/id1?popreceipt=abc&visibilitytimeout=5",
+                Kind::Update,
+            ),
+            (
+                "DELETE",
+                "/acct/q/messages/id1?popreceipt=abc",
+                Kind::Delete,
+            ),
+            ("GET", "/acct/c/t.csv", Kind::BlobGet),
+            (
+                "PUT",
+                "/acct/c/o.csv?comp=block&blockid=AAA",
+                Kind::PutBlock,
+            ),
+            ("PUT", "/acct/c/o.csv?comp=blocklist", Kind::PutBlockList),
+            ("HEAD", "/acct/c/t.csv", Kind::Head),
+            ("GET", "/acct/c?restype=container&comp=list", Kind::Other),
+        ];
+        for (method, target, want) in cases {
+            assert_eq!(Kind::of(method, target), want, "{method} {target}");
+        }
+    }
+}
