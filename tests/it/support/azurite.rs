@@ -21,6 +21,9 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Azurite {
     /// Killed and reaped on drop, so no emulator outlives its test.
     child: Child,
+    /// The account key this instance accepts (the emulator's well-known key unless a test
+    /// chose another with [`Azurite::start_with_key`]).
+    pub key: String,
     pub blob_port: u16,
     pub queue_port: u16,
     pub table_port: u16,
@@ -30,6 +33,12 @@ impl Azurite {
     /// Spawns `node node_modules/azurite/dist/src/azurite.js` in memory on port 0 for every
     /// service and waits until all three report their real ports.
     pub fn start() -> Azurite {
+        Self::start_with_key(DEV_KEY)
+    }
+
+    /// [`Azurite::start`] with `devstoreaccount1` keyed by `key` (base64), through the
+    /// emulator's `AZURITE_ACCOUNTS` variable.
+    pub fn start_with_key(key: &str) -> Azurite {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let script = root.join("node_modules/azurite/dist/src/azurite.js");
         assert!(
@@ -58,6 +67,7 @@ impl Azurite {
                 "0",
             ])
             .current_dir(&root)
+            .env("AZURITE_ACCOUNTS", format!("devstoreaccount1:{key}"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -117,6 +127,7 @@ impl Azurite {
         }
         Azurite {
             child,
+            key: key.to_owned(),
             blob_port: blob.unwrap(),
             queue_port: queue.unwrap(),
             table_port: table.unwrap(),
@@ -145,7 +156,7 @@ impl Azurite {
 
     /// A full connection string for this instance (the emulator's public well-known key).
     pub fn connection_string(&self) -> String {
-        connection_string_for(&self.blob_endpoint(), &self.queue_endpoint(), DEV_KEY)
+        connection_string_for(&self.blob_endpoint(), &self.queue_endpoint(), &self.key)
     }
 
     /// A connection string for this instance's account with the blob endpoint at `blob` and
@@ -154,7 +165,7 @@ impl Azurite {
         connection_string_for(
             &format!("http://{blob}/devstoreaccount1"),
             &format!("http://{queue}/devstoreaccount1"),
-            DEV_KEY,
+            &self.key,
         )
     }
 
@@ -245,17 +256,16 @@ pub fn unique_name(prefix: &str) -> String {
 /// An account SAS for the emulator account, signed per Microsoft's account-SAS rules
 /// (version 2020-12-06 and later: nine fields plus the encryption scope, each ending in \n).
 pub fn account_sas(permissions: &str) -> String {
+    account_sas_with(DEV_KEY, permissions, "2099-01-01T00:00:00Z")
+}
+
+/// [`account_sas`] signed with `key`, expiring at `se` (ISO 8601, e.g. in the past).
+pub fn account_sas_with(key: &str, permissions: &str, se: &str) -> String {
     use azure_core::credentials::Secret;
-    use rollq::storage::connection::{DEV_ACCOUNT, DEV_KEY};
-    let (sv, ss, srt, se, spr) = (
-        "2022-11-02",
-        "bq",
-        "sco",
-        "2099-01-01T00:00:00Z",
-        "https,http",
-    );
+    use rollq::storage::connection::DEV_ACCOUNT;
+    let (sv, ss, srt, spr) = ("2022-11-02", "bq", "sco", "https,http");
     let sts = format!("{DEV_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n\n");
-    let sig = azure_core::hmac::hmac_sha256(&sts, &Secret::new(DEV_KEY)).unwrap();
+    let sig = azure_core::hmac::hmac_sha256(&sts, &Secret::new(key.to_owned())).unwrap();
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     format!(
         "sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={}&spr={}&sig={}",
