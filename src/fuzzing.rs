@@ -90,11 +90,17 @@ impl Read for ChunkReader<'_> {
     }
 }
 
-/// The message decoder on arbitrary text, in every encoding: never panics, and a released
-/// envelope always gives back the producer's text unchanged.
+/// The message decoder on arbitrary text, in every encoding: never panics; the bookkeeping
+/// envelope (releases, deferrals, poison copies) always gives back the producer's text
+/// unchanged, and its claimed counts, once clamped to a delivery count, never exceed the
+/// deliveries before this one. The first two bytes pick the delivery count.
 pub fn message(data: &[u8]) {
+    let dequeue_count = data
+        .get(..2)
+        .map_or(1, |b| u64::from(u16::from_le_bytes([b[0], b[1]])))
+        .max(1);
     let text = String::from_utf8_lossy(data);
-    let envelope = Envelope::open(&text);
+    let mut envelope = Envelope::open(&text);
     for encoding in [
         MessageEncoding::Auto,
         MessageEncoding::Plain,
@@ -108,10 +114,19 @@ pub fn message(data: &[u8]) {
         };
         let _ = Job::parse(&envelope.original, &rules);
     }
+    envelope.clamp(dequeue_count);
+    assert!(envelope.released + envelope.deferred < dequeue_count);
+    assert!(envelope.attempts(dequeue_count) >= 1);
+    let rewrites = [
+        envelope.released_once_more(),
+        envelope.deferred_once_more(),
+        envelope.rewritten(),
+    ];
+    for wrapped in rewrites.into_iter().flatten() {
+        assert_eq!(Envelope::open(&wrapped).original, envelope.original);
+    }
     if let Some(wrapped) = envelope.released_once_more() {
-        let again = Envelope::open(&wrapped);
-        assert_eq!(again.original, envelope.original);
-        assert_eq!(again.released, envelope.released + 1);
+        assert_eq!(Envelope::open(&wrapped).released, envelope.released + 1);
     }
 }
 
