@@ -283,6 +283,9 @@ if [ "$SELF_TEST" -eq 1 ]; then
     expect_fail "queueLength not equal to per-pod capacity" check_manifests "$B/qlen.yaml"
     mutate "$AKS" "$B/grace.yaml" 'find("Deployment","rollq")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 25'
     expect_fail "grace period not longer than the drain timeout" check_manifests "$B/grace.yaml"
+    # 34 s passed the old "drain + 5 s" rule; the worker may need drain + 10 s to exit.
+    mutate "$AKS" "$B/grace34.yaml" 'find("Deployment","rollq")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 34'
+    expect_fail "grace period under the drain timeout plus 10 s" check_manifests "$B/grace34.yaml"
     mutate "$AKS" "$B/mem.yaml" 'find("ConfigMap","rollq-config")["data"]["ROLLQ_MAX_IN_FLIGHT"] = "16"'
     expect_fail "memory limit too small for max-in-flight" check_manifests "$B/mem.yaml"
     mutate "$AKS" "$B/replicas.yaml" 'find("Deployment","rollq")["spec"]["replicas"] = 2'
