@@ -109,6 +109,11 @@ struct QueueState {
     updates: Vec<(MessageId, Duration, bool)>,
     /// While set, every send fails with `ErrorKind::Transient` (this queue alone is sick).
     refuse_sends: bool,
+    /// While set, a receive leases its messages and then waits for the gate to open: a Get
+    /// Messages whose response is still on its way (for shutdown tests).
+    hold_receives: bool,
+    /// Receives started so far (tests wait for one to be in flight).
+    receives_started: u64,
 }
 
 /// One in-memory queue.
@@ -164,6 +169,43 @@ impl MemoryQueue {
     /// Makes every send to this queue fail (true) or work again (false).
     pub fn refuse_sends(&self, refuse: bool) {
         self.state.lock().unwrap().refuse_sends = refuse;
+    }
+
+    /// Holds every receive after it has leased its messages (true) until released (false).
+    pub fn hold_receives(&self, hold: bool) {
+        self.state.lock().unwrap().hold_receives = hold;
+    }
+
+    /// How many receives have started.
+    pub fn receives_started(&self) -> u64 {
+        self.state.lock().unwrap().receives_started
+    }
+
+    /// Leases up to `max` visible messages (the body of `receive`).
+    fn lease(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, StorageError> {
+        let mut state = self.locked(Op::Receive)?;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for m in state.messages.iter_mut() {
+            if out.len() == usize::from(max) {
+                break;
+            }
+            if m.visible_at > now {
+                continue;
+            }
+            m.dequeue_count += 1;
+            m.receipt = format!("r{}", self.account.next());
+            m.visible_at = now + visibility;
+            out.push(Received {
+                id: m.id.clone(),
+                pop_receipt: PopReceipt(m.receipt.clone()),
+                text: m.text.clone(),
+                dequeue_count: m.dequeue_count,
+                inserted_on: Some(m.inserted_on),
+                next_visible_on: Some(SystemTime::now() + visibility),
+            });
+        }
+        Ok(out)
     }
 
     fn not_found(&self, op: Op) -> StorageError {
@@ -250,29 +292,13 @@ impl Queue for MemoryQueue {
 
     async fn receive(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, StorageError> {
         assert!((1..=32).contains(&max), "receive takes 1..=32 messages");
-        let mut state = self.locked(Op::Receive)?;
-        let now = Instant::now();
-        let mut out = Vec::new();
-        for m in state.messages.iter_mut() {
-            if out.len() == usize::from(max) {
-                break;
-            }
-            if m.visible_at > now {
-                continue;
-            }
-            m.dequeue_count += 1;
-            m.receipt = format!("r{}", self.account.next());
-            m.visible_at = now + visibility;
-            out.push(Received {
-                id: m.id.clone(),
-                pop_receipt: PopReceipt(m.receipt.clone()),
-                text: m.text.clone(),
-                dequeue_count: m.dequeue_count,
-                inserted_on: Some(m.inserted_on),
-                next_visible_on: Some(SystemTime::now() + visibility),
-            });
+        self.state.lock().unwrap().receives_started += 1;
+        let leased = self.lease(max, visibility)?;
+        // Polling is enough for a test gate; it never runs in production.
+        while self.state.lock().unwrap().hold_receives {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(out)
+        Ok(leased)
     }
 
     async fn update(

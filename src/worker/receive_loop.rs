@@ -15,11 +15,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Worker;
+use super::envelope::Envelope;
+use crate::metrics::OutcomeLabel;
 use crate::shutdown::Shutdown;
 use crate::storage::{Op, Received};
 
 /// Azure returns at most 32 messages per receive.
 const MAX_BATCH: usize = 32;
+
+/// How long a receive in flight at the stop signal may still take: what it returns is
+/// released at once. Inside the drain deadline, which counts from the signal.
+const RECEIVE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long releases may take after the drain deadline before the worker exits anyway
 /// (a release that does not happen only means the message reappears after its timeout).
@@ -70,7 +76,7 @@ impl Worker {
                 Step::End(end) => break end,
             }
         };
-        self.drain(end, &state.tracker, &shutdown).await;
+        self.drain(end, &state, &shutdown).await;
         stats.stop().await;
         tracing::info!(reason = ?end, "worker stopped");
         end
@@ -92,9 +98,26 @@ impl Worker {
         if let Some(max) = s.max_messages {
             want = want.min((max - state.received) as usize);
         }
+        let receive = self.ctx.queue.receive(want as u8, s.visibility_timeout);
+        tokio::pin!(receive);
         let r = tokio::select! {
-            _ = stop.cancelled() => return Step::End(RunEnd::Stopped),
-            r = self.ctx.queue.receive(want as u8, s.visibility_timeout) => r,
+            // A stop that has arrived wins over a receive completing in the same poll: what it
+            // returns is released rather than started.
+            biased;
+            _ = stop.cancelled() => {
+                state.stopped_at = Some(Instant::now());
+                // A receive in flight may have leased messages already: let it finish (for a
+                // bounded time) and release what it returns at once, so nothing waits out its
+                // visibility timeout or is charged an attempt.
+                if let Ok(r) = tokio::time::timeout(RECEIVE_GRACE, &mut receive).await {
+                    self.ctx.observer.record(Op::Receive, &r);
+                    if let Ok(msgs) = r {
+                        self.release_unstarted(msgs).await;
+                    }
+                }
+                return Step::End(RunEnd::Stopped);
+            }
+            r = &mut receive => r,
         };
         self.ctx.observer.record(Op::Receive, &r);
         if r.is_ok() {
@@ -130,6 +153,35 @@ impl Worker {
             );
         }
         Step::Batch(msgs.into_iter().zip(permits).collect())
+    }
+
+    /// Releases messages received but never started (a receive that returned after the stop
+    /// signal): visible again at once, each release recorded so it is not an attempt.
+    async fn release_unstarted(&self, msgs: Vec<Received>) {
+        if msgs.is_empty() {
+            return;
+        }
+        tracing::info!(
+            count = msgs.len(),
+            "releasing messages received during shutdown"
+        );
+        let releases = msgs.iter().map(|msg| async move {
+            let mut envelope = Envelope::open(&msg.text);
+            envelope.clamp(msg.dequeue_count);
+            let text = envelope.released_once_more();
+            let r = self
+                .ctx
+                .queue
+                .update(&msg.id, &msg.pop_receipt, Duration::ZERO, text.as_deref())
+                .await;
+            self.ctx.observer.record(Op::Update, &r);
+            if let Err(e) = r {
+                tracing::warn!(message_id = %msg.id, error.message = %e, "could not release; the message reappears when its timeout lapses");
+            }
+            self.ctx.metrics.outcome(OutcomeLabel::Released);
+        });
+        // Bounded like every wait on the way out.
+        let _ = tokio::time::timeout(RELEASE_GRACE, futures::future::join_all(releases)).await;
     }
 
     /// Sleeps the next poll backoff, unless a stop comes first.
@@ -169,9 +221,13 @@ impl Worker {
     /// Waits for in-flight work: until it finishes, the drain deadline (then it is
     /// interrupted and released) or a second signal, and then at most [`RELEASE_GRACE`]
     /// for the releases.
-    async fn drain(&self, end: RunEnd, tracker: &TaskTracker, shutdown: &Shutdown) {
+    async fn drain(&self, end: RunEnd, state: &LoopState, shutdown: &Shutdown) {
         let ctx = &self.ctx;
+        let tracker = &state.tracker;
         let drain_timeout = ctx.settings.drain_timeout;
+        // The drain deadline counts from the signal, not from the end of the loop (which may
+        // have waited for a receive in flight).
+        let stopped_at = state.stopped_at.unwrap_or_else(Instant::now);
         if end == RunEnd::Stopped {
             ctx.readiness.set_draining();
         }
@@ -183,8 +239,10 @@ impl Worker {
                 // deadline applies from that moment.
                 shutdown.stop.cancelled().await;
                 ctx.readiness.set_draining();
+                tokio::time::sleep(drain_timeout).await;
+            } else {
+                tokio::time::sleep_until(stopped_at + drain_timeout).await;
             }
-            tokio::time::sleep(drain_timeout).await;
         };
         tokio::select! {
             _ = tracker.wait() => {}
@@ -259,6 +317,8 @@ struct LoopState {
     received: u64,
     /// When the queue was first found empty with nothing in flight (for `--exit-when-idle`).
     idle_since: Option<Instant>,
+    /// When the loop saw the stop signal (the drain deadline counts from it).
+    stopped_at: Option<Instant>,
 }
 
 impl LoopState {
@@ -269,6 +329,7 @@ impl LoopState {
             poll: PollBackoff::new(s.max_poll_interval),
             received: 0,
             idle_since: None,
+            stopped_at: None,
         }
     }
 }

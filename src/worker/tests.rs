@@ -973,3 +973,67 @@ async fn a_message_whose_lease_is_lost_is_never_poisoned() {
     assert!(f.poison_texts().is_empty());
     assert_eq!(f.queue.snapshot().len(), 1, "left to its new owner");
 }
+
+/// A Get Messages in flight at SIGTERM: the worker lets it finish and releases what it
+/// returns at once (visible again, the release recorded, no attempt charged, nothing started).
+#[tokio::test]
+async fn a_receive_in_flight_at_shutdown_is_released_not_charged() {
+    let queues = MemoryQueueService::new();
+    let blobs = MemoryBlobStore::new();
+    blobs.create_container_if_missing("in").await.unwrap();
+    let q = queues.memory_queue("jobs");
+    q.create_if_missing().await.unwrap();
+    for i in 0..3 {
+        q.send(&format!("m{i}.csv")).await.unwrap();
+    }
+    // The first receive leases all three (four free slots), and its answer is held back.
+    q.hold_receives(true);
+    let mut settings = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
+    settings.max_in_flight = 4;
+    let metrics = Metrics::register(&mut Registry::default());
+    let worker = Worker::new(
+        settings,
+        &queues,
+        Arc::new(blobs.clone()),
+        metrics.clone(),
+        Readiness::new(Duration::from_secs(30)),
+    )
+    .with_reducer(test_reducer);
+    worker.check().await.unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (worker, shutdown) = (worker.clone(), shutdown.clone());
+        async move { worker.run(shutdown).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while q.receives_started() == 0 || q.snapshot().iter().any(|m| m.visible) {
+        assert!(Instant::now() < deadline, "no receive leased the messages");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.trigger();
+    q.hold_receives(false);
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped);
+    let snap = q.snapshot();
+    assert_eq!(snap.len(), 3);
+    for m in &snap {
+        assert!(m.visible, "released at once: {m:?}");
+        let envelope = Envelope::open(&m.text);
+        assert_eq!(envelope.released, 1, "{m:?}");
+        assert_eq!(
+            envelope.attempts(m.dequeue_count),
+            0,
+            "not an attempt: {m:?}"
+        );
+    }
+    assert_eq!(metrics.outcome_count(OutcomeLabel::Released), 3);
+    assert_eq!(metrics.outcome_count(OutcomeLabel::Completed), 0);
+    assert!(
+        blobs
+            .get(&BlobPath::new("in", "m0_aggregated.csv"))
+            .is_none()
+    );
+}
