@@ -16,6 +16,7 @@ use crate::storage::{
     BlobPath, ErrorKind, StorageArgs, poison_queue_name, validate_container_name,
     validate_queue_name,
 };
+use crate::worker::echo::Echo;
 use crate::worker::envelope::Envelope;
 
 /// Enqueue every input blob that has no current output.
@@ -406,9 +407,10 @@ fn list_line(id: &str, age: &str, dequeued: u64, text: &str) -> String {
         ),
         None => "reason ? (verbatim copy)".to_owned(),
     };
+    // Producer text: escaped, bounded, and without SAS signatures (requeue sends it whole).
     format!(
-        "{id}\tage {age}\tdequeued {dequeued}\t{why}\t{:?}",
-        e.original
+        "{id}\tage {age}\tdequeued {dequeued}\t{why}\t{}",
+        Echo(&e.original)
     )
 }
 

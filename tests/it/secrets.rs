@@ -23,6 +23,9 @@ fn test_key() -> String {
     )
 }
 
+/// A producer's blob URL carrying a SAS signature of its own.
+const PRODUCER_URL: &str = "https://elsewhere.blob.core.windows.net/in/t.csv?sv=2022-11-02&sp=r&sig=PRODUCERSIGNATURE0123456789";
+
 /// The forms a secret could leak in.
 fn forms(secret: &str) -> Vec<String> {
     let url: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
@@ -48,8 +51,10 @@ impl Scan {
     /// Runs `rollq ARGS…` with `conn` and trace-level JSON logs; keeps its output.
     fn run(&mut self, az: &Azurite, conn: &str, args: &[&str]) -> Output {
         let out = rollq(az, conn).args(args).output().expect("run rollq");
-        self.keep(&format!("rollq {args:?}"), &out.stdout);
-        self.keep(&format!("rollq {args:?} (stderr)"), &out.stderr);
+        // Labelled by subcommand only: the arguments may hold what the scan looks for.
+        let what = args[..2.min(args.len())].join(" ");
+        self.keep(&format!("rollq {what}"), &out.stdout);
+        self.keep(&format!("rollq {what} (stderr)"), &out.stderr);
         out
     }
 
@@ -79,12 +84,20 @@ impl Scan {
             "no HTTP client trace records were captured"
         );
         for s in &self.secrets {
-            if let Some(at) = self.printed.find(s.as_str()) {
-                let from = at.saturating_sub(300);
+            if self.printed.contains(s.as_str()) {
+                // Show where, with the secret itself masked.
+                let masked = self.printed.replace(s.as_str(), "<SECRET>");
+                let context: String = masked[..masked.find("<SECRET>").unwrap_or(0)]
+                    .chars()
+                    .rev()
+                    .take(300)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 panic!(
-                    "a secret form ({} chars) was printed: …{}…",
-                    s.len(),
-                    &self.printed[from..(at + s.len()).min(self.printed.len())]
+                    "a secret form ({} chars) was printed: …{context}<SECRET>…",
+                    s.len()
                 );
             }
         }
@@ -126,6 +139,12 @@ async fn run_every_command(scan: &mut Scan, az: &Azurite, conn: &str, dir: &std:
         scan.run(az, conn, &["queue", "send", "--queue", &q, "nope.csv"]),
         "send",
     );
+    // A producer's message naming a blob by a SAS URL of another account: refused and
+    // poisoned, and its signature appears nowhere.
+    ok(
+        scan.run(az, conn, &["queue", "send", "--queue", &q, PRODUCER_URL]),
+        "send a SAS URL",
+    );
     ok(
         scan.run(
             az,
@@ -164,10 +183,11 @@ async fn run_every_command(scan: &mut Scan, az: &Azurite, conn: &str, dir: &std:
     assert!(exit.success(), "worker: {}", worker.log());
     scan.keep("worker", worker.log().as_bytes());
 
-    ok(
-        scan.run(az, conn, &["poison", "list", "--queue", &q]),
-        "poison list",
-    );
+    let listed = scan.run(az, conn, &["poison", "list", "--queue", &q]);
+    let shown = String::from_utf8_lossy(&listed.stdout).into_owned();
+    ok(listed, "poison list");
+    // The producer's URL was poisoned and is listed, without its signature.
+    assert!(shown.contains("elsewhere.blob.core.windows.net"), "{shown}");
     ok(
         scan.run(az, conn, &["poison", "requeue", "--queue", &q]),
         "poison requeue",
@@ -183,7 +203,7 @@ async fn no_key_or_signature_is_ever_printed() {
     let (blob, queue) = (az.blob_endpoint(), az.queue_endpoint());
 
     // Account key: successful and failing calls, then a wrong key.
-    let mut scan = Scan::new(&[&key]);
+    let mut scan = Scan::new(&[&key, "PRODUCERSIGNATURE0123456789"]);
     run_every_command(&mut scan, &az, &az.connection_string(), dir.path()).await;
     let wrong_key = test_key().chars().rev().collect::<String>();
     let wrong = connection_string_for(&blob, &queue, &wrong_key);
@@ -198,7 +218,7 @@ async fn no_key_or_signature_is_ever_printed() {
     let sas = account_sas_with(&key, "rwdlacup", "2099-01-01T00:00:00Z");
     let sig = sas_signature(&sas);
     let with_sas = format!("BlobEndpoint={blob};QueueEndpoint={queue};SharedAccessSignature={sas}");
-    let mut scan = Scan::new(&[&key, &sig]);
+    let mut scan = Scan::new(&[&key, &sig, "PRODUCERSIGNATURE0123456789"]);
     run_every_command(&mut scan, &az, &with_sas, dir.path()).await;
     let expired = account_sas_with(&key, "rwdlacup", "2000-01-01T00:00:00Z");
     let expired_sig = sas_signature(&expired);
