@@ -122,45 +122,22 @@ async fn run_every_command(scan: &mut Scan, az: &Azurite, conn: &str, dir: &std:
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    ok(
-        scan.run(az, conn, &["blob", "create-container", "--container", &c]),
-        "create",
-    );
     let d = dir.to_str().unwrap();
-    ok(
-        scan.run(az, conn, &["submit", d, "--container", &c, "--queue", &q]),
-        "submit",
-    );
-    ok(
-        scan.run(az, conn, &["queue", "stats", "--queue", &q]),
-        "stats",
-    );
-    ok(
-        scan.run(az, conn, &["queue", "send", "--queue", &q, "nope.csv"]),
-        "send",
-    );
-    // A producer's message naming a blob by a SAS URL of another account: refused and
-    // poisoned, and its signature appears nowhere.
-    ok(
-        scan.run(az, conn, &["queue", "send", "--queue", &q, PRODUCER_URL]),
-        "send a SAS URL",
-    );
-    ok(
-        scan.run(
-            az,
-            conn,
-            &["backfill", "--container", &c, "--queue", &q, "--dry-run"],
-        ),
-        "backfill",
-    );
-    ok(
-        scan.run(az, conn, &["blob", "list", "--container", &c]),
-        "list",
-    );
-    ok(
-        scan.run(az, conn, &["blob", "get", "--container", &c, "a.csv"]),
-        "get",
-    );
+    let succeeding: [&[&str]; 8] = [
+        &["blob", "create-container", "--container", &c],
+        &["submit", d, "--container", &c, "--queue", &q],
+        &["queue", "stats", "--queue", &q],
+        &["queue", "send", "--queue", &q, "nope.csv"],
+        // A producer's message naming a blob by a SAS URL of another account: refused and
+        // poisoned, and its signature appears nowhere.
+        &["queue", "send", "--queue", &q, PRODUCER_URL],
+        &["backfill", "--container", &c, "--queue", &q, "--dry-run"],
+        &["blob", "list", "--container", &c],
+        &["blob", "get", "--container", &c, "a.csv"],
+    ];
+    for args in succeeding {
+        ok(scan.run(az, conn, args), &args[..2].join(" "));
+    }
     let missing = scan.run(az, conn, &["blob", "get", "--container", &c, "missing.csv"]);
     assert!(!missing.status.success(), "a missing blob fails");
 
