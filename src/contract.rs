@@ -24,15 +24,44 @@ pub const META_SPEC: &str = "rollq_spec";
 /// Output metadata: [`OUTPUT_FORMAT_VERSION`].
 pub const META_FORMAT: &str = "rollq_format";
 
-/// The output name for an input name: the name without a `.gz`, then without its last
-/// extension, plus [`OUTPUT_SUFFIX`] (`dir.v2/t.csv.gz` → `dir.v2/t_aggregated.csv`).
+/// The output name for an input name, injective over every name that is not itself an
+/// output ([`is_output`]):
+///
+/// | input | output |
+/// | --- | --- |
+/// | `temperature1.csv` | `temperature1_aggregated.csv` |
+/// | `dir.v2/t.csv` | `dir.v2/t_aggregated.csv` |
+/// | `t.csv.gz` | `t.csv.gz_aggregated_aggregated.csv` |
+/// | `t.tsv` | `t.tsv_aggregated_aggregated.csv` |
+/// | `t.CSV` | `t.CSV_aggregated_aggregated.csv` |
+/// | `t` | `t_aggregated_aggregated.csv` |
+///
+/// A name ending in `.csv` (exactly: Azure names are case-sensitive) loses it and gains
+/// [`OUTPUT_SUFFIX`]; any other name is kept whole and gains `_aggregated` + [`OUTPUT_SUFFIX`].
+/// Why it cannot collide: within each branch the input is the output minus a fixed suffix;
+/// across the branches, `S_aggregated.csv` (first) equals `N_aggregated_aggregated.csv`
+/// (second) only when `S` is `N_aggregated`, and then the first input `N_aggregated.csv` is an
+/// output, which nothing rolls up. Every output ends in [`OUTPUT_SUFFIX`], so the Event Grid
+/// suffix filter still stops loops.
 pub fn output_name(input: &str) -> String {
-    let base = input.strip_suffix(".gz").unwrap_or(input);
-    let stem = match base.rfind('.') {
-        Some(dot) if dot > base.rfind('/').map_or(0, |s| s + 1) => &base[..dot],
-        _ => base,
-    };
-    format!("{stem}{OUTPUT_SUFFIX}")
+    match input.strip_suffix(".csv") {
+        Some(stem) => format!("{stem}{OUTPUT_SUFFIX}"),
+        None => format!("{input}_aggregated{OUTPUT_SUFFIX}"),
+    }
+}
+
+/// Where the output of `input` is written: `<output container>/<input container>/<output
+/// name>` under `--output-container`, else `<input container>/<output name>` beside the input.
+///
+/// Keeping the input's container in the path makes same-named inputs of two containers write
+/// two outputs; a container name holds no `/`, so the path still tells both parts apart. The
+/// worker and `rollq backfill` both call this, so they agree on every path.
+pub fn output_path(input: &BlobPath, output_container: Option<&str>) -> BlobPath {
+    let name = output_name(&input.name);
+    match output_container {
+        Some(out) => BlobPath::new(out, format!("{}/{name}", input.container)),
+        None => BlobPath::new(&input.container, name),
+    }
 }
 
 /// Whether a blob or file is an output (or a gzipped copy of one), compared without regard to
@@ -123,19 +152,45 @@ pub fn is_current(
     source_etag: &ETag,
     spec: &Spec,
 ) -> bool {
-    // Azure compares metadata names without regard to case; some tools quote values.
-    let get = |key: &str| {
-        metadata
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| unquote(v))
-    };
+    let get = |key: &str| meta_value(metadata, key);
     let spec_matches = get(META_SPEC)
         .is_some_and(|v| v == spec_fingerprint(spec) || v == legacy_spec_fingerprint(spec));
     get(META_SOURCE) == Some(encoded_source(source).as_str())
         && get(META_SOURCE_ETAG) == Some(unquote(&source_etag.0))
         && get(META_FORMAT) == Some(OUTPUT_FORMAT_VERSION.to_string().as_str())
         && spec_matches
+}
+
+/// The input an output says it was made from (its [`META_SOURCE`]); `None` when the output
+/// carries no such metadata or it is not a `container/name` path.
+pub fn recorded_source(metadata: &[(String, String)]) -> Option<BlobPath> {
+    let encoded = meta_value(metadata, META_SOURCE)?;
+    // The value is form-urlencoded (`byte_serialize`), so it holds no raw `&` or `=`: parsed
+    // as a query it is one key, the decoded path.
+    let (decoded, _) = url::form_urlencoded::parse(encoded.as_bytes()).next()?;
+    let (container, name) = decoded.split_once('/')?;
+    (!container.is_empty() && !name.is_empty()).then(|| BlobPath::new(container, name))
+}
+
+/// Whether the output at `path` (with `metadata`) is an orphan: made by rollq from an input
+/// whose output, under today's [`output_path`] with `output_container`, is somewhere else.
+/// Typically written under the old name rule (see `docs/worker.md`); rollq never deletes one.
+/// An output without [`META_SOURCE`] is not judged (`false`).
+pub fn is_orphan(
+    path: &BlobPath,
+    metadata: &[(String, String)],
+    output_container: Option<&str>,
+) -> bool {
+    recorded_source(metadata).is_some_and(|src| output_path(&src, output_container) != *path)
+}
+
+/// A metadata value by name: Azure compares metadata names without regard to case; some tools
+/// quote values.
+fn meta_value<'a>(metadata: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| unquote(v))
 }
 
 fn encoded_source(source: &BlobPath) -> String {
@@ -150,16 +205,185 @@ fn unquote(s: &str) -> &str {
 mod tests {
     use super::*;
     use crate::aggregate::Bucket;
+    use proptest::prelude::{Strategy, prop, prop_assert, prop_assert_ne, prop_assume};
 
     #[test]
     fn output_names() {
+        for (input, output) in [
+            ("temperature1.csv", "temperature1_aggregated.csv"),
+            ("dir/t1.csv", "dir/t1_aggregated.csv"),
+            ("dir.v2/t.csv", "dir.v2/t_aggregated.csv"),
+            ("t.csv.gz", "t.csv.gz_aggregated_aggregated.csv"),
+            ("t.tsv", "t.tsv_aggregated_aggregated.csv"),
+            ("t.CSV", "t.CSV_aggregated_aggregated.csv"),
+            ("t.csv.GZ", "t.csv.GZ_aggregated_aggregated.csv"),
+            ("dir.v2/noext", "dir.v2/noext_aggregated_aggregated.csv"),
+        ] {
+            assert_eq!(output_name(input), output, "{input}");
+        }
+    }
+
+    #[test]
+    fn output_paths_keep_the_input_container_under_an_output_container() {
+        let input = BlobPath::new("in", "2024/t.csv");
         assert_eq!(
-            output_name("temperature1.csv"),
-            "temperature1_aggregated.csv"
+            output_path(&input, None),
+            BlobPath::new("in", "2024/t_aggregated.csv")
         );
-        assert_eq!(output_name("dir.v2/t.csv.gz"), "dir.v2/t_aggregated.csv");
-        assert_eq!(output_name("dir.v2/noext"), "dir.v2/noext_aggregated.csv");
-        assert_eq!(output_name("dir/t1.csv"), "dir/t1_aggregated.csv");
+        assert_eq!(
+            output_path(&input, Some("out")),
+            BlobPath::new("out", "in/2024/t_aggregated.csv")
+        );
+        // Same-named inputs of two containers: two outputs, with or without OUT.
+        let other = BlobPath::new("in2", "2024/t.csv");
+        for out in [None, Some("out")] {
+            assert_ne!(output_path(&input, out), output_path(&other, out));
+        }
+    }
+
+    /// Name families where a rule that strips extensions collides: `x.csv` / `x.csv.gz` /
+    /// `x` / `x.tsv` / `x.CSV`, and `x_aggregated` (whose `.csv` form is an output).
+    const SUFFIXES: [&str; 12] = [
+        "",
+        ".csv",
+        ".csv.gz",
+        ".CSV",
+        ".csv.GZ",
+        ".tsv",
+        ".gz",
+        "_aggregated",
+        "_aggregated.csv",
+        "_aggregated.tsv",
+        "_aggregated_aggregated",
+        ".csv_aggregated",
+    ];
+
+    #[test]
+    fn no_two_accepted_inputs_of_the_name_families_share_an_output() {
+        // Exhaustive over the families: every (container, name) the worker would roll up.
+        for out in [None, Some("out"), Some("a")] {
+            let mut seen = std::collections::HashMap::new();
+            let mut inputs = std::collections::HashSet::new();
+            for container in ["a", "b", "out"] {
+                for dir in ["", "d/", "d/e/", "a/", "t.csv/"] {
+                    for stem in ["t", "t_aggregated", "T", ".csv", ""] {
+                        for suffix in SUFFIXES {
+                            let name = format!("{dir}{stem}{suffix}");
+                            if name.is_empty() || name.ends_with('/') || is_output(&name) {
+                                continue;
+                            }
+                            let input = BlobPath::new(container, name);
+                            if !inputs.insert(input.clone()) {
+                                continue; // the families spell some names twice
+                            }
+                            let output = output_path(&input, out);
+                            assert!(is_output(&output.name), "{output}");
+                            assert!(!is_input(&output.name), "{output}");
+                            if let Some(before) = seen.insert(output.clone(), input.clone()) {
+                                panic!("{before} and {input} both write {output} ({out:?})");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A folder-and-stem prefix and a family ending for a name.
+    fn base() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec("[a-z]{1,2}", 0..3),
+            "[a-zA-Z0-9._-]{0,6}",
+        )
+            .prop_map(|(dirs, stem)| {
+                let mut name: String = dirs.iter().map(|d| format!("{d}/")).collect();
+                name.push_str(&stem);
+                name
+            })
+    }
+
+    fn ending() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(SUFFIXES.to_vec()),
+            prop::sample::select(SUFFIXES.to_vec()),
+        )
+            .prop_map(|(a, b)| format!("{a}{b}"))
+    }
+
+    /// Two names biased toward collisions: mostly one shared prefix with two family endings
+    /// (`x.csv` against `x.csv.gz`, `x_aggregated` against `x`), sometimes unrelated names.
+    fn name_pair() -> impl Strategy<Value = (String, String)> {
+        (
+            base(),
+            base(),
+            ending(),
+            ending(),
+            proptest::bool::weighted(0.8),
+        )
+            .prop_map(|(p, q, ea, eb, shared)| {
+                let other = if shared { p.clone() } else { q };
+                (format!("{p}{ea}"), format!("{other}{eb}"))
+            })
+    }
+
+    proptest::proptest! {
+        // About a third of the generated names are outputs and are rejected.
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000,
+            max_global_rejects: 20_000,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn distinct_accepted_inputs_have_distinct_outputs(
+            (a, b) in name_pair(),
+            ca in prop::sample::select(vec!["a", "b"]),
+            cb in prop::sample::select(vec!["a", "b"]),
+            out in prop::sample::select(vec![None, Some("out"), Some("a")]),
+        ) {
+            // Blob names: not empty, not a folder. Outputs are never rolled up (the worker
+            // skips them, listings leave them out).
+            for n in [&a, &b] {
+                prop_assume!(!n.is_empty() && !n.ends_with('/') && !is_output(n));
+            }
+            let (a, b) = (BlobPath::new(ca, a), BlobPath::new(cb, b));
+            prop_assume!(a != b);
+            let (oa, ob) = (output_path(&a, out), output_path(&b, out));
+            prop_assert_ne!(&oa, &ob, "{} and {} collide", a, b);
+            for o in [&oa, &ob] {
+                prop_assert!(is_output(&o.name), "{} is not an output", o);
+                prop_assert!(!is_input(&o.name), "{} is an input", o);
+            }
+        }
+    }
+
+    #[test]
+    fn the_recorded_source_decodes_what_output_metadata_wrote() {
+        let src = BlobPath::new("in", "a b/t+1&x=y%.csv.gz");
+        let written = output_metadata(&src, &ETag("\"0x1\"".into()), &Spec::default());
+        assert_eq!(recorded_source(&written), Some(src.clone()));
+        assert_eq!(recorded_source(&[]), None);
+        assert_eq!(recorded_source(&meta(&[(META_SOURCE, "no-slash")])), None);
+        // The output where today's rule puts it is not an orphan; the name the old rule gave
+        // `t.csv.gz`, or an output at OUT/<name> without the container, is.
+        let here = output_path(&src, None);
+        assert!(!is_orphan(&here, &written, None));
+        assert!(is_orphan(
+            &BlobPath::new("in", "a b/t_aggregated.csv"),
+            &written,
+            None
+        ));
+        assert!(!is_orphan(
+            &output_path(&src, Some("out")),
+            &written,
+            Some("out")
+        ));
+        assert!(is_orphan(
+            &BlobPath::new("out", output_name(&src.name)),
+            &written,
+            Some("out")
+        ));
+        assert!(!is_orphan(&here, &[], None), "no metadata: not judged");
     }
 
     #[test]
@@ -177,7 +401,7 @@ mod tests {
         }
         assert!(!is_output("t_aggregated.csv.bak"));
         // Every output name is recognised as an output.
-        for input in ["t.csv", "a/b.csv.gz", "noext", "x.tsv"] {
+        for input in ["t.csv", "a/b.csv.gz", "noext", "x.tsv", "t_aggregated"] {
             assert!(is_output(&output_name(input)), "{input}");
         }
     }

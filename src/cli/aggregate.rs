@@ -18,7 +18,9 @@ pub struct AggregateArgs {
     #[arg(value_name = "INPUT")]
     pub input: String,
 
-    /// Output file, or `-` for stdout [default: beside the input, `<name>_aggregated.csv`].
+    /// Output file, or `-` for stdout [default: beside the input, named as the worker names
+    /// outputs: `t.csv` → `t_aggregated.csv`, any other name kept whole, `t.csv.gz` →
+    /// `t.csv.gz_aggregated_aggregated.csv`].
     #[arg(short, long, env = "ROLLQ_OUTPUT", value_name = "OUTPUT")]
     pub output: Option<String>,
 

@@ -78,13 +78,7 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
-        let output = BlobPath::new(
-            ctx.settings
-                .output_container
-                .clone()
-                .unwrap_or_else(|| job.input.container.clone()),
-            contract::output_name(&job.input.name),
-        );
+        let output = contract::output_path(&job.input, ctx.settings.output_container.as_deref());
         let spec = &ctx.settings.spec;
         let is_current = |metadata: &[(String, String)]| {
             contract::is_current(metadata, &job.input, &input.etag, spec)

@@ -205,8 +205,9 @@ async fn output_container_setting_is_used() {
     ));
     assert!(
         f.blobs
-            .get(&BlobPath::new("out", "b_aggregated.csv"))
-            .is_some()
+            .get(&BlobPath::new("out", "in/b_aggregated.csv"))
+            .is_some(),
+        "the input's container is kept under the output container"
     );
     assert!(
         f.blobs
@@ -1036,4 +1037,23 @@ async fn a_receive_in_flight_at_shutdown_is_released_not_charged() {
             .get(&BlobPath::new("in", "m0_aggregated.csv"))
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn inputs_whose_names_differ_only_in_extension_write_their_own_outputs() {
+    // The old rule sent all three to `t_aggregated.csv`, each run overwriting the last.
+    for out in [None, Some("out")] {
+        let f = Fixture::new(|s| s.output_container = out.map(Into::into)).await;
+        let inputs = [("t.csv", "h\n1\n"), ("t.tsv", "h\n2\n"), ("t", "h\n3\n")];
+        for (name, body) in inputs {
+            f.put(name, body).await;
+            let outcome = f.send_and_process(name).await;
+            assert!(matches!(outcome, Outcome::Completed { .. }), "{outcome:?}");
+        }
+        for (name, body) in inputs {
+            let path = crate::contract::output_path(&BlobPath::new("in", name), out);
+            let got = f.blobs.get(&path).expect("output written");
+            assert_eq!(got, body.to_uppercase().as_bytes(), "{path}");
+        }
+    }
 }

@@ -203,7 +203,7 @@ fn gzip_input_is_decompressed() {
     let out = rollq(&["t.csv.gz"], b"", &[], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("t_aggregated.csv")).unwrap(),
+        std::fs::read_to_string(dir.path().join("t.csv.gz_aggregated_aggregated.csv")).unwrap(),
         SAMPLE_OUT
     );
 }
