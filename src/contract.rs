@@ -172,16 +172,17 @@ pub fn recorded_source(metadata: &[(String, String)]) -> Option<BlobPath> {
     (!container.is_empty() && !name.is_empty()).then(|| BlobPath::new(container, name))
 }
 
-/// Whether the output at `path` (with `metadata`) is an orphan: made by rollq from an input
-/// whose output, under today's [`output_path`] with `output_container`, is somewhere else.
-/// Typically written under the old name rule (see `docs/worker.md`); rollq never deletes one.
-/// An output without [`META_SOURCE`] is not judged (`false`).
-pub fn is_orphan(
+/// If the output at `path` (with `metadata`) is an orphan, the input it was made from: an
+/// output rollq made from an input whose output, under today's [`output_path`] with
+/// `output_container`, is somewhere else. Typically written under the earlier name rule (see
+/// `docs/worker.md`); rollq never deletes one. An output without [`META_SOURCE`] is not
+/// judged (`None`).
+pub fn orphaned_source(
     path: &BlobPath,
     metadata: &[(String, String)],
     output_container: Option<&str>,
-) -> bool {
-    recorded_source(metadata).is_some_and(|src| output_path(&src, output_container) != *path)
+) -> Option<BlobPath> {
+    recorded_source(metadata).filter(|src| output_path(src, output_container) != *path)
 }
 
 /// A metadata value by name: Azure compares metadata names without regard to case; some tools
@@ -367,23 +368,24 @@ mod tests {
         // The output where today's rule puts it is not an orphan; the name the old rule gave
         // `t.csv.gz`, or an output at OUT/<name> without the container, is.
         let here = output_path(&src, None);
-        assert!(!is_orphan(&here, &written, None));
-        assert!(is_orphan(
-            &BlobPath::new("in", "a b/t_aggregated.csv"),
-            &written,
-            None
-        ));
-        assert!(!is_orphan(
-            &output_path(&src, Some("out")),
-            &written,
-            Some("out")
-        ));
-        assert!(is_orphan(
-            &BlobPath::new("out", output_name(&src.name)),
-            &written,
-            Some("out")
-        ));
-        assert!(!is_orphan(&here, &[], None), "no metadata: not judged");
+        assert_eq!(orphaned_source(&here, &written, None), None);
+        let old_beside = BlobPath::new("in", "a b/t_aggregated.csv");
+        assert_eq!(
+            orphaned_source(&old_beside, &written, None),
+            Some(src.clone())
+        );
+        let under_out = output_path(&src, Some("out"));
+        assert_eq!(orphaned_source(&under_out, &written, Some("out")), None);
+        let old_under_out = BlobPath::new("out", output_name(&src.name));
+        assert_eq!(
+            orphaned_source(&old_under_out, &written, Some("out")),
+            Some(src.clone())
+        );
+        assert_eq!(
+            orphaned_source(&here, &[], None),
+            None,
+            "no metadata: not judged"
+        );
     }
 
     #[test]

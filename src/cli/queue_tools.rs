@@ -37,7 +37,8 @@ pub struct BackfillArgs {
     /// Where the worker writes outputs (default: the input container).
     #[arg(long, env = "ROLLQ_OUTPUT_CONTAINER")]
     pub output_container: Option<String>,
-    /// List what would be enqueued without sending anything.
+    /// List what would be enqueued without sending anything, then the orphaned outputs
+    /// (made by rollq for an input whose output is now elsewhere; never deleted).
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
@@ -204,8 +205,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
                     Err(e) if e.kind == ErrorKind::NotFound => continue,
                     Err(e) => return Err(explain(e)),
                 };
-                if contract::is_orphan(&path, &metadata, output_container) {
-                    let source = contract::recorded_source(&metadata).expect("judged by it");
+                if let Some(source) = contract::orphaned_source(&path, &metadata, output_container) {
                     println!(
                         "orphan {path} (made from {source}, whose output is now {})",
                         contract::output_path(&source, output_container)
