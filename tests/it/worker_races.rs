@@ -1,0 +1,169 @@
+//! `rollq worker` processes racing and dying at the worst moments, against Azurite through
+//! the HTTP-aware proxy: three replicas on one input (the conditional commit's conflict
+//! path), `kill -9` between staging blocks and committing them, `kill -9` between committing
+//! and deleting the message, and a SAS that expires while a job runs.
+
+use std::time::Duration;
+
+use rollq::aggregate::Spec;
+use rollq::storage::BlobPath;
+
+use crate::support::http_proxy::{Action, Kind, Rule, When};
+use crate::support::{Azurite, HttpProxy, TcpProxy};
+use crate::worker_support::*;
+
+/// Hold of each replica's first Put Block List in the race test: every replica must have
+/// passed its existing-output check before the first commit lands. Reaching Put Block List
+/// takes well under a second once the message is received (all replicas are polling every
+/// 500 ms before it is sent); the test checks that the race happened rather than trusting
+/// this margin. Kept under Azurite's 5 s keep-alive timeout: a longer hold finds the proxy's
+/// idle upstream connection closed, the held request gets no response and the SDK sends it
+/// again (seen as a second Put Block List).
+const RACE_HOLD: Duration = Duration::from_secs(4);
+
+/// Issue 10: three workers take three messages naming the same blob at once; each one's
+/// first Put Block List is held so all three have checked for an existing output (and found
+/// none) before any commits. Exactly one commit wins; the other two meet the `If-None-Match`
+/// condition, find the winner's output current and end `skipped`. Serial processing cannot
+/// pass: a replica that starts after the winner committed finds the output up to date and
+/// never sends Put Block List, which the proxies' counts would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_racing_on_one_input_write_one_output() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    // 2000 minutes: 34 hourly rows, about 2.5 KiB of output, staged as 1 KiB blocks so the
+    // commit is a Put Block List the proxy can hold.
+    let body = seed_csv(3, 2000);
+    let expected = expected_output(&body);
+    assert!(expected.len() > 2048, "the output must need several blocks");
+    upload(&conn.blobs, &container, "race.csv", body).await;
+
+    let proxies: Vec<HttpProxy> = (0..3)
+        .map(|i| {
+            HttpProxy::start(
+                az.blob_addr(),
+                30 + i,
+                vec![Rule {
+                    kind: Kind::PutBlockList,
+                    when: When::Nth(1),
+                    action: Action::Hold(RACE_HOLD),
+                }],
+            )
+        })
+        .collect();
+    let workers: Vec<WorkerProc> = proxies
+        .iter()
+        .map(|p| {
+            WorkerProc::spawn_with(
+                az.rollq_via(p.addr(), az.queue_addr()),
+                queue.name(),
+                &container,
+                &[
+                    "--max-in-flight",
+                    "1",
+                    "--upload-block-size",
+                    "1KiB",
+                    "--visibility-timeout",
+                    "30s",
+                ],
+            )
+        })
+        .collect();
+    for w in &workers {
+        eventually("every replica ready and polling", PATIENCE, || async {
+            (w.status("/readyz").await == 200).then_some(())
+        })
+        .await;
+    }
+    for _ in 0..3 {
+        queue.send("race.csv").await.unwrap();
+    }
+
+    let outcomes = eventually("three outcomes", PATIENCE, || async {
+        let mut done = Vec::new();
+        for w in &workers {
+            let m = w.metrics().await;
+            let get = |o: &str| {
+                sample(&m, "rollq_messages_total", &[("outcome", o)]).unwrap_or(0.0) as u64
+            };
+            done.push((
+                get("completed"),
+                get("skipped"),
+                get("retried"),
+                get("poisoned"),
+            ));
+        }
+        let finished: u64 = done.iter().map(|(c, s, r, p)| c + s + r + p).sum();
+        (finished >= 3).then_some(done)
+    })
+    .await;
+
+    // The race was real: each replica checked, found no output and committed.
+    for (i, p) in proxies.iter().enumerate() {
+        assert_eq!(
+            p.count(Kind::PutBlockList),
+            (1, 1),
+            "replica {i} did not reach its commit: it found the output already written, so \
+             the replicas ran one after another (outcomes {outcomes:?}; requests {:?})",
+            p.seen()
+        );
+    }
+    let completed: u64 = outcomes.iter().map(|o| o.0).sum();
+    let skipped: u64 = outcomes.iter().map(|o| o.1).sum();
+    assert_eq!(
+        (completed, skipped),
+        (1, 2),
+        "one winner, two skips (completed, skipped, retried, poisoned per replica: {outcomes:?})"
+    );
+    // The losers took the conflict path: their commit failed its condition, and they found
+    // the winner's output current.
+    let mut conflicts = 0.0;
+    let mut replica_lines = 0;
+    for w in &workers {
+        let m = w.metrics().await;
+        conflicts += ["conflict", "precondition_failed"]
+            .iter()
+            .map(|k| {
+                sample(
+                    &m,
+                    "rollq_storage_errors_total",
+                    &[("op", "commit block list"), ("kind", k)],
+                )
+                .unwrap_or(0.0)
+            })
+            .sum::<f64>();
+        replica_lines += w.log().matches("written by another replica").count();
+    }
+    assert_eq!(
+        conflicts, 2.0,
+        "two failed conditional commits were counted"
+    );
+    assert_eq!(replica_lines, 2, "two replicas logged the conflict path");
+
+    let got = download(&conn.blobs, &container, "race_aggregated.csv").await;
+    assert!(got.as_ref() == Some(&expected), "output missing or wrong");
+    let input = BlobPath::new(&container, "race.csv");
+    let input_etag = conn.blobs.properties(&input).await.unwrap().etag;
+    let output = conn
+        .blobs
+        .properties(&BlobPath::new(&container, "race_aggregated.csv"))
+        .await
+        .unwrap();
+    assert!(
+        rollq::contract::is_current(&output.metadata, &input, &input_etag, &Spec::default()),
+        "the output is current for the input: {:?}",
+        output.metadata
+    );
+    let mut names: Vec<String> = conn
+        .blobs
+        .list(&container, "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["race.csv", "race_aggregated.csv"], "one output");
+    assert_queue_and_poison_empty(&conn, &queue).await;
+}
