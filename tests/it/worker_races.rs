@@ -167,3 +167,169 @@ async fn three_workers_racing_on_one_input_write_one_output() {
     assert_eq!(names, ["race.csv", "race_aggregated.csv"], "one output");
     assert_queue_and_poison_empty(&conn, &queue).await;
 }
+
+/// Seed rows whose download at `rate` bytes/s takes about `secs`.
+fn slow_input(rate: usize, secs: usize) -> Vec<u8> {
+    seed_csv(11, (rate * secs / 26) as u64)
+}
+
+/// Issue 10: `kill -9` after the worker staged output blocks and before it sent Put Block
+/// List. The input trickles in through a throttled link, so the reducer stages 4 KiB blocks
+/// as hourly rows come out and the kill lands while the proxy has seen Put Block and no Put
+/// Block List. Nothing was visible; the redelivery writes the output exactly once, correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_staging_and_commit_writes_the_output_once() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let rate = 40 * 1024;
+    let body = slow_input(rate, 20);
+    let expected = expected_output(&body);
+    upload(&conn.blobs, &container, "staged.csv", body).await;
+    queue.send("staged.csv").await.unwrap();
+
+    // worker → HTTP proxy (sees each request) → throttled TCP proxy → Azurite.
+    let slow = TcpProxy::throttled(az.blob_addr(), rate);
+    let first_blob = HttpProxy::start(slow.addr(), 41, vec![]);
+    let mut first = WorkerProc::spawn_with(
+        az.rollq_via(first_blob.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &[
+            "--visibility-timeout",
+            "5s",
+            "--upload-block-size",
+            "4KiB",
+            "--download-block-size",
+            "256KiB",
+            "--download-parallel",
+            "1",
+        ],
+    );
+    eventually("a block staged, no commit yet", PATIENCE, || async {
+        let staged = first_blob.count(Kind::PutBlock).0;
+        (staged >= 1).then_some(())
+    })
+    .await;
+    first.kill9();
+    assert_eq!(
+        first_blob.count(Kind::PutBlockList).0,
+        0,
+        "the kill came after the commit; the input was not slow enough"
+    );
+    assert!(
+        download(&conn.blobs, &container, "staged_aggregated.csv")
+            .await
+            .is_none(),
+        "staged blocks are invisible"
+    );
+
+    let second_blob = HttpProxy::start(az.blob_addr(), 42, vec![]);
+    let second = WorkerProc::spawn_with(
+        az.rollq_via(second_blob.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &["--visibility-timeout", "5s", "--upload-block-size", "4KiB"],
+    );
+    eventually("the redelivered message completed", PATIENCE, || async {
+        let m = second.metrics().await;
+        let done = sample(&m, "rollq_messages_total", &[("outcome", "completed")]);
+        (done == Some(1.0)).then_some(())
+    })
+    .await;
+    let got = download(&conn.blobs, &container, "staged_aggregated.csv").await;
+    assert!(got.as_ref() == Some(&expected), "output missing or wrong");
+    assert_eq!(
+        second_blob.count(Kind::PutBlockList).0,
+        1,
+        "written once by the redelivery"
+    );
+    eventually("the message deleted", PATIENCE, || async {
+        (queue.approximate_count().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert_queue_and_poison_empty(&conn, &queue).await;
+}
+
+/// Issue 10: `kill -9` after the output was committed and before the message was deleted:
+/// the queue proxy resets every Delete Message, and the kill comes once one was seen. The
+/// redelivery finds the output current and ends `skipped` without writing: no Put Block,
+/// no Put Block List, the output's ETag unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_commit_and_delete_skips_the_redelivery() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let body = seed_csv(12, 2000);
+    let expected = expected_output(&body);
+    upload(&conn.blobs, &container, "done.csv", body).await;
+    queue.send("done.csv").await.unwrap();
+
+    let first_blob = HttpProxy::start(az.blob_addr(), 51, vec![]);
+    let first_queue = HttpProxy::start(
+        az.queue_addr(),
+        52,
+        vec![Rule {
+            kind: Kind::Delete,
+            when: When::FirstN(usize::MAX),
+            action: Action::Reset,
+        }],
+    );
+    let mut first = WorkerProc::spawn_with(
+        az.rollq_via(first_blob.addr(), first_queue.addr()),
+        queue.name(),
+        &container,
+        &["--visibility-timeout", "5s", "--upload-block-size", "1KiB"],
+    );
+    eventually("the worker trying to delete", PATIENCE, || async {
+        (first_queue.count(Kind::Delete).0 >= 1).then_some(())
+    })
+    .await;
+    first.kill9();
+    assert_eq!(first_blob.count(Kind::PutBlockList).0, 1, "committed once");
+    let output = BlobPath::new(&container, "done_aggregated.csv");
+    let committed = conn.blobs.properties(&output).await.unwrap().etag;
+    let got = download(&conn.blobs, &container, "done_aggregated.csv").await;
+    assert!(got.as_ref() == Some(&expected), "output missing or wrong");
+    assert_eq!(
+        queue.approximate_count().await.unwrap(),
+        1,
+        "the message was not deleted"
+    );
+
+    let second_blob = HttpProxy::start(az.blob_addr(), 53, vec![]);
+    let second = WorkerProc::spawn_with(
+        az.rollq_via(second_blob.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &["--visibility-timeout", "5s", "--upload-block-size", "1KiB"],
+    );
+    eventually("the redelivered message skipped", PATIENCE, || async {
+        let m = second.metrics().await;
+        let skipped = sample(&m, "rollq_messages_total", &[("outcome", "skipped")]);
+        (skipped == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        second.log().contains("done_aggregated.csv is up to date"),
+        "skipped as current"
+    );
+    assert_eq!(second_blob.count(Kind::PutBlock).0, 0, "nothing staged");
+    assert_eq!(
+        second_blob.count(Kind::PutBlockList).0,
+        0,
+        "nothing committed"
+    );
+    let now = conn.blobs.properties(&output).await.unwrap().etag;
+    assert_eq!(now, committed, "the output was not written again");
+    let m = second.metrics().await;
+    assert_eq!(
+        sample(&m, "rollq_messages_total", &[("outcome", "completed")]),
+        Some(0.0)
+    );
+    eventually("the message deleted", PATIENCE, || async {
+        (queue.approximate_count().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert_queue_and_poison_empty(&conn, &queue).await;
+}
