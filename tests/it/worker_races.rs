@@ -183,7 +183,7 @@ async fn kill_9_between_staging_and_commit_writes_the_output_once() {
     let conn = az.connect().await;
     let (queue, container) = fresh_queue_and_container(&conn).await;
     let rate = 40 * 1024;
-    let body = slow_input(rate, 20);
+    let body = slow_input(rate, 12);
     let expected = expected_output(&body);
     upload(&conn.blobs, &container, "staged.csv", body).await;
     queue.send("staged.csv").await.unwrap();
@@ -201,7 +201,7 @@ async fn kill_9_between_staging_and_commit_writes_the_output_once() {
             "--upload-block-size",
             "4KiB",
             "--download-block-size",
-            "256KiB",
+            "64KiB",
             "--download-parallel",
             "1",
         ],
@@ -327,6 +327,106 @@ async fn kill_9_between_commit_and_delete_skips_the_redelivery() {
         sample(&m, "rollq_messages_total", &[("outcome", "completed")]),
         Some(0.0)
     );
+    eventually("the message deleted", PATIENCE, || async {
+        (queue.approximate_count().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    assert_queue_and_poison_empty(&conn, &queue).await;
+}
+
+/// Issue 10: the worker's SAS expires while a job reads its (throttled) input. Azurite then
+/// refuses every request with 403 `AuthorizationFailure`, which says nothing about expiry;
+/// the worker knows the token's `se` and says the SAS expired. It is the platform's
+/// failure: with `--max-dequeue-count 1` a failure counted against the message would try to
+/// poison it at once, and nothing does. The message stays in the queue, and a worker with a
+/// valid credential completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sas_expiring_mid_job_is_a_platform_failure_naming_the_expiry() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let rate = 40 * 1024;
+    let body = slow_input(rate, 20);
+    let expected = expected_output(&body);
+    upload(&conn.blobs, &container, "expiring.csv", body).await;
+    queue.send("expiring.csv").await.unwrap();
+
+    let slow = TcpProxy::throttled(az.blob_addr(), rate);
+    let se = sas_expiry_in(6);
+    let sas = crate::support::azurite::account_sas_with(&az.key, "rwdlacup", &se);
+    let mut cmd = az.rollq();
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        sas_connection_string(slow.addr(), az.queue_addr(), &sas),
+    );
+    let mut first = WorkerProc::spawn_with(
+        cmd,
+        queue.name(),
+        &container,
+        &[
+            "--visibility-timeout",
+            "20s",
+            "--max-dequeue-count",
+            "1",
+            "--unready-after",
+            "1s",
+            "--download-block-size",
+            "64KiB",
+            "--download-parallel",
+            "1",
+        ],
+    );
+    eventually("the first worker reading the input", PATIENCE, || async {
+        let m = first.metrics().await;
+        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
+    })
+    .await;
+    let retried = eventually("the job failing once the SAS expired", PATIENCE, || async {
+        let m = first.metrics().await;
+        let n = sample(&m, "rollq_messages_total", &[("outcome", "retried")]);
+        (n == Some(1.0)).then(|| first.log())
+    })
+    .await;
+    let line = retried
+        .lines()
+        .find(|l| l.contains("message will be retried"))
+        .expect("the outcome line");
+    assert!(
+        line.contains("SAS token expired") && line.contains(&se),
+        "the error names the expiry: {line}"
+    );
+    let m = first.metrics().await;
+    assert_eq!(
+        sample(&m, "rollq_messages_total", &[("outcome", "poisoned")]),
+        Some(0.0)
+    );
+    assert!(!retried.contains("poison the message"), "{retried}");
+    eventually(
+        "readiness 503 with an expired credential",
+        PATIENCE,
+        || async { (first.status("/readyz").await == 503).then_some(()) },
+    )
+    .await;
+    assert!(first.alive(), "an expired credential is no reason to exit");
+    first.kill9();
+    assert_eq!(queue.approximate_count().await.unwrap(), 1, "still queued");
+    let poison = conn.queues.queue(&format!("{}-poison", queue.name()));
+    assert_eq!(
+        poison.approximate_count().await.unwrap(),
+        0,
+        "nothing poisoned"
+    );
+
+    // A renewed credential (the key here) finishes the work.
+    let second = WorkerProc::spawn(&az, queue.name(), &container, &[]);
+    eventually("the message completed", PATIENCE, || async {
+        let m = second.metrics().await;
+        let done = sample(&m, "rollq_messages_total", &[("outcome", "completed")]);
+        (done == Some(1.0)).then_some(())
+    })
+    .await;
+    let got = download(&conn.blobs, &container, "expiring_aggregated.csv").await;
+    assert!(got.as_ref() == Some(&expected), "output missing or wrong");
     eventually("the message deleted", PATIENCE, || async {
         (queue.approximate_count().await.unwrap() == 0).then_some(())
     })
