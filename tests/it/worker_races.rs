@@ -346,13 +346,15 @@ async fn a_sas_expiring_mid_job_is_a_platform_failure_naming_the_expiry() {
     let conn = az.connect().await;
     let (queue, container) = fresh_queue_and_container(&conn).await;
     let rate = 40 * 1024;
-    let body = slow_input(rate, 20);
+    let body = slow_input(rate, 25);
     let expected = expected_output(&body);
     upload(&conn.blobs, &container, "expiring.csv", body).await;
     queue.send("expiring.csv").await.unwrap();
 
     let slow = TcpProxy::throttled(az.blob_addr(), rate);
-    let se = sas_expiry_in(6);
+    // Long enough for the start-up check and the first reads on a busy machine, far shorter
+    // than the 25 s the input takes to arrive.
+    let se = sas_expiry_in(8);
     let sas = crate::support::azurite::account_sas_with(&az.key, "rwdlacup", &se);
     let mut cmd = az.rollq();
     cmd.env(
