@@ -174,9 +174,11 @@ fn slow_input(rate: usize, secs: usize) -> Vec<u8> {
 }
 
 /// Issue 10: `kill -9` after the worker staged output blocks and before it sent Put Block
-/// List. The input trickles in through a throttled link, so the reducer stages 4 KiB blocks
-/// as hourly rows come out and the kill lands while the proxy has seen Put Block and no Put
-/// Block List. Nothing was visible; the redelivery writes the output exactly once, correct.
+/// List. The input trickles in through a throttled link for 12 s and `--bucket 1m` makes one
+/// output row per input row, so the reducer hands the sink 64 KiB at a time and blocks are
+/// staged within the first second or two, long before the input ends and the commit can
+/// follow. The kill lands while the proxy has seen Put Block and no Put Block List. Nothing
+/// was visible; the redelivery writes the output exactly once, correct.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_staging_and_commit_writes_the_output_once() {
     let az = Azurite::start();
@@ -184,7 +186,11 @@ async fn kill_9_between_staging_and_commit_writes_the_output_once() {
     let (queue, container) = fresh_queue_and_container(&conn).await;
     let rate = 40 * 1024;
     let body = slow_input(rate, 12);
-    let expected = expected_output(&body);
+    let minutes = Spec {
+        bucket: "1m".parse().unwrap(),
+        ..Spec::default()
+    };
+    let expected = expected_output_for(&body, &minutes);
     upload(&conn.blobs, &container, "staged.csv", body).await;
     queue.send("staged.csv").await.unwrap();
 
@@ -196,10 +202,12 @@ async fn kill_9_between_staging_and_commit_writes_the_output_once() {
         queue.name(),
         &container,
         &[
+            "--bucket",
+            "1m",
             "--visibility-timeout",
             "5s",
             "--upload-block-size",
-            "4KiB",
+            "64KiB",
             "--download-block-size",
             "64KiB",
             "--download-parallel",
@@ -229,7 +237,14 @@ async fn kill_9_between_staging_and_commit_writes_the_output_once() {
         az.rollq_via(second_blob.addr(), az.queue_addr()),
         queue.name(),
         &container,
-        &["--visibility-timeout", "5s", "--upload-block-size", "4KiB"],
+        &[
+            "--bucket",
+            "1m",
+            "--visibility-timeout",
+            "5s",
+            "--upload-block-size",
+            "64KiB",
+        ],
     );
     eventually("the redelivered message completed", PATIENCE, || async {
         let m = second.metrics().await;

@@ -381,3 +381,11 @@ pub fn sas_expiry_in(secs: u64) -> String {
     let at = std::time::SystemTime::now() + Duration::from_secs(secs);
     humantime::format_rfc3339_seconds(at).to_string()
 }
+
+/// [`expected_output`] under another reducer spec (e.g. `--bucket 1m` for an output that
+/// grows with the input, so blocks are staged while the input is still arriving).
+pub fn expected_output_for(input: &[u8], spec: &Spec) -> Vec<u8> {
+    let mut sink = MemSink(Vec::new());
+    aggregate::run(spec, &mut MemSource(input.to_vec()), &mut sink).expect("reduce");
+    sink.0
+}
