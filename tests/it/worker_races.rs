@@ -18,7 +18,7 @@ use crate::worker_support::*;
 /// 500 ms before it is sent); the test checks that the race happened rather than trusting
 /// this margin. Kept under Azurite's 5 s keep-alive timeout: a longer hold finds the proxy's
 /// idle upstream connection closed, the held request gets no response and the SDK sends it
-/// again (seen as a second Put Block List).
+/// again (seen as a second Put Block List with a 6 s hold).
 const RACE_HOLD: Duration = Duration::from_secs(4);
 
 /// Issue 10: three workers take three messages naming the same blob at once; each one's
@@ -350,8 +350,9 @@ async fn kill_9_between_commit_and_delete_skips_the_redelivery() {
 }
 
 /// Issue 10: the worker's SAS expires while a job reads its (throttled) input. Azurite then
-/// refuses every request with 403 `AuthorizationFailure`, which says nothing about expiry;
-/// the worker knows the token's `se` and says the SAS expired. It is the platform's
+/// refuses every request with a 403 (`AuthorizationFailure` from blobs, `AuthenticationFailed`
+/// from queues) that says nothing about expiry; the worker knows the token's `se` and says
+/// the SAS expired. It is the platform's
 /// failure: with `--max-dequeue-count 1` a failure counted against the message would try to
 /// poison it at once, and nothing does. The message stays in the queue, and a worker with a
 /// valid credential completes it.

@@ -182,8 +182,8 @@ impl SasPolicy {
     }
 
     /// The token's `se` when `now` is past it. A 403 then is the expiry: the service does not
-    /// always say so (Azurite answers a bare `AuthorizationFailure`, Azure puts it in an XML
-    /// detail the SDK does not surface), and the operator's fix is a new token, not a role.
+    /// always say so (Azurite answers a bare `AuthorizationFailure`; Azure puts it in the
+    /// body's `AuthenticationErrorDetail`, which the error mapping does not read), and the operator's fix is a new token, not a role.
     fn expired(&self, now: OffsetDateTime) -> Option<&str> {
         self.expiry
             .as_ref()
