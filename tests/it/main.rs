@@ -14,5 +14,6 @@ mod tools;
 mod worker;
 mod worker_failures;
 mod worker_memory;
+mod worker_races;
 mod worker_shutdown;
 mod worker_support;

@@ -364,3 +364,28 @@ pub fn spawn_slow_worker(
     let worker = WorkerProc::spawn_with(cmd, queue, container, &args);
     (slow, worker)
 }
+
+// === credentials ===
+
+/// A connection string for the emulator account with these endpoints and an account SAS
+/// (`tests/it/support/azurite.rs` signs one) instead of the key.
+pub fn sas_connection_string(blob: SocketAddr, queue: SocketAddr, sas: &str) -> String {
+    format!(
+        "BlobEndpoint=http://{blob}/devstoreaccount1;QueueEndpoint=http://{queue}/devstoreaccount1;\
+         SharedAccessSignature={sas}"
+    )
+}
+
+/// An expiry `secs` from now in the form a SAS carries (`se`, RFC 3339, whole seconds).
+pub fn sas_expiry_in(secs: u64) -> String {
+    let at = std::time::SystemTime::now() + Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// [`expected_output`] under another reducer spec (e.g. `--bucket 1m` for an output that
+/// grows with the input, so blocks are staged while the input is still arriving).
+pub fn expected_output_for(input: &[u8], spec: &Spec) -> Vec<u8> {
+    let mut sink = MemSink(Vec::new());
+    aggregate::run(spec, &mut MemSource(input.to_vec()), &mut sink).expect("reduce");
+    sink.0
+}

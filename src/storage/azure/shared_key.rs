@@ -1,13 +1,15 @@
 //! Shared Key request signing (the 1.x SDK crates have none) and SAS query appending.
 //!
 //! Both are pipeline policies installed by `azure::build`. Shared Key runs per try (each retry
-//! gets a fresh `x-ms-date` and signature); the SAS policy runs once per call.
+//! gets a fresh `x-ms-date` and signature); the SAS policy runs once per call, and names the
+//! token's expiry when the service refuses a request after it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core::credentials::Secret;
+use azure_core::http::headers::HeaderName;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Request, Url};
 use azure_core::time::{OffsetDateTime, to_rfc7231};
@@ -157,6 +159,8 @@ impl Policy for SharedKeyPolicy {
 /// Appends a SAS token's parameters to every request (once per call: retries reuse the URL).
 pub struct SasPolicy {
     pairs: Vec<(String, String)>,
+    /// The token's signed expiry (`se`) as written and parsed, when it parses as RFC 3339.
+    expiry: Option<(String, OffsetDateTime)>,
 }
 
 impl std::fmt::Debug for SasPolicy {
@@ -169,8 +173,22 @@ impl SasPolicy {
     pub fn new(token: &str) -> Arc<Self> {
         let pairs = url::form_urlencoded::parse(token.trim_start_matches('?').as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        Arc::new(Self { pairs })
+            .collect::<Vec<(String, String)>>();
+        let expiry = pairs
+            .iter()
+            .find(|(k, _)| k == "se")
+            .and_then(|(_, v)| Some((v.clone(), azure_core::time::parse_rfc3339(v).ok()?)));
+        Arc::new(Self { pairs, expiry })
+    }
+
+    /// The token's `se` when `now` is past it. A 403 then is the expiry: the service does not
+    /// always say so (Azurite answers a bare `AuthorizationFailure`; Azure puts it in the
+    /// body's `AuthenticationErrorDetail`, which the error mapping does not read), and the operator's fix is a new token, not a role.
+    fn expired(&self, now: OffsetDateTime) -> Option<&str> {
+        self.expiry
+            .as_ref()
+            .filter(|(_, at)| now >= *at)
+            .map(|(text, _)| text.as_str())
     }
 }
 
@@ -192,7 +210,23 @@ impl Policy for SasPolicy {
                 q.append_pair(k, v);
             }
         }
-        next[0].send(ctx, request, &next[1..]).await
+        let rsp = next[0].send(ctx, request, &next[1..]).await?;
+        if u16::from(rsp.status()) == 403
+            && let Some(se) = self.expired(OffsetDateTime::now_utc())
+        {
+            let code = rsp
+                .headers()
+                .get_optional_str(&HeaderName::from_static("x-ms-error-code"))
+                .unwrap_or("refused");
+            // A credential error (the `Auth` kind, like any 403), worded for the fix.
+            return Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!(
+                    "HTTP 403 {code}: the SAS token expired at {se}; give the worker a new one"
+                ),
+            ));
+        }
+        Ok(rsp)
     }
 }
 
@@ -256,5 +290,21 @@ x-ms-date:Sun, 11 Oct 2009 21:49:13 GMT\nx-ms-version:2009-09-19\n\
             "PUT\n\n\n11\n\ntext/csv\n\n\n\n*\n\nbytes=0-9\n\
 /devstoreaccount1/devstoreaccount1/c/b%20x\nblockid:+/8=\ncomp:block"
         );
+    }
+
+    #[test]
+    fn sas_expiry_is_known_from_the_token() {
+        let p = SasPolicy::new("?sv=2022-11-02&se=2026-12-01T13%3A00%3A00Z&sp=r&sig=abc");
+        let at = |t: &str| azure_core::time::parse_rfc3339(t).unwrap();
+        assert_eq!(p.expired(at("2026-12-01T12:59:59Z")), None);
+        assert_eq!(
+            p.expired(at("2026-12-01T13:00:00Z")),
+            Some("2026-12-01T13:00:00Z")
+        );
+        // No `se`, or one in a form we do not parse: a 403 stays a plain 403.
+        let none = SasPolicy::new("sv=2022-11-02&sig=abc");
+        assert_eq!(none.expired(at("2100-01-01T00:00:00Z")), None);
+        let date_only = SasPolicy::new("se=2026-12-01&sig=abc");
+        assert_eq!(date_only.expired(at("2100-01-01T00:00:00Z")), None);
     }
 }
