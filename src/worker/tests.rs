@@ -541,6 +541,9 @@ async fn a_storage_outage_keeps_the_loop_alive_and_flips_readiness() {
     queues.queue("jobs").create_if_missing().await.unwrap();
     let mut settings = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
     settings.max_poll_interval = Duration::from_millis(50);
+    // A queue outage pauses the worker; its probes start at --retry-delay.
+    settings.retry_delay = Duration::from_millis(50);
+    settings.max_retry_delay = Duration::from_millis(200);
     let metrics = Metrics::register(&mut Registry::default());
     let readiness = Readiness::new(Duration::from_millis(200));
     let worker = Worker::new(
