@@ -98,9 +98,11 @@ impl Worker {
         };
         // A job met a failure that stops every message: do not receive more only to defer
         // them. Checked after the slot: a failing job reports before it frees its slot.
-        if let Some(suspect) = self.ctx.pause.take() {
+        if let Some(suspect) = self.ctx.pause.take()
+            && let Some(step) = self.pause(state, stop, suspect).await
+        {
             drop(first);
-            return self.pause(state, stop, suspect).await;
+            return step;
         }
         let mut want = (1 + state.slots.available_permits()).min(MAX_BATCH);
         if let Some(max) = s.max_messages {
@@ -146,7 +148,12 @@ impl Worker {
                     service: Service::Queue,
                     error: e,
                 };
-                return self.pause(state, stop, suspect).await;
+                return match self.pause(state, stop, suspect).await {
+                    Some(step) => step,
+                    // The queue answers a probe but not Get Messages: back off as for any
+                    // failed receive, so the loop never spins.
+                    None => self.sleep(state, stop).await,
+                };
             }
             Err(e) => {
                 tracing::warn!(error.message = %e, "receive failed; backing off");
@@ -204,17 +211,17 @@ impl Worker {
     /// stop receiving (messages in flight meet the failure and are deferred as usual), turn
     /// `/readyz` 503, and probe with [`ProbeBackoff`] until a probe succeeds or a stop comes.
     /// A probe that succeeds at once means the failure was one blob's after all (a reset
-    /// mid-read, a hot partition answering `ServerBusy`): no pause.
+    /// mid-read, a hot partition answering `ServerBusy`): no pause, `None`.
     async fn pause(
         &self,
         state: &mut LoopState,
         stop: &CancellationToken,
         suspect: Suspect,
-    ) -> Step {
+    ) -> Option<Step> {
         let ctx = &self.ctx;
         let Err(mut failed) = self.probe(suspect.service).await else {
             tracing::debug!(error.message = %suspect.error, "a probe succeeded: not pausing");
-            return Step::Wait;
+            return None;
         };
         let since = Instant::now();
         let service = service_name(suspect.service);
@@ -253,7 +260,7 @@ impl Worker {
         // Jobs that met the same outage while paused reported it: that is this pause.
         let _ = ctx.pause.take();
         state.poll.reset();
-        end
+        Some(end)
     }
 
     /// One call to `service` that leases nothing: Get Queue Metadata, or Get Container
