@@ -17,8 +17,9 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 /// Whether this replica should get traffic, in Kubernetes' sense: false until the first
-/// successful queue call, false while storage has been unreachable for `unready_after`, and
-/// false for good once draining starts. Clones share one state.
+/// successful queue call, false while storage has been unreachable for `unready_after`, false
+/// while the worker is paused on an account-wide failure, and false for good once draining
+/// starts. Clones share one state.
 #[derive(Clone, Debug)]
 pub struct Readiness {
     inner: Arc<ReadinessInner>,
@@ -31,6 +32,11 @@ struct ReadinessInner {
     unready_after: Duration,
     initialized: AtomicBool,
     draining: AtomicBool,
+    /// The worker stopped receiving because storage is unusable for every message. Unready at
+    /// once, not after `unready_after`: a failed probe has confirmed the outage, and a paused
+    /// replica does no work whatever its other calls say (with only the blob endpoint down,
+    /// queue calls still succeed and would keep `failing_since` at 0).
+    paused: AtomicBool,
     /// Milliseconds since `epoch`, plus one, of the first failure in the current run of
     /// storage failures; 0 while storage answers.
     failing_since: AtomicU64,
@@ -45,6 +51,7 @@ impl Readiness {
                 unready_after,
                 initialized: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                paused: AtomicBool::new(false),
                 failing_since: AtomicU64::new(0),
             }),
         }
@@ -79,9 +86,15 @@ impl Readiness {
         self.inner.draining.store(true, Ordering::SeqCst);
     }
 
+    /// The worker paused (true) on an account-wide failure, or resumed (false).
+    pub fn set_paused(&self, paused: bool) {
+        self.inner.paused.store(paused, Ordering::SeqCst);
+    }
+
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         if self.inner.draining.load(Ordering::SeqCst)
+            || self.inner.paused.load(Ordering::SeqCst)
             || !self.inner.initialized.load(Ordering::SeqCst)
         {
             return false;
@@ -197,6 +210,15 @@ mod tests {
         // Liveness is not tied to storage.
         assert_eq!(get_status(&app, "/healthz").await.0, StatusCode::OK);
         readiness.storage_ok();
+        assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::OK);
+        // A pause is unready at once, whatever other calls succeed meanwhile.
+        readiness.set_paused(true);
+        readiness.queue_ok();
+        assert_eq!(
+            get_status(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        readiness.set_paused(false);
         assert_eq!(get_status(&app, "/readyz").await.0, StatusCode::OK);
         readiness.set_draining();
         readiness.storage_ok();

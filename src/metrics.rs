@@ -131,6 +131,8 @@ pub struct Metrics {
     oldest_message_age: Gauge<f64, AtomicU64>,
     last_success: Gauge<f64, AtomicU64>,
     build_info: Family<VersionLabels, Gauge>,
+    paused: Gauge,
+    pauses: Counter,
 }
 
 impl Metrics {
@@ -151,6 +153,8 @@ impl Metrics {
             oldest_message_age: Gauge::default(),
             last_success: Gauge::default(),
             build_info: Family::default(),
+            paused: Gauge::default(),
+            pauses: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("rollq");
         r.register(
@@ -218,6 +222,16 @@ impl Metrics {
             "build_info",
             "Build information; the value is always 1",
             m.build_info.clone(),
+        );
+        r.register(
+            "worker_paused",
+            "1 while the worker has stopped receiving on an account-wide storage failure",
+            m.paused.clone(),
+        );
+        r.register(
+            "worker_pauses",
+            "Pauses on account-wide storage failures",
+            m.pauses.clone(),
         );
         m.build_info
             .get_or_create(&VersionLabels {
@@ -308,6 +322,19 @@ impl Metrics {
         self.oldest_message_age.set(oldest_age_seconds);
     }
 
+    /// The worker paused (true; counted once per pause) or resumed (false).
+    pub fn paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
+        if paused {
+            self.pauses.inc();
+        }
+    }
+
+    /// How many pauses so far.
+    pub fn pause_count(&self) -> u64 {
+        self.pauses.get()
+    }
+
     /// Records the time of a completed message.
     pub fn success_now(&self) {
         let now = std::time::SystemTime::now()
@@ -346,6 +373,8 @@ mod tests {
         m.bytes_read().inc_by(100);
         m.queue_stats(3, 1, 12.5);
         m.success_now();
+        m.paused(true);
+        m.paused(false);
         let text = encode(&registry);
         for line in [
             "rollq_messages_total{outcome=\"completed\"} 1",
@@ -363,6 +392,8 @@ mod tests {
             "rollq_oldest_message_age_seconds 12.5",
             "rollq_build_info{version=\"",
             "rollq_last_success_timestamp_seconds ",
+            "rollq_worker_paused 0",
+            "rollq_worker_pauses_total 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -74,6 +74,19 @@ pub struct StorageError {
     pub retry_after: Option<Duration>,
 }
 
+/// Calls about one blob: throttling there is that blob's (a hot partition), not the account's.
+fn is_single_blob(op: Op) -> bool {
+    matches!(
+        op,
+        Op::BlobProperties
+            | Op::Download
+            | Op::Upload
+            | Op::StageBlock
+            | Op::CommitBlockList
+            | Op::DeleteBlob
+    )
+}
+
 fn fmt_detail(m: &str) -> String {
     if m.is_empty() {
         String::new()
@@ -83,6 +96,42 @@ fn fmt_detail(m: &str) -> String {
 }
 
 impl StorageError {
+    /// Whether this failure stops every message, not just the one that met it: the endpoint
+    /// unreachable (timeouts, resets, refused connections, 5xx), the credential refused
+    /// (401/403), the account throttled (`ServerBusy` or 429, or throttling of a queue or
+    /// container call), or the queue missing. The worker then pauses and probes instead of
+    /// receiving messages only to release them.
+    ///
+    /// Failures tied to one blob or container are not: a throttled hot blob (a 503 on a
+    /// single-blob call with another code), a missing container or blob, a condition. The
+    /// probe that confirms a pause is what settles the ambiguous cases: Azure answers a hot
+    /// partition with `ServerBusy` too, and a reset mid-download may be one short read, so a
+    /// probe that succeeds at once ends the suspicion without pausing.
+    pub fn is_account_wide(&self) -> bool {
+        match self.kind {
+            ErrorKind::Transient | ErrorKind::Auth => true,
+            ErrorKind::Throttled => {
+                let (status, code) = self.status_and_code();
+                code == Some("ServerBusy") || status == Some(429) || !is_single_blob(self.op)
+            }
+            ErrorKind::NotFound => matches!(self.op, Op::Receive | Op::QueueProperties),
+            ErrorKind::Conflict
+            | ErrorKind::PreconditionFailed
+            | ErrorKind::LeaseLost
+            | ErrorKind::Other => false,
+        }
+    }
+
+    /// The status and service error code the adapter wrote into `message`
+    /// (`HTTP 503 ServerBusy`); `None`s for transport errors.
+    fn status_and_code(&self) -> (Option<u16>, Option<&str>) {
+        let Some(rest) = self.message.strip_prefix("HTTP ") else {
+            return (None, None);
+        };
+        let mut words = rest.split_whitespace();
+        (words.next().and_then(|s| s.parse().ok()), words.next())
+    }
+
     pub fn new(
         kind: ErrorKind,
         op: Op,
@@ -95,6 +144,84 @@ impl StorageError {
             target: target.into(),
             message: message.into(),
             retry_after: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(kind: ErrorKind, op: Op, message: &str) -> StorageError {
+        StorageError::new(kind, op, "c/b", message)
+    }
+
+    #[test]
+    fn account_wide_failures_are_told_from_one_blobs() {
+        for (e, wide) in [
+            (
+                err(ErrorKind::Transient, Op::Download, "connection refused: x"),
+                true,
+            ),
+            (
+                err(ErrorKind::Transient, Op::Receive, "HTTP 500 InternalError"),
+                true,
+            ),
+            (
+                err(
+                    ErrorKind::Auth,
+                    Op::BlobProperties,
+                    "HTTP 403 AuthorizationFailure",
+                ),
+                true,
+            ),
+            (
+                err(ErrorKind::Throttled, Op::Download, "HTTP 503 ServerBusy"),
+                true,
+            ),
+            (err(ErrorKind::Throttled, Op::Download, "HTTP 429"), true),
+            (err(ErrorKind::Throttled, Op::Receive, "HTTP 503"), true),
+            (
+                err(ErrorKind::Throttled, Op::ContainerProperties, "HTTP 503"),
+                true,
+            ),
+            (
+                err(ErrorKind::NotFound, Op::Receive, "HTTP 404 QueueNotFound"),
+                true,
+            ),
+            // A hot blob: throttled on a call about that blob alone.
+            (err(ErrorKind::Throttled, Op::Download, "HTTP 503"), false),
+            (
+                err(
+                    ErrorKind::Throttled,
+                    Op::BlobProperties,
+                    "HTTP 503 OperationTimedOut",
+                ),
+                false,
+            ),
+            (
+                err(
+                    ErrorKind::NotFound,
+                    Op::BlobProperties,
+                    "HTTP 404 ContainerNotFound",
+                ),
+                false,
+            ),
+            (
+                err(ErrorKind::PreconditionFailed, Op::Download, "HTTP 412"),
+                false,
+            ),
+            (err(ErrorKind::Other, Op::Upload, "HTTP 400"), false),
+            (
+                err(
+                    ErrorKind::LeaseLost,
+                    Op::Update,
+                    "HTTP 400 PopReceiptMismatch",
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(e.is_account_wide(), wide, "{e}");
         }
     }
 }

@@ -26,7 +26,8 @@ pub enum Class {
     Attempt,
     /// The platform's failure (storage unreachable, timeouts, 5xx, throttling, authentication
     /// or permission, a missing queue or container): no fault of the message, so it never
-    /// counts as an attempt. The message is hidden for the worker's current backoff delay.
+    /// counts as an attempt. The message is hidden for its own deferral delay; a failure that
+    /// stops every message (`StorageError::is_account_wide`) also pauses the receive loop.
     Platform,
     /// Shutdown or scale-in interrupted the work: release without counting an attempt.
     Release,

@@ -8,7 +8,7 @@
 //! `receive_loop` (batches, idle backoff, queue gauges, drain), `pipeline` (one job: parse,
 //! idempotency, reduce, conditional write), `outcome` (the outcome's log line and metrics),
 //! `lease`, `envelope` (bookkeeping and poison copies), `backoff` (the delay after platform
-//! failures), `job`, `echo` (producer text in logs), `error`, `io` (the blocking bridges).
+//! failures, and the pause account-wide ones start), `job`, `echo` (producer text in logs), `error`, `io` (the blocking bridges).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,7 +35,7 @@ mod pipeline;
 mod receive_loop;
 pub mod settings;
 
-use backoff::PlatformBackoff;
+use backoff::PauseSignal;
 pub use check::StartupError;
 use envelope::{Envelope, PoisonNote};
 use error::{Class, JobError};
@@ -89,8 +89,8 @@ struct Ctx {
     metrics: Metrics,
     readiness: Readiness,
     observer: Arc<Observer>,
-    /// The delay a platform failure hides a message for.
-    platform: PlatformBackoff,
+    /// Where jobs report account-wide failures for the receive loop to pause on.
+    pause: PauseSignal,
     reducer: ReduceFn,
 }
 
@@ -154,7 +154,7 @@ impl Worker {
                 metrics,
                 readiness,
                 observer,
-                platform: PlatformBackoff::default(),
+                pause: PauseSignal::default(),
                 reducer: aggregate::run,
             }),
         }
@@ -242,9 +242,6 @@ impl Worker {
     async fn complete(&self, lease: Lease, done: Done) -> Outcome {
         let r = lease.complete().await;
         self.ctx.observer.record(Op::Delete, &r);
-        if r.is_ok() {
-            self.ctx.platform.succeeded();
-        }
         match (r, done) {
             (Ok(()), Done::Written(report)) => {
                 self.ctx.metrics.rows(report.rows, report.bad_rows);
@@ -319,15 +316,20 @@ impl Worker {
         Outcome::Retried(e)
     }
 
-    /// A platform failure: hides the message for the worker's current backoff delay (not 0,
-    /// so replicas do not spin on it during an outage), recording the deferral so it is not an
-    /// attempt.
+    /// A platform failure: hides the message for its own deferral delay (not 0, so replicas
+    /// do not spin on it during an outage), recording the deferral so it is not an attempt.
+    /// A failure that stops every message is also reported to the receive loop, which pauses.
     async fn defer(&self, lease: Lease, envelope: &Envelope, e: JobError) -> Outcome {
         let retry_after = match &e {
-            JobError::Storage(se) => se.retry_after,
+            JobError::Storage(se) => {
+                if se.is_account_wide() {
+                    self.ctx.pause.report(se);
+                }
+                se.retry_after
+            }
             _ => None,
         };
-        let delay = self.ctx.platform.failed(&self.ctx.settings, retry_after);
+        let delay = backoff::deferral_delay(&self.ctx.settings, envelope.deferred, retry_after);
         let text = envelope.failed_at(&now_rfc3339()).deferred_once_more();
         if text.is_none() {
             tracing::warn!(

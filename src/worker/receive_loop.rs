@@ -1,5 +1,6 @@
 //! The receive loop: lease batches while slots are free, spawn each message, back off when
-//! idle or failing, sample the queue gauges, and drain at the end.
+//! idle or failing, pause on account-wide failures, sample the queue gauges, and drain at the
+//! end.
 //!
 //! `startup::App` calls [`Worker::run`]; the loop selects on waiting (a slot, a receive, a
 //! sleep), never on working: in-flight messages get the drain deadline instead.
@@ -15,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Worker;
+use super::backoff::{ProbeBackoff, Suspect};
 use super::envelope::Envelope;
 use crate::metrics::OutcomeLabel;
 use crate::shutdown::Shutdown;
-use crate::storage::{Op, Received};
+use crate::storage::{Op, Received, Service, StorageError};
 
 /// Azure returns at most 32 messages per receive.
 const MAX_BATCH: usize = 32;
@@ -94,6 +96,14 @@ impl Worker {
             _ = stop.cancelled() => return Step::End(RunEnd::Stopped),
             p = state.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
+        // A job met a failure that stops every message: do not receive more only to defer
+        // them. Checked after the slot: a failing job reports before it frees its slot.
+        if let Some(suspect) = self.ctx.pause.take()
+            && let Some(step) = self.pause(state, stop, suspect).await
+        {
+            drop(first);
+            return step;
+        }
         let mut want = (1 + state.slots.available_permits()).min(MAX_BATCH);
         if let Some(max) = s.max_messages {
             want = want.min((max - state.received) as usize);
@@ -131,6 +141,19 @@ impl Worker {
                     return Step::End(RunEnd::Idle);
                 }
                 return self.sleep(state, stop).await;
+            }
+            Err(e) if e.is_account_wide() => {
+                drop(first);
+                let suspect = Suspect {
+                    service: Service::Queue,
+                    error: e,
+                };
+                return match self.pause(state, stop, suspect).await {
+                    Some(step) => step,
+                    // The queue answers a probe but not Get Messages: back off as for any
+                    // failed receive, so the loop never spins.
+                    None => self.sleep(state, stop).await,
+                };
             }
             Err(e) => {
                 tracing::warn!(error.message = %e, "receive failed; backing off");
@@ -182,6 +205,87 @@ impl Worker {
         });
         // Bounded like every wait on the way out.
         let _ = tokio::time::timeout(RELEASE_GRACE, futures::future::join_all(releases)).await;
+    }
+
+    /// An account-wide failure was met: confirm it with a probe, and if storage is unusable
+    /// stop receiving (messages in flight meet the failure and are deferred as usual), turn
+    /// `/readyz` 503, and probe with [`ProbeBackoff`] until a probe succeeds or a stop comes.
+    /// A probe that succeeds at once means the failure was one blob's after all (a reset
+    /// mid-read, a hot partition answering `ServerBusy`): no pause, `None`.
+    async fn pause(
+        &self,
+        state: &mut LoopState,
+        stop: &CancellationToken,
+        suspect: Suspect,
+    ) -> Option<Step> {
+        let ctx = &self.ctx;
+        let Err(mut failed) = self.probe(suspect.service).await else {
+            tracing::debug!(error.message = %suspect.error, "a probe succeeded: not pausing");
+            return None;
+        };
+        let since = Instant::now();
+        let service = service_name(suspect.service);
+        tracing::warn!(
+            service,
+            error.message = %suspect.error,
+            probe.error = %failed,
+            "storage unusable for every message; pausing: no receives until a probe succeeds"
+        );
+        ctx.readiness.set_paused(true);
+        ctx.metrics.paused(true);
+        let mut backoff = ProbeBackoff::new();
+        let end = loop {
+            let delay = backoff.next(&ctx.settings, failed.retry_after);
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    state.stopped_at = Some(Instant::now());
+                    break Step::End(RunEnd::Stopped);
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match self.probe(suspect.service).await {
+                Ok(()) => break Step::Wait,
+                Err(e) => failed = e,
+            }
+        };
+        ctx.readiness.set_paused(false);
+        ctx.metrics.paused(false);
+        if matches!(end, Step::Wait) {
+            tracing::info!(
+                service,
+                paused_for = ?since.elapsed(),
+                "storage answers again; resuming"
+            );
+        }
+        // Jobs that met the same outage while paused reported it: that is this pause.
+        let _ = ctx.pause.take();
+        state.poll.reset();
+        Some(end)
+    }
+
+    /// One call to `service` that leases nothing: Get Queue Metadata, or Get Container
+    /// Properties of `--container` (the container start-up checked: a message naming a
+    /// container the worker may not read must not keep every other message waiting). Storage
+    /// is usable again when the call answers anything but an account-wide failure (a missing
+    /// container is an answer).
+    async fn probe(&self, service: Service) -> Result<(), StorageError> {
+        let ctx = &self.ctx;
+        let r = match service {
+            Service::Queue => {
+                let r = ctx.queue.approximate_count().await;
+                ctx.observer.record(Op::QueueProperties, &r);
+                r.map(drop)
+            }
+            Service::Blob => {
+                let r = ctx.blobs.container_exists(&ctx.settings.container).await;
+                ctx.observer.record(Op::ContainerProperties, &r);
+                r.map(drop)
+            }
+        };
+        match r {
+            Err(e) if e.is_account_wide() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Sleeps the next poll backoff, unless a stop comes first.
@@ -290,6 +394,14 @@ impl Worker {
         let r = self.ctx.queue.approximate_count().await;
         self.ctx.observer.record(Op::QueueProperties, &r);
         matches!(r, Ok(0))
+    }
+}
+
+/// The service's name in the pause's log lines.
+fn service_name(service: Service) -> &'static str {
+    match service {
+        Service::Queue => "queue",
+        Service::Blob => "blob",
     }
 }
 

@@ -542,6 +542,9 @@ async fn a_storage_outage_keeps_the_loop_alive_and_flips_readiness() {
     queues.queue("jobs").create_if_missing().await.unwrap();
     let mut settings = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
     settings.max_poll_interval = Duration::from_millis(50);
+    // A queue outage pauses the worker; its probes start at --retry-delay.
+    settings.retry_delay = Duration::from_millis(50);
+    settings.max_retry_delay = Duration::from_millis(200);
     let metrics = Metrics::register(&mut Registry::default());
     let readiness = Readiness::new(Duration::from_millis(200));
     let worker = Worker::new(
@@ -1056,4 +1059,257 @@ async fn inputs_whose_names_differ_only_in_extension_write_their_own_outputs() {
             assert_eq!(got, body.to_uppercase().as_bytes(), "{path}");
         }
     }
+}
+// === pause and per-blob backoff ===
+
+/// Polls `done` every 5 ms until it holds, panicking with `what` after 30 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One outage seen by N jobs at once is one step for each: every message waits by its own
+/// deferral count, not by a counter the other jobs have raised meanwhile.
+#[tokio::test]
+async fn an_outage_seen_by_concurrent_jobs_is_one_step_for_each() {
+    let f = Fixture::new(|s| s.max_in_flight = 4).await;
+    for i in 0..4 {
+        let name = format!("c{i}.csv");
+        f.blobs
+            .put(
+                &BlobPath::new("in", &name),
+                Bytes::from(format!("h\n{i}\n")),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        f.queue.send(&name).await.unwrap();
+    }
+    f.blobs.set_outage(true);
+    let msgs = f
+        .queue
+        .receive(4, f.worker.settings().visibility_timeout)
+        .await
+        .unwrap();
+    assert_eq!(msgs.len(), 4);
+    let outcomes = futures::future::join_all(
+        msgs.into_iter()
+            .map(|m| f.worker.process_one(m, CancellationToken::new())),
+    )
+    .await;
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Retried(_))),
+        "{outcomes:?}"
+    );
+    let first = f.worker.settings().backoff(1);
+    let delays: Vec<Duration> = f.queue.updates().iter().map(|u| u.1).collect();
+    assert_eq!(delays, [first; 4], "each message's first deferral");
+    // The next deferral of one message is its second step, whatever the others did.
+    skip(first).await;
+    let msg = f.receive().await;
+    f.worker.process_one(msg, CancellationToken::new()).await;
+    assert_eq!(
+        f.queue.updates().last().unwrap().1,
+        f.worker.settings().backoff(2)
+    );
+}
+
+/// With the blob endpoint down, the worker pauses: it sends no Get Messages (only probes of
+/// the container), `/readyz` is 503 at once although queue calls succeed, and it resumes by
+/// itself when a probe succeeds.
+#[tokio::test]
+async fn while_paused_the_worker_sends_no_get_messages_only_probes() {
+    let f = Fixture::new(|s| {
+        s.retry_delay = Duration::from_millis(20);
+        s.max_retry_delay = Duration::from_millis(80);
+        s.max_poll_interval = Duration::from_millis(50);
+        s.exit_when_idle = Some(Duration::from_millis(200));
+    })
+    .await;
+    f.put("t.csv", "h\n1\n").await;
+    f.queue.send("t.csv").await.unwrap();
+    f.blobs.set_outage(true);
+    let run = tokio::spawn({
+        let worker = f.worker.clone();
+        async move { worker.run(Shutdown::new()).await }
+    });
+    until("the pause (readiness 503)", || !f.readiness.is_ready()).await;
+    let receives = f.queue.receives_started();
+    let probes = || {
+        f.metrics
+            .storage_error_count(Op::ContainerProperties, ErrorKind::Transient)
+    };
+    let probed = probes();
+    assert!(probed >= 1, "the pause was confirmed by a probe");
+    until("three more probes", || probes() >= probed + 3).await;
+    assert_eq!(
+        f.queue.receives_started(),
+        receives,
+        "no Get Messages while paused"
+    );
+    assert!(!f.readiness.is_ready());
+    assert_eq!(f.metrics.pause_count(), 1, "one pause, however many probes");
+    f.blobs.set_outage(false);
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("resumes, finishes and exits when idle")
+        .unwrap();
+    assert_eq!(end, RunEnd::Idle);
+    assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
+    assert!(f.readiness.is_ready(), "ready again after the pause");
+    assert!(f.poison_texts().is_empty());
+}
+
+/// A blob store in which one blob is hot: its first `failures` property reads are throttled
+/// with `ServerBusy` (the code Azure gives a hot partition and a throttled account alike).
+#[derive(Debug)]
+struct HotBlob {
+    inner: MemoryBlobStore,
+    hot: BlobPath,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for HotBlob {
+    async fn create_container_if_missing(&self, c: &str) -> Result<(), StorageError> {
+        self.inner.create_container_if_missing(c).await
+    }
+    async fn container_exists(&self, c: &str) -> Result<bool, StorageError> {
+        self.inner.container_exists(c).await
+    }
+    async fn properties(
+        &self,
+        path: &BlobPath,
+    ) -> Result<crate::storage::BlobProperties, StorageError> {
+        use std::sync::atomic::Ordering;
+        if path == &self.hot
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(StorageError::new(
+                ErrorKind::Throttled,
+                Op::BlobProperties,
+                path.to_string(),
+                "HTTP 503 ServerBusy",
+            ));
+        }
+        self.inner.properties(path).await
+    }
+    async fn open_read(
+        &self,
+        path: &BlobPath,
+        if_match: Option<&crate::storage::ETag>,
+        opts: crate::storage::ReadOptions,
+    ) -> Result<crate::storage::ByteStream, StorageError> {
+        self.inner.open_read(path, if_match, opts).await
+    }
+    async fn put(
+        &self,
+        path: &BlobPath,
+        body: Bytes,
+        opts: PutOptions,
+    ) -> Result<crate::storage::ETag, StorageError> {
+        self.inner.put(path, body, opts).await
+    }
+    async fn start_upload(
+        &self,
+        path: &BlobPath,
+        opts: PutOptions,
+    ) -> Result<Box<dyn crate::storage::BlockUpload>, StorageError> {
+        self.inner.start_upload(path, opts).await
+    }
+    async fn list(
+        &self,
+        c: &str,
+        prefix: &str,
+    ) -> Result<Vec<crate::storage::BlobItem>, StorageError> {
+        self.inner.list(c, prefix).await
+    }
+    async fn delete(&self, path: &BlobPath) -> Result<(), StorageError> {
+        self.inner.delete(path).await
+    }
+}
+
+/// A hot blob is retried alone, with its own backoff: the probe its `ServerBusy` triggers
+/// succeeds, so the worker does not pause, and another message completes meanwhile.
+#[tokio::test]
+async fn a_hot_blob_is_retried_alone_and_does_not_stop_another_message() {
+    let queues = MemoryQueueService::new();
+    let inner = MemoryBlobStore::new();
+    inner.create_container_if_missing("in").await.unwrap();
+    for (name, body) in [("hot.csv", "h\n1\n"), ("cold.csv", "h\n2\n")] {
+        inner
+            .put(
+                &BlobPath::new("in", name),
+                Bytes::from_static(body.as_bytes()),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let q = queues.memory_queue("jobs");
+    q.create_if_missing().await.unwrap();
+    q.send("hot.csv").await.unwrap();
+    q.send("cold.csv").await.unwrap();
+    let hot = Arc::new(HotBlob {
+        inner: inner.clone(),
+        hot: BlobPath::new("in", "hot.csv"),
+        failures: 4.into(),
+    });
+    let mut settings = Settings::with_defaults("jobs", ACCOUNT, "in").unwrap();
+    settings.max_in_flight = 2;
+    settings.max_dequeue_count = 2;
+    settings.retry_delay = Duration::from_millis(200);
+    settings.max_retry_delay = Duration::from_secs(1);
+    settings.max_poll_interval = Duration::from_millis(50);
+    settings.exit_when_idle = Some(Duration::from_millis(200));
+    let metrics = Metrics::register(&mut Registry::default());
+    let readiness = Readiness::new(Duration::from_secs(30));
+    let worker = Worker::new(
+        settings,
+        &queues,
+        hot.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    )
+    .with_reducer(test_reducer);
+    worker.check().await.unwrap();
+    let run = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run(Shutdown::new()).await }
+    });
+    until("the cold message's output", || {
+        inner
+            .get(&BlobPath::new("in", "cold_aggregated.csv"))
+            .is_some()
+    })
+    .await;
+    assert!(
+        hot.failures.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the cold message completed while the hot blob was still throttled"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the hot message completes too")
+        .unwrap();
+    assert_eq!(end, RunEnd::Idle);
+    let out = inner
+        .get(&BlobPath::new("in", "hot_aggregated.csv"))
+        .unwrap();
+    assert_eq!(&out[..], b"H\n1\n");
+    assert_eq!(metrics.pause_count(), 0, "a hot blob pauses nothing");
+    assert!(readiness.is_ready());
+    // Its own backoff: one step per deferral of this message, past --max-dequeue-count.
+    let s = worker.settings();
+    let delays: Vec<Duration> = q.updates().iter().map(|u| u.1).collect();
+    assert_eq!(
+        delays,
+        [s.backoff(1), s.backoff(2), s.backoff(3), s.backoff(4)]
+    );
+    assert!(queues.memory_queue("jobs-poison").snapshot().is_empty());
 }

@@ -15,5 +15,6 @@ mod worker;
 mod worker_failures;
 mod worker_memory;
 mod worker_races;
+mod worker_outage;
 mod worker_shutdown;
 mod worker_support;
