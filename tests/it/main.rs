@@ -14,7 +14,7 @@ mod tools;
 mod worker;
 mod worker_failures;
 mod worker_memory;
-mod worker_races;
 mod worker_outage;
+mod worker_races;
 mod worker_shutdown;
 mod worker_support;
