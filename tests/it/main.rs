@@ -12,6 +12,7 @@ mod submit;
 mod tools;
 mod worker;
 mod worker_failures;
+mod worker_lease;
 mod worker_memory;
 mod worker_shutdown;
 mod worker_support;
