@@ -3,7 +3,7 @@
 //! `process_one` turns every failure into a `JobError` and asks [`JobError::class`] what to do:
 //! poison it, retry it later as a failed attempt (the message's own failure), defer it without
 //! counting an attempt (the platform's failure), release it (shutdown), or leave it alone
-//! (lease lost).
+//! (lease lost, or lease uncertain: a renewal got no answer).
 
 use std::io;
 use std::sync::{Arc, OnceLock};

@@ -67,16 +67,17 @@ async fn update_message_is_not_retried_blindly() {
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     assert_eq!(proxy.count(Kind::Update), (1, 1), "sent once, not retried");
     // It was applied: the receipt we hold is stale now.
-    let stale = q
-        .delete(&got[0].id, &got[0].pop_receipt)
-        .await
-        .unwrap_err();
+    let stale = q.delete(&got[0].id, &got[0].pop_receipt).await.unwrap_err();
     assert_eq!(stale.kind, ErrorKind::LeaseLost, "{stale}");
 
     q.update(&got[1].id, &got[1].pop_receipt, vis, None)
         .await
         .expect("a 503 is retried with the same receipt");
-    assert_eq!(proxy.count(Kind::Update), (3, 2), "503, then the retry passed");
+    assert_eq!(
+        proxy.count(Kind::Update),
+        (3, 2),
+        "503, then the retry passed"
+    );
 }
 
 /// The test: the second Update Message (the second renewal) is forwarded and its
@@ -171,9 +172,18 @@ async fn an_unanswered_renewal_keeps_good_work() {
         count("rollq_lease_renewals_total", &[("result", "uncertain")]),
         1.0
     );
-    assert_eq!(count("rollq_lease_renewals_total", &[("result", "lost")]), 0.0);
-    assert_eq!(count("rollq_messages_total", &[("outcome", "completed")]), 0.0);
-    assert_eq!(count("rollq_messages_total", &[("outcome", "poisoned")]), 0.0);
+    assert_eq!(
+        count("rollq_lease_renewals_total", &[("result", "lost")]),
+        0.0
+    );
+    assert_eq!(
+        count("rollq_messages_total", &[("outcome", "completed")]),
+        0.0
+    );
+    assert_eq!(
+        count("rollq_messages_total", &[("outcome", "poisoned")]),
+        0.0
+    );
     assert!(
         worker.log().contains("lease_uncertain"),
         "the first delivery's outcome names the uncertain lease"

@@ -4,7 +4,9 @@
 //!
 //! This folder is the only place in rollq that imports the Azure SDK; callers see the traits
 //! in [`crate::storage`] and [`StorageError`]. Every call is bounded by the connection's
-//! timeout (SDK retries included), so a dead endpoint fails in seconds.
+//! timeout (SDK retries included), so a dead endpoint fails in seconds. Update Message alone
+//! goes without the SDK's retries (see [`UPDATE_TRIES`]): its failures say whether the request
+//! may have been applied (`StorageError::outcome_unknown`).
 
 mod errors;
 pub mod shared_key;
