@@ -20,7 +20,9 @@ use tracing::Instrument;
 use crate::aggregate::{self, Report, Spec};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::storage::{BlobStore, ErrorKind, Op, Queue, QueueService, Received, StorageError};
+use crate::storage::{
+    BlobStore, ErrorKind, Op, Queue, QueueService, ReceiptFailure, Received, StorageError,
+};
 
 mod backoff;
 mod check;
@@ -263,8 +265,9 @@ impl Worker {
                 }
                 Outcome::Retried(JobError::LeaseUncertain)
             }
-            (Err(e), _) if e.kind.is_lease_lost() => Outcome::LeaseLost,
-            // The output exists: the redelivery will find it and skip the work.
+            (Err(e), _) if e.receipt_failure() == ReceiptFailure::Lost => Outcome::LeaseLost,
+            // The output exists: the redelivery will find it and skip the work (also when
+            // the delete's answer was lost and it may have been applied).
             (Err(e), _) => Outcome::Retried(JobError::Storage(e)),
         }
     }
