@@ -81,6 +81,9 @@ pub enum RenewalResult {
     Error,
     /// Another consumer owns the message; work is cancelled.
     Lost,
+    /// No answer came back: the renewal may have been applied, so the receipt may be stale.
+    /// Renewal stops; work goes on until the last deadline known for sure.
+    Uncertain,
 }
 
 impl EncodeLabelValue for RenewalResult {
@@ -89,6 +92,7 @@ impl EncodeLabelValue for RenewalResult {
             RenewalResult::Ok => "ok",
             RenewalResult::Error => "error",
             RenewalResult::Lost => "lost",
+            RenewalResult::Uncertain => "uncertain",
         })
     }
 }
@@ -242,7 +246,12 @@ impl Metrics {
         for outcome in OutcomeLabel::ALL {
             let _ = m.messages.get_or_create(&OutcomeLabels { outcome });
         }
-        for result in [RenewalResult::Ok, RenewalResult::Error, RenewalResult::Lost] {
+        for result in [
+            RenewalResult::Ok,
+            RenewalResult::Error,
+            RenewalResult::Lost,
+            RenewalResult::Uncertain,
+        ] {
             let _ = m.lease_renewals.get_or_create(&RenewalLabels { result });
         }
         m
@@ -380,6 +389,7 @@ mod tests {
             "rollq_messages_total{outcome=\"completed\"} 1",
             "rollq_messages_total{outcome=\"released\"} 0",
             "rollq_lease_renewals_total{result=\"ok\"} 1",
+            "rollq_lease_renewals_total{result=\"uncertain\"} 0",
             "rollq_storage_errors_total{op=\"receive\",kind=\"transient\"} 1",
             "rollq_processing_duration_seconds_count 1",
             "rollq_message_age_seconds_count 1",

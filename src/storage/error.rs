@@ -72,6 +72,25 @@ pub struct StorageError {
     pub message: String,
     /// From Retry-After, when the service sent one.
     pub retry_after: Option<Duration>,
+    /// The request may have reached the service and been applied, but no answer came back
+    /// (the connection dropped or reset after sending, or the call timed out). Set by the
+    /// adapters; read through [`StorageError::receipt_failure`] for calls by pop receipt.
+    pub outcome_unknown: bool,
+}
+
+/// What a failed Update or Delete Message by pop receipt says about the lease on the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptFailure {
+    /// The service answered that the receipt is not current (400 `PopReceiptMismatch`, 404
+    /// `MessageNotFound`): if the receipt was known to be current, another consumer owns the
+    /// message now.
+    Lost,
+    /// No answer: the request may have been applied, in which case the service holds a newer
+    /// receipt than ours and ours is stale. Nothing sent with it can be trusted any more.
+    Unknown,
+    /// The service answered with another failure (5xx, throttling, auth) or the request never
+    /// left (connection refused): nothing changed, the receipt is still current.
+    Failed,
 }
 
 /// Calls about one blob: throttling there is that blob's (a hot partition), not the account's.
@@ -144,6 +163,26 @@ impl StorageError {
             target: target.into(),
             message: message.into(),
             retry_after: None,
+            outcome_unknown: false,
+        }
+    }
+
+    /// The same error, marked as one whose request may have been applied (see
+    /// [`StorageError::outcome_unknown`]).
+    pub fn with_unknown_outcome(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
+    }
+
+    /// The one rule for failed calls by pop receipt: an answer that the receipt is not
+    /// current means lost; no answer means unknown, whatever the kind; anything else failed.
+    pub fn receipt_failure(&self) -> ReceiptFailure {
+        if self.outcome_unknown {
+            ReceiptFailure::Unknown
+        } else if self.kind.is_lease_lost() {
+            ReceiptFailure::Lost
+        } else {
+            ReceiptFailure::Failed
         }
     }
 }
@@ -223,5 +262,32 @@ mod tests {
         ] {
             assert_eq!(e.is_account_wide(), wide, "{e}");
         }
+    }
+
+    #[test]
+    fn receipt_failures() {
+        let e = |kind| StorageError::new(kind, Op::Renew, "q/m", "");
+        assert_eq!(
+            e(ErrorKind::LeaseLost).receipt_failure(),
+            ReceiptFailure::Lost
+        );
+        assert_eq!(
+            e(ErrorKind::NotFound).receipt_failure(),
+            ReceiptFailure::Lost
+        );
+        assert_eq!(
+            e(ErrorKind::Transient).receipt_failure(),
+            ReceiptFailure::Failed
+        );
+        assert_eq!(
+            e(ErrorKind::Throttled).receipt_failure(),
+            ReceiptFailure::Failed
+        );
+        assert_eq!(
+            e(ErrorKind::Transient)
+                .with_unknown_outcome()
+                .receipt_failure(),
+            ReceiptFailure::Unknown
+        );
     }
 }

@@ -114,6 +114,9 @@ struct QueueState {
     hold_receives: bool,
     /// Receives started so far (tests wait for one to be in flight).
     receives_started: u64,
+    /// The next this many updates are applied and then fail with an unknown outcome: an
+    /// Update Message whose answer was lost on the way back.
+    lose_update_answers: u64,
 }
 
 /// One in-memory queue.
@@ -174,6 +177,12 @@ impl MemoryQueue {
     /// Holds every receive after it has leased its messages (true) until released (false).
     pub fn hold_receives(&self, hold: bool) {
         self.state.lock().unwrap().hold_receives = hold;
+    }
+
+    /// Applies the next `n` updates but fails them as if their answers were lost (transient,
+    /// outcome unknown): the service holds a new receipt the caller never learns.
+    pub fn lose_update_answers(&self, n: u64) {
+        self.state.lock().unwrap().lose_update_answers = n;
     }
 
     /// How many receives have started.
@@ -320,6 +329,16 @@ impl Queue for MemoryQueue {
         state
             .updates
             .push((id.clone(), visibility, new_text.is_some()));
+        if state.lose_update_answers > 0 {
+            state.lose_update_answers -= 1;
+            return Err(StorageError::new(
+                ErrorKind::Transient,
+                Op::Update,
+                &self.name,
+                "connection closed before the answer (simulated)",
+            )
+            .with_unknown_outcome());
+        }
         Ok(PopReceipt(fresh))
     }
 

@@ -17,7 +17,7 @@ pub mod error;
 #[cfg(test)]
 pub mod memory;
 pub mod op;
-pub use error::{ErrorKind, StorageError};
+pub use error::{ErrorKind, ReceiptFailure, StorageError};
 pub use op::{Op, Service};
 
 pub mod azure;

@@ -3,7 +3,7 @@
 //! `process_one` turns every failure into a `JobError` and asks [`JobError::class`] what to do:
 //! poison it, retry it later as a failed attempt (the message's own failure), defer it without
 //! counting an attempt (the platform's failure), release it (shutdown), or leave it alone
-//! (lease lost).
+//! (lease lost, or lease uncertain: a renewal got no answer).
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -33,6 +33,9 @@ pub enum Class {
     Release,
     /// Another consumer owns the message now: touch nothing.
     LeaseLost,
+    /// A renewal's outcome is unknown, so our pop receipt may be stale: send nothing more
+    /// with it and let the message reappear by itself. Not an attempt of the message's.
+    LeaseUncertain,
 }
 
 impl Class {
@@ -45,6 +48,7 @@ impl Class {
             Class::Platform => "platform",
             Class::Release => "release",
             Class::LeaseLost => "lease_lost",
+            Class::LeaseUncertain => "lease_uncertain",
         }
     }
 }
@@ -87,6 +91,11 @@ pub enum JobError {
     /// Renewal found that another consumer holds the message.
     #[error("lease lost: another consumer owns the message")]
     LeaseLost,
+    /// A renewal got no answer, so the pop receipt may be stale: the message was left to
+    /// reappear (the work either finished, its output committed, or was stopped before the
+    /// last visibility deadline known for sure).
+    #[error("lease uncertain: a renewal got no answer; the message is left to reappear")]
+    LeaseUncertain,
     /// The conditional output write failed: another writer got there first.
     #[error("output write condition failed: {0}")]
     OutputConflict(StorageError),
@@ -103,6 +112,8 @@ pub enum JobError {
 pub enum StopReason {
     /// Renewal found that another consumer holds the message.
     LeaseLost,
+    /// The lease turned uncertain and its last deadline known for sure came.
+    LeaseExpired,
     /// The drain deadline or a second signal.
     Shutdown,
     /// `--max-processing-time` ran out.
@@ -133,6 +144,7 @@ impl Stop {
     pub fn error(&self) -> Option<JobError> {
         self.reason.get().map(|r| match *r {
             StopReason::LeaseLost => JobError::LeaseLost,
+            StopReason::LeaseExpired => JobError::LeaseUncertain,
             StopReason::Shutdown => JobError::Shutdown,
             StopReason::TimedOut(limit) => JobError::TimedOut(limit),
         })
@@ -170,6 +182,7 @@ impl JobError {
             | JobError::Internal(_) => Class::Attempt,
             JobError::Shutdown => Class::Release,
             JobError::LeaseLost => Class::LeaseLost,
+            JobError::LeaseUncertain => Class::LeaseUncertain,
         }
     }
 
@@ -187,6 +200,7 @@ impl JobError {
             JobError::TimedOut(_) => "timed_out",
             JobError::Shutdown => "shutdown",
             JobError::LeaseLost => "lease_lost",
+            JobError::LeaseUncertain => "lease_uncertain",
             JobError::OutputConflict(_) => "output_conflict",
             JobError::OutputRace(_) => "output_race",
             JobError::Internal(_) => "internal",
@@ -246,6 +260,7 @@ mod tests {
         }
         assert_eq!(storage(ErrorKind::LeaseLost).class(), Class::LeaseLost);
         assert_eq!(JobError::Shutdown.class(), Class::Release);
+        assert_eq!(JobError::LeaseUncertain.class(), Class::LeaseUncertain);
         assert_eq!(
             JobError::TimedOut(Duration::from_secs(1)).class(),
             Class::Attempt

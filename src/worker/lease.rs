@@ -1,20 +1,30 @@
 //! `Lease`: keeps one received message invisible while it is processed.
 //!
 //! `process_one` holds a lease for every message. A background task extends the visibility
-//! timeout at half of it, always with the newest pop receipt, and cancels [`Lease::lost`] when
-//! the service says another consumer owns the message. The final call (`complete` deletes,
-//! `update` retries or releases) first stops renewal, so it uses the newest receipt too.
+//! timeout at half of it, always with the newest pop receipt. The lease is *held* while every
+//! renewal is answered; *lost* when the service says a receipt known to be current is not
+//! (another consumer owns the message: [`Lease::ended`] stops the work); *uncertain* when a
+//! renewal got no answer, so it may have been applied and our receipt may be stale. An
+//! uncertain lease sends nothing more with that receipt: renewal stops, the work goes on
+//! until the last visibility deadline known for sure (minus a margin, then [`Lease::ended`]
+//! stops it), and the final call is skipped, so the message reappears by itself. The final
+//! call (`complete` deletes, `update` retries or releases) first stops renewal, so it uses
+//! the newest receipt.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::error::StopReason;
 use crate::metrics::{Metrics, RenewalResult};
 use crate::storage::Op;
-use crate::storage::{ErrorKind, MessageId, PopReceipt, Queue, Received, StorageError};
+use crate::storage::{
+    ErrorKind, MessageId, PopReceipt, Queue, ReceiptFailure, Received, StorageError,
+};
 
 /// Timing of renewals.
 #[derive(Clone, Copy, Debug)]
@@ -24,16 +34,43 @@ pub struct LeaseParams {
     /// Time between renewals (half the visibility timeout, so one failed renewal still
     /// leaves time for another).
     pub renew_every: Duration,
+    /// How long before the last deadline known for sure an uncertain lease stops the work:
+    /// room for clock skew between us and the service and for the stopped work to wind down
+    /// before another consumer can receive the message.
+    pub margin: Duration,
 }
 
 impl LeaseParams {
-    /// Renews at half of `visibility`.
+    /// Renews at half of `visibility`; the margin is a tenth of it, within 200 ms..30 s.
     pub fn new(visibility: Duration) -> Self {
         LeaseParams {
             visibility,
             renew_every: visibility / 2,
+            margin: (visibility / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
         }
     }
+}
+
+/// What [`Lease::complete`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// The message was deleted with a receipt known to be current.
+    Deleted,
+    /// The lease was uncertain, so no delete was sent: the message reappears when its timeout
+    /// lapses, and the redelivery finds the output current.
+    LeftToReappear,
+}
+
+/// The lease's receipt and what is known about it, behind one lock.
+#[derive(Debug)]
+struct Held {
+    /// The newest pop receipt we were given.
+    receipt: PopReceipt,
+    /// The latest time the message is known for sure to stay invisible: receive or the last
+    /// answered renewal, plus the visibility timeout (measured from before the request left).
+    known_until: Instant,
+    /// A renewal got no answer: `receipt` may be stale and nothing more is sent with it.
+    uncertain: bool,
 }
 
 /// Keeps one received message invisible while it is processed.
@@ -42,11 +79,14 @@ impl LeaseParams {
 pub struct Lease {
     queue: Arc<dyn Queue>,
     id: MessageId,
-    /// The newest pop receipt. The renewal task holds the lock across each Update Message, so
-    /// a final call never races a renewal with a receipt about to go stale.
-    receipt: Arc<Mutex<PopReceipt>>,
+    /// The receipt and its state. The renewal task holds the lock across each Update Message,
+    /// so a final call never races a renewal with a receipt about to go stale.
+    held: Arc<Mutex<Held>>,
     /// Cancelled by the renewal task when the lease is lost; work watches it and stops.
     lost: CancellationToken,
+    /// Cancelled by the renewal task when an uncertain lease reaches its last known deadline
+    /// (minus the margin); work watches it and stops.
+    expired: CancellationToken,
     /// Stops the renewal task; `Drop` cancels it too, so an abandoned lease stops renewing.
     stop: CancellationToken,
     /// The renewal task; awaited by the final call so no renewal is in progress then.
@@ -61,23 +101,32 @@ impl Lease {
         params: LeaseParams,
         metrics: Metrics,
     ) -> Lease {
-        let receipt = Arc::new(Mutex::new(msg.pop_receipt.clone()));
+        let held = Arc::new(Mutex::new(Held {
+            receipt: msg.pop_receipt.clone(),
+            known_until: deadline_at_receive(msg, params.visibility),
+            uncertain: false,
+        }));
         let lost = CancellationToken::new();
+        let expired = CancellationToken::new();
         let stop = CancellationToken::new();
         let task = tokio::spawn(renew(
-            queue.clone(),
-            msg.id.clone(),
-            receipt.clone(),
-            params,
-            metrics,
-            lost.clone(),
+            Renewal {
+                queue: queue.clone(),
+                id: msg.id.clone(),
+                held: held.clone(),
+                params,
+                metrics,
+                lost: lost.clone(),
+                expired: expired.clone(),
+            },
             stop.clone(),
         ));
         Lease {
             queue,
             id: msg.id.clone(),
-            receipt,
+            held,
             lost,
+            expired,
             stop,
             task: Some(task),
         }
@@ -88,6 +137,15 @@ impl Lease {
         &self.lost
     }
 
+    /// Resolves when the work must stop for the lease's sake: it was lost, or it is uncertain
+    /// and its last known deadline came. Pending for as long as the lease is held.
+    pub async fn ended(&self) -> StopReason {
+        tokio::select! {
+            _ = self.lost.cancelled() => StopReason::LeaseLost,
+            _ = self.expired.cancelled() => StopReason::LeaseExpired,
+        }
+    }
+
     async fn stop_renewal(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
@@ -95,18 +153,31 @@ impl Lease {
         }
     }
 
-    /// Deletes the message with the newest receipt: the work is done.
-    pub async fn complete(mut self) -> Result<(), StorageError> {
+    /// Deletes the message with the newest receipt: the work is done. An uncertain lease
+    /// sends nothing (a delete with a stale receipt fails, and one whose answer is lost again
+    /// tells nothing) and answers [`Ack::LeftToReappear`].
+    pub async fn complete(mut self) -> Result<Ack, StorageError> {
         self.stop_renewal().await;
         if self.lost.is_cancelled() {
             return Err(lost_error(Op::Delete, self.queue.name()));
         }
-        let receipt = self.receipt.lock().await.clone();
-        self.queue.delete(&self.id, &receipt).await
+        let receipt = {
+            let held = self.held.lock().await;
+            if held.uncertain {
+                tracing::info!(message_id = %self.id, "lease uncertain: delete skipped; the message reappears when its timeout lapses");
+                return Ok(Ack::LeftToReappear);
+            }
+            held.receipt.clone()
+        };
+        self.queue
+            .delete(&self.id, &receipt)
+            .await
+            .map(|()| Ack::Deleted)
     }
 
     /// Makes the message visible again after `visibility` (0 releases it at once), optionally
-    /// rewriting its text; ends the lease.
+    /// rewriting its text; ends the lease. An uncertain lease sends nothing: the message
+    /// reappears when its timeout lapses, without the rewrite.
     pub async fn update(
         mut self,
         visibility: Duration,
@@ -116,7 +187,14 @@ impl Lease {
         if self.lost.is_cancelled() {
             return Err(lost_error(Op::Update, self.queue.name()));
         }
-        let receipt = self.receipt.lock().await.clone();
+        let receipt = {
+            let held = self.held.lock().await;
+            if held.uncertain {
+                tracing::warn!(message_id = %self.id, "lease uncertain: update skipped; the message reappears when its timeout lapses");
+                return Ok(());
+            }
+            held.receipt.clone()
+        };
         self.queue
             .update(&self.id, &receipt, visibility, new_text)
             .await
@@ -135,43 +213,99 @@ fn lost_error(op: Op, queue: &str) -> StorageError {
     StorageError::new(ErrorKind::LeaseLost, op, queue, "lease lost during renewal")
 }
 
-async fn renew(
+/// The receive's deadline as far as we can know it: the earlier of now plus the timeout
+/// (the receive left before now) and the service's own next-visible time (which carries the
+/// clock skew between us and the service; the margin covers small skews).
+fn deadline_at_receive(msg: &Received, visibility: Duration) -> Instant {
+    let now = Instant::now();
+    let local = now + visibility;
+    match msg.next_visible_on {
+        Some(t) => match t.duration_since(SystemTime::now()) {
+            Ok(left) => local.min(now + left),
+            Err(_) => now,
+        },
+        None => local,
+    }
+}
+
+/// Everything the renewal task works with.
+struct Renewal {
     queue: Arc<dyn Queue>,
     id: MessageId,
-    receipt: Arc<Mutex<PopReceipt>>,
+    held: Arc<Mutex<Held>>,
     params: LeaseParams,
     metrics: Metrics,
     lost: CancellationToken,
-    stop: CancellationToken,
-) {
+    expired: CancellationToken,
+}
+
+async fn renew(r: Renewal, stop: CancellationToken) {
+    let params = r.params;
+    let id = &r.id;
     let mut wait = params.renew_every;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let mut current = receipt.lock().await;
+        let mut held = r.held.lock().await;
         if stop.is_cancelled() {
             return;
         }
-        match queue.update(&id, &current, params.visibility, None).await {
+        // Before the request leaves: the service's new deadline is at least this plus the
+        // timeout.
+        let sent = Instant::now();
+        let e = match r
+            .queue
+            .update(id, &held.receipt, params.visibility, None)
+            .await
+        {
             Ok(fresh) => {
-                *current = fresh;
-                metrics.renewal(RenewalResult::Ok);
+                held.receipt = fresh;
+                held.known_until = sent + params.visibility;
+                r.metrics.renewal(RenewalResult::Ok);
                 tracing::debug!(message_id = %id, "lease renewed");
                 wait = params.renew_every;
+                continue;
             }
-            Err(e) if e.kind.is_lease_lost() => {
-                metrics.renewal(RenewalResult::Lost);
-                metrics.storage_error(Op::Renew, e.kind);
+            Err(e) => e,
+        };
+        r.metrics.storage_error(Op::Renew, e.kind);
+        match e.receipt_failure() {
+            // Our receipt was current (every earlier renewal was answered), so the service's
+            // refusal means another consumer holds the message.
+            ReceiptFailure::Lost => {
+                r.metrics.renewal(RenewalResult::Lost);
                 tracing::warn!(message_id = %id, error.message = %e, "lease lost; stopping work");
-                lost.cancel();
+                r.lost.cancel();
                 return;
             }
-            Err(e) => {
+            ReceiptFailure::Unknown => {
+                held.uncertain = true;
+                let deadline = held
+                    .known_until
+                    .checked_sub(params.margin)
+                    .unwrap_or(sent)
+                    .max(sent);
+                drop(held);
+                r.metrics.renewal(RenewalResult::Uncertain);
+                tracing::warn!(
+                    message_id = %id,
+                    error.message = %e,
+                    seconds_left = deadline.saturating_duration_since(Instant::now()).as_secs_f64(),
+                    "lease renewal got no answer; lease uncertain: renewal stops, work goes on until the last known deadline, the message is not deleted"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+                tracing::warn!(message_id = %id, "uncertain lease reached its last known deadline; stopping work");
+                r.expired.cancel();
+                return;
+            }
+            ReceiptFailure::Failed => {
                 // Retry sooner: the current timeout still has about half of its time left.
-                metrics.renewal(RenewalResult::Error);
-                metrics.storage_error(Op::Renew, e.kind);
+                r.metrics.renewal(RenewalResult::Error);
                 tracing::warn!(message_id = %id, error.message = %e, "lease renewal failed; retrying");
                 wait = (params.renew_every / 4).max(Duration::from_millis(100));
             }
@@ -250,6 +384,95 @@ mod tests {
         );
         // The other consumer's lease is intact.
         q.delete(&other.id, &other.pop_receipt).await.unwrap();
+    }
+
+    /// Receives with a 10 s timeout (renewals every 5 s, margin 1 s) and holds the lease; the
+    /// second renewal (at 10 s) is applied but its answer is lost.
+    async fn uncertain_at_ten_seconds() -> (MemoryQueueService, Arc<dyn Queue>, Lease, Instant) {
+        let (svc, q, metrics) = setup().await;
+        let vis = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let msg = q.receive(1, vis).await.unwrap().remove(0);
+        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        svc.memory_queue("q").lose_update_answers(1);
+        tokio::time::sleep_until(t0 + Duration::from_millis(10_100)).await;
+        assert_eq!(
+            svc.memory_queue("q").updates().len(),
+            2,
+            "two renewals sent"
+        );
+        (svc, q, lease, t0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_renewal_stops_renewing_and_ends_the_work_at_the_known_deadline() {
+        let (svc, q, lease, t0) = uncertain_at_ten_seconds().await;
+        // The first renewal (sent at 5 s) is the last answered one: known until 15 s, so the
+        // work may go on until 14 s and no longer.
+        let early = tokio::time::timeout_at(t0 + Duration::from_millis(13_900), lease.ended());
+        assert!(early.await.is_err(), "stopped before the known deadline");
+        let reason = tokio::time::timeout_at(t0 + Duration::from_millis(14_100), lease.ended())
+            .await
+            .expect("stopped at the known deadline");
+        assert_eq!(reason, StopReason::LeaseExpired);
+        assert!(!lease.lost().is_cancelled(), "uncertain is not lost");
+        assert_eq!(
+            svc.memory_queue("q").updates().len(),
+            2,
+            "nothing more sent with a receipt that may be stale"
+        );
+        // The final update is skipped too; the applied renewal keeps the message hidden until
+        // 20 s, then it comes back by itself.
+        lease
+            .update(Duration::ZERO, Some("rewritten"))
+            .await
+            .unwrap();
+        assert_eq!(svc.memory_queue("q").updates().len(), 2);
+        assert!(
+            q.receive(32, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tokio::time::sleep_until(t0 + Duration::from_millis(20_100)).await;
+        let again = q
+            .receive(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!((again.text.as_str(), again.dequeue_count), ("work", 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_done_under_an_uncertain_lease_is_not_acknowledged() {
+        let (svc, q, lease, t0) = uncertain_at_ten_seconds().await;
+        tokio::time::sleep_until(t0 + Duration::from_secs(12)).await;
+        assert_eq!(lease.complete().await.unwrap(), Ack::LeftToReappear);
+        let left = svc.memory_queue("q").snapshot();
+        assert_eq!(left.len(), 1, "no delete was sent");
+        assert!(!left[0].visible);
+        tokio::time::sleep_until(t0 + Duration::from_millis(20_100)).await;
+        assert_eq!(
+            q.receive(1, Duration::from_secs(10)).await.unwrap().len(),
+            1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_refused_without_being_applied_is_retried_not_uncertain() {
+        // Control for the two tests above: a definite failure keeps the lease held.
+        let (svc, q, metrics) = setup().await;
+        let vis = Duration::from_secs(10);
+        let msg = q.receive(1, vis).await.unwrap().remove(0);
+        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
+        svc.set_outage(true);
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        svc.set_outage(false);
+        let ended = tokio::time::timeout(Duration::from_secs(30), lease.ended());
+        assert!(ended.await.is_err(), "a held lease never ends the work");
+        assert_eq!(lease.complete().await.unwrap(), Ack::Deleted);
+        assert!(svc.memory_queue("q").snapshot().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

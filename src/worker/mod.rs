@@ -20,7 +20,9 @@ use tracing::Instrument;
 use crate::aggregate::{self, Report, Spec};
 use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::storage::{BlobStore, ErrorKind, Op, Queue, QueueService, Received, StorageError};
+use crate::storage::{
+    BlobStore, ErrorKind, Op, Queue, QueueService, ReceiptFailure, Received, StorageError,
+};
 
 mod backoff;
 mod check;
@@ -40,7 +42,7 @@ pub use check::StartupError;
 use envelope::{Envelope, PoisonNote};
 use error::{Class, JobError};
 use job::JobRules;
-use lease::{Lease, LeaseParams};
+use lease::{Ack, Lease, LeaseParams};
 pub use outcome::Outcome;
 use pipeline::Done;
 pub use receive_loop::RunEnd;
@@ -238,18 +240,31 @@ impl Worker {
         })
     }
 
-    /// The work is done: delete the message, last.
+    /// The work is done: delete the message, last. With an uncertain lease the output is
+    /// committed but the message is left to reappear; its redelivery is skipped as current.
     async fn complete(&self, lease: Lease, done: Done) -> Outcome {
         let r = lease.complete().await;
-        self.ctx.observer.record(Op::Delete, &r);
+        // An uncertain lease sent no delete: there is no storage result to record.
+        if !matches!(r, Ok(Ack::LeftToReappear)) {
+            self.ctx.observer.record(Op::Delete, &r);
+        }
         match (r, done) {
-            (Ok(()), Done::Written(report)) => {
+            (Ok(Ack::Deleted), Done::Written(report)) => {
                 self.ctx.metrics.rows(report.rows, report.bad_rows);
                 Outcome::Completed { rows: report.rows }
             }
-            (Ok(()), Done::Skipped(why)) => Outcome::Skipped(why),
-            (Err(e), _) if e.kind.is_lease_lost() => Outcome::LeaseLost,
-            // The output exists: the redelivery will find it and skip the work.
+            (Ok(Ack::Deleted), Done::Skipped(why)) => Outcome::Skipped(why),
+            (Ok(Ack::LeftToReappear), done) => {
+                // The rows are in the committed output, so they count now; the redelivery
+                // writes nothing.
+                if let Done::Written(report) = done {
+                    self.ctx.metrics.rows(report.rows, report.bad_rows);
+                }
+                Outcome::Retried(JobError::LeaseUncertain)
+            }
+            (Err(e), _) if e.receipt_failure() == ReceiptFailure::Lost => Outcome::LeaseLost,
+            // The output exists: the redelivery will find it and skip the work (also when
+            // the delete's answer was lost and it may have been applied).
             (Err(e), _) => Outcome::Retried(JobError::Storage(e)),
         }
     }
@@ -275,6 +290,8 @@ impl Worker {
             Class::Permanent => self.poison(lease, envelope, d, e, class).await,
             Class::Release => self.release(lease, envelope).await,
             Class::LeaseLost => Outcome::LeaseLost,
+            // Stopped before the last known deadline; nothing can be sent with the receipt.
+            Class::LeaseUncertain => Outcome::Retried(e),
             Class::Attempt | Class::Platform => match s.max_deliveries {
                 Some(max) if d.dequeue_count >= max => {
                     let e = JobError::MaxDeliveries {

@@ -47,7 +47,7 @@ impl Worker {
         let reason = tokio::select! {
             biased;
             r = &mut work => return r,
-            _ = lease.lost().cancelled() => StopReason::LeaseLost,
+            reason = lease.ended() => reason,
             _ = interrupt.cancelled() => StopReason::Shutdown,
             _ = tokio::time::sleep(limit) => StopReason::TimedOut(limit),
         };

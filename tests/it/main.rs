@@ -13,6 +13,7 @@ mod submit;
 mod tools;
 mod worker;
 mod worker_failures;
+mod worker_lease;
 mod worker_memory;
 mod worker_outage;
 mod worker_races;

@@ -49,6 +49,17 @@ pub fn classify(err: &azure_core::Error, op: Op, target: &str, with_receipt: boo
     };
     let mut e = StorageError::new(kind, op, target, message);
     e.retry_after = retry_after;
+    // The SDK's reqwest transport reports a failure to connect as `Connection` (nothing was
+    // sent) and every later transport failure (reset, closed before the answer, read
+    // timeout) as `Io`: the request may have been applied.
+    // A 500 (`OperationTimedOut`: "may or may not have succeeded on the server side"), 502 or
+    // 504 comes from a front end that may have passed the request on; 503 and 429 are
+    // refusals before any work.
+    e.outcome_unknown = match err.kind() {
+        AzKind::Io => true,
+        AzKind::HttpResponse { status, .. } => matches!(u16::from(*status), 500 | 502 | 504),
+        _ => false,
+    };
     e
 }
 
@@ -133,6 +144,18 @@ mod tests {
         let r = redact(t);
         assert!(!r.contains("SECRET"), "{r}");
         assert!(r.ends_with("?<query redacted>): refused"), "{r}");
+    }
+
+    #[test]
+    fn transport_failures_after_sending_have_an_unknown_outcome() {
+        let io = azure_core::Error::new(AzKind::Io, "connection closed before message completed");
+        let e = classify(&io, Op::Renew, "q/m", true);
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.outcome_unknown);
+        let refused = azure_core::Error::new(AzKind::Connection, "connection refused");
+        let e = classify(&refused, Op::Renew, "q/m", true);
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(!e.outcome_unknown, "nothing was sent");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! This folder is the only place in rollq that imports the Azure SDK; callers see the traits
 //! in [`crate::storage`] and [`StorageError`]. Every call is bounded by the connection's
-//! timeout (SDK retries included), so a dead endpoint fails in seconds.
+//! timeout (SDK retries included), so a dead endpoint fails in seconds. Update Message alone
+//! goes without the SDK's retries (see [`UPDATE_TRIES`]): its failures say whether the request
+//! may have been applied (`StorageError::outcome_unknown`).
 
 mod errors;
 pub mod shared_key;
@@ -243,13 +245,29 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(classify(&e, op, target, with_receipt)),
+        // The request may have been sent and applied while we waited.
         Err(_) => Err(StorageError::new(
             ErrorKind::Transient,
             op,
             target,
             format!("timed out after {}", humantime::format_duration(timeout)),
-        )),
+        )
+        .with_unknown_outcome()),
     }
+}
+
+/// Tries at one Update Message. The SDK does not retry it: a blind retry of a request that
+/// was applied but whose answer was lost sends a receipt the service has already replaced,
+/// and its refusal would look like a lost lease. We retry only what the service refused
+/// before any work (429, 503) or what never left (connection refused).
+const UPDATE_TRIES: u32 = 3;
+
+/// Pause before the second try (doubled before the third) unless the service asked for one.
+const UPDATE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Whether an Update Message that failed with `e` may be sent again with the same receipt.
+fn update_is_safe_to_retry(e: &StorageError) -> bool {
+    !e.outcome_unknown && matches!(e.kind, ErrorKind::Transient | ErrorKind::Throttled)
 }
 
 fn secs_ceil(d: Duration) -> i32 {
@@ -289,20 +307,32 @@ impl AzureQueueService {
             ..Default::default()
         }
     }
+
+    /// The same options without the SDK's retry policy, for Update Message (see
+    /// [`UPDATE_TRIES`]).
+    fn client_options_without_retry(&self) -> QueueClientOptions {
+        let mut options = self.client_options();
+        options.client_options.retry = RetryOptions::none();
+        options
+    }
+
+    fn client(&self, name: &str, options: QueueClientOptions) -> QueueClient {
+        QueueClient::new(
+            self.queue_url(name),
+            self.shared.credential.clone(),
+            Some(options),
+        )
+        // Same endpoint and credential as the probe client built (and checked) in `build`.
+        .expect("queue client for a checked endpoint")
+    }
 }
 
 impl QueueService for AzureQueueService {
     fn queue(&self, name: &str) -> Arc<dyn Queue> {
-        let client = QueueClient::new(
-            self.queue_url(name),
-            self.shared.credential.clone(),
-            Some(self.client_options()),
-        )
-        // Same endpoint and credential as the probe client built (and checked) in `build`.
-        .expect("queue client for a checked endpoint");
         Arc::new(AzureQueue {
             name: name.to_owned(),
-            client,
+            client: self.client(name, self.client_options()),
+            update_client: self.client(name, self.client_options_without_retry()),
             timeout: self.shared.timeout,
         })
     }
@@ -312,6 +342,8 @@ impl QueueService for AzureQueueService {
 struct AzureQueue {
     name: String,
     client: QueueClient,
+    /// The same queue with the SDK's retries off: Update Message only, retried by hand.
+    update_client: QueueClient,
     timeout: Duration,
 }
 
@@ -432,12 +464,33 @@ impl Queue for AzureQueue {
             opts.queue_message =
                 Some(message_body(t).map_err(|e| classify(&e, op, &target, true))?);
         }
-        let rsp = bounded(self.timeout, op, &target, true, async {
-            self.client
-                .update_message(&id.0, &receipt.0, secs_ceil(visibility), Some(opts))
-                .await
-        })
-        .await?;
+        // One deadline for every try, like the SDK's retries under `bounded` elsewhere.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = UPDATE_PAUSE;
+        let mut tries = 0;
+        let rsp = loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = bounded(left, op, &target, true, async {
+                self.update_client
+                    .update_message(&id.0, &receipt.0, secs_ceil(visibility), Some(opts.clone()))
+                    .await
+            })
+            .await;
+            match r {
+                Ok(rsp) => break rsp,
+                Err(e) if tries < UPDATE_TRIES && update_is_safe_to_retry(&e) => {
+                    let wait = e.retry_after.unwrap_or(pause);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error.message = %e, tries, "update message refused; retrying");
+                    tokio::time::sleep(wait).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // The new receipt only comes back as a header (no typed accessor in the 1.1 crate).
         rsp.headers()
             .get_optional_string(&HeaderName::from_static("x-ms-popreceipt"))
