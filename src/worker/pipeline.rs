@@ -152,6 +152,7 @@ impl Worker {
         let mut source = io::BlobSource {
             blobs: ctx.blobs.clone(),
             path: input_path,
+            expect: io::Expected::from_properties(&input),
             etag: input.etag,
             opts: ctx.settings.read,
             handle: handle.clone(),
