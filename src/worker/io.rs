@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use md5::{Digest, Md5};
 
 use crate::aggregate::{Sink, Source, maybe_gunzip};
+use crate::storage::Op;
 use crate::storage::{
     BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, ETag, ErrorKind, PutOptions,
     ReadOptions, StorageError,
 };
-use crate::storage::Op;
 
 /// Reports storage failures (metrics, readiness) from the blocking thread.
 pub trait Observe: Send + Sync {
@@ -425,8 +425,8 @@ impl Sink for BlobSink {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryBlobStore;
-    use crate::worker::error::JobError;
     use crate::storage::{Condition, ErrorKind};
+    use crate::worker::error::JobError;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     #[derive(Default)]
@@ -518,7 +518,16 @@ mod tests {
         };
         let (a, b) = body.split_at(7);
         assert_eq!(run(exact, &[a, b]), Ok(()));
-        assert_eq!(run(Expected { content_md5: None, ..exact }, &[body]), Ok(()));
+        assert_eq!(
+            run(
+                Expected {
+                    content_md5: None,
+                    ..exact
+                },
+                &[body]
+            ),
+            Ok(())
+        );
         assert_eq!(
             run(exact, &[a]),
             Err(Mismatch::Short {
@@ -607,7 +616,11 @@ mod tests {
             .unwrap();
         let props = store.properties(&input).await.unwrap();
         let want: [u8; 16] = Md5::digest(&body).into();
-        assert_eq!(props.content_md5, Some(want), "the fake stores Put Blob's MD5");
+        assert_eq!(
+            props.content_md5,
+            Some(want),
+            "the fake stores Put Blob's MD5"
+        );
 
         let mut bad = body.clone();
         let last_digit = bad.len() - 2;
@@ -644,7 +657,11 @@ mod tests {
         gz.write_all(&csv).unwrap();
         let gz = gz.finish().unwrap();
         // The CSV cut at a line end: a well-formed, shorter file.
-        let cut = csv[..csv.len() / 2].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+        let cut = csv[..csv.len() / 2]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
         for (name, body, short) in [
             ("in.csv.gz", gz.clone(), gz[..gz.len() / 2].to_vec()),
             ("in.csv", csv.clone(), csv[..cut].to_vec()),
@@ -669,7 +686,10 @@ mod tests {
                 other => panic!("{name}: expected an integrity error, got {other:?}"),
             }
             assert_eq!(err.class(), super::super::error::Class::Platform, "{name}");
-            assert!(store.get(&BlobPath::new("c", "out.csv")).is_none(), "{name}");
+            assert!(
+                store.get(&BlobPath::new("c", "out.csv")).is_none(),
+                "{name}"
+            );
         }
     }
 

@@ -13,5 +13,6 @@ mod tools;
 mod worker;
 mod worker_failures;
 mod worker_memory;
+mod worker_reads;
 mod worker_shutdown;
 mod worker_support;

@@ -99,7 +99,8 @@ impl ConnectionInfo {
             }
             ErrorKind::Other => "check the request and the account's settings".to_owned(),
             ErrorKind::Integrity => {
-                "the download did not match the blob's size or Content-MD5; read it again".to_owned()
+                "the download did not match the blob's size or Content-MD5; read it again"
+                    .to_owned()
             }
         };
         format!(

@@ -491,6 +491,47 @@ mod tests {
     }
 
     #[test]
+    fn short_body_rewrites_the_framing_it_cuts() {
+        let msg = |head: &str, body: &[u8]| Message {
+            head: head.as_bytes().to_vec(),
+            body: body.to_vec(),
+            first_line: head.lines().next().unwrap().to_owned(),
+        };
+        let ranged = "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\
+            Content-Range: bytes 0-9/10\r\nContent-MD5: eA==\r\nETag: \"x\"\r\n\r\n";
+        let text = |m: &Message| String::from_utf8(m.head.clone()).unwrap();
+        let cut = cut_short(msg(ranged, b"0123456789"), Cut::Blob).unwrap();
+        assert_eq!(cut.body, b"01234");
+        assert_eq!(
+            text(&cut),
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-4/5\r\n\
+             ETag: \"x\"\r\ncontent-length: 5\r\n\r\n"
+        );
+        let cut = cut_short(msg(ranged, b"0123456789"), Cut::Range).unwrap();
+        assert!(
+            text(&cut).contains("Content-Range: bytes 0-4/10\r\n"),
+            "{}",
+            text(&cut)
+        );
+        // A chunked body is cut after de-chunking and sent with a length.
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cut = cut_short(
+            msg(chunked, b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"),
+            Cut::Blob,
+        )
+        .unwrap();
+        assert_eq!(cut.body, b"abc");
+        assert_eq!(text(&cut), "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+        // Errors pass untouched.
+        let err = "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n";
+        let same = cut_short(msg(err, b"gone"), Cut::Blob).unwrap();
+        assert_eq!(
+            (text(&same).as_str(), same.body.as_slice()),
+            (err, &b"gone"[..])
+        );
+    }
+
+    #[test]
     fn kinds_from_azure_request_lines() {
         let cases = [
             (
