@@ -13,7 +13,7 @@
 //! before the reducer returns and therefore before the sink's commit.
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -206,10 +206,43 @@ pub struct BlobSource {
     pub handle: Handle,
     pub cancel: CancellationToken,
     pub observe: Arc<dyn Observe>,
+    /// The last read's unread stream and its check, left here when the reducer drops a read
+    /// before its end (an input error, or a streaming pass giving way to holding mode), so
+    /// [`BlobSource::verify_rest`] can finish the check. Replaced by every `open`.
+    pub rest: Mutex<Option<(ByteStream, ReadCheck)>>,
+}
+
+impl BlobSource {
+    /// Finishes the check of a read the reducer stopped early, by reading the rest of it.
+    ///
+    /// Called before an input error poisons the message: bytes altered on the way fail the
+    /// Content-MD5 only at the end, while the reducer may trip over them (a bad row, a corrupt
+    /// gzip stream) long before. Then the integrity error, a retried one, is what happened,
+    /// and the input error is not. A blob without Content-MD5 has nothing more to tell (a
+    /// count cannot go wrong before the end), so nothing is read.
+    pub fn verify_rest(&self) -> io::Result<()> {
+        let Some((stream, check)) = self.rest.lock().unwrap().take() else {
+            return Ok(());
+        };
+        if check.md5.is_none() {
+            return Ok(());
+        }
+        let mut reader = StreamRead {
+            stream,
+            chunk: Bytes::new(),
+            check: Some(check),
+            source: self,
+        };
+        let drained = io::copy(&mut reader, &mut io::sink()).map(|_| ());
+        // Nothing is left to verify, whatever happened.
+        reader.check = None;
+        drained
+    }
 }
 
 impl Source for BlobSource {
     fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        *self.rest.lock().unwrap() = None;
         let stream = block_on_cancellable(&self.handle, &self.cancel, async {
             let r = self
                 .blobs
@@ -241,6 +274,16 @@ struct StreamRead<'a> {
     /// its end answers end of input instead of checking twice.
     check: Option<ReadCheck>,
     source: &'a BlobSource,
+}
+
+impl Drop for StreamRead<'_> {
+    fn drop(&mut self) {
+        // Dropped before its end was checked: keep the rest for `verify_rest`.
+        if let Some(check) = self.check.take() {
+            let stream = std::mem::replace(&mut self.stream, Box::pin(futures::stream::empty()));
+            *self.source.rest.lock().unwrap() = Some((stream, check));
+        }
+    }
 }
 
 impl StreamRead<'_> {
@@ -477,6 +520,7 @@ mod tests {
                 handle: h2.clone(),
                 cancel: CancellationToken::new(),
                 observe: c2.clone(),
+                rest: Mutex::default(),
             };
             let mut text = String::new();
             src.open().unwrap().read_to_string(&mut text).unwrap();
@@ -573,6 +617,7 @@ mod tests {
                 handle: handle.clone(),
                 cancel: CancellationToken::new(),
                 observe: observe.clone(),
+                rest: Mutex::default(),
             };
             // Small blocks: the output is staged while the input is read, so "nothing
             // committed" is about the commit, not about nothing having been written.
@@ -726,6 +771,7 @@ mod tests {
                 handle: h.clone(),
                 cancel,
                 observe: o.clone(),
+                rest: Mutex::default(),
             };
             let err = src.open().err().unwrap();
             assert!(matches!(BridgeError::take(err), Ok(BridgeError::Cancelled)));

@@ -1,5 +1,5 @@
 //! `rollq worker` reading through a proxy that cuts blob GET responses short (issue 11,
-//! "Reads"): a read that delivers other bytes than the blob holds is retried as a platform
+//! "Reads"), or alters them: a read that delivers other bytes than the blob holds is retried as a platform
 //! failure, nothing is committed while the fault lasts, and the message completes after.
 
 use crate::support::HttpProxy;
@@ -115,4 +115,20 @@ async fn a_short_range_is_caught_as_a_long_read_and_retried() {
     assert_eq!(committed_only_after_the_faults(&seen), 1);
     let text = format!("long read: expected {len} bytes");
     assert_eq!(retries_with(&log, &text), 1, "{text:?} once in:\n{log}");
+}
+
+/// The first blob GET delivers the right number of bytes but one digit changed: the blob's
+/// Content-MD5 (Azurite stores it at Put Blob) does not match, the read is retried, then
+/// complete with the right output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_bytes_fail_the_content_md5_and_are_retried() {
+    let body = seed_csv(33, 6000);
+    let rules = vec![Rule {
+        kind: Kind::BlobGet,
+        when: When::Nth(1),
+        action: Action::CorruptBody,
+    }];
+    let (log, seen) = run_behind(rules, "altered.csv", body).await;
+    assert_eq!(committed_only_after_the_faults(&seen), 1);
+    assert_eq!(retries_with(&log, "content-md5 mismatch"), 1, "{log}");
 }

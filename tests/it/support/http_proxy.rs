@@ -89,6 +89,10 @@ pub enum Action {
     /// one), `Content-Range` rewritten as `Cut` says, `Content-MD5` dropped (a cut body cannot
     /// match it). Other statuses and bodies under 2 bytes pass untouched.
     ShortBody(Cut),
+    /// Forward it and pass on a 2xx response with the ASCII digit nearest the middle of its
+    /// body changed (`d` → `d + 1 mod 10`), framing untouched: the right number of bytes, not
+    /// the blob's (CSV stays valid, one value differs). Chunked bodies pass untouched.
+    CorruptBody,
 }
 
 /// How a [`Action::ShortBody`] response describes the bytes it kept.
@@ -328,7 +332,7 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 continue;
             }
             Some(Action::Hold(d)) => std::thread::sleep(d),
-            Some(Action::DropResponse | Action::ShortBody(_)) | None => {}
+            Some(Action::DropResponse | Action::ShortBody(_) | Action::CorruptBody) | None => {}
         }
         if upstream.is_none() {
             let s = TcpStream::connect(st.target)?;
@@ -347,6 +351,7 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
         }
         let resp = match action {
             Some(Action::ShortBody(cut)) => cut_short(resp, cut)?,
+            Some(Action::CorruptBody) => corrupt(resp),
             _ => resp,
         };
         to_client.write_all(&resp.head)?;
@@ -372,6 +377,28 @@ fn dechunk(raw: &[u8]) -> io::Result<Vec<u8>> {
         body.extend_from_slice(r.get(..size).ok_or_else(bad)?);
         r = r.get(size + 2..).ok_or_else(bad)?;
     }
+}
+
+/// A 2xx response of known length with its middle digit changed (see [`Action::CorruptBody`]).
+fn corrupt(mut resp: Message) -> Message {
+    let ok = resp
+        .first_line
+        .split(' ')
+        .nth(1)
+        .is_some_and(|s| s.starts_with('2'));
+    let chunked = String::from_utf8_lossy(&resp.head)
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if ok && !chunked {
+        let mid = resp.body.len() / 2;
+        let nearest = (0..resp.body.len())
+            .filter(|&i| resp.body[i].is_ascii_digit())
+            .min_by_key(|&i| i.abs_diff(mid));
+        if let Some(i) = nearest {
+            resp.body[i] = b'0' + (resp.body[i] - b'0' + 1) % 10;
+        }
+    }
+    resp
 }
 
 /// A 2xx response with the first half of its body, its framing rewritten to match.
@@ -522,6 +549,9 @@ mod tests {
         .unwrap();
         assert_eq!(cut.body, b"abc");
         assert_eq!(text(&cut), "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+        let c = corrupt(msg(ranged, b"ab,12,cd"));
+        assert_eq!(c.body, b"ab,13,cd");
+        assert_eq!(c.head, ranged.as_bytes());
         // Errors pass untouched.
         let err = "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n";
         let same = cut_short(msg(err, b"gone"), Cut::Blob).unwrap();
