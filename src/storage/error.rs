@@ -23,6 +23,10 @@ pub enum ErrorKind {
     Auth,
     /// Anything else (a 4xx we did not expect): not retried.
     Other,
+    /// A download delivered other bytes than the blob holds at the pinned ETag: fewer or more
+    /// than its size, or bytes whose MD5 is not its Content-MD5. A fault on the way (the blob
+    /// itself is what its properties say), so it is retried like a transient failure.
+    Integrity,
 }
 
 impl ErrorKind {
@@ -37,6 +41,7 @@ impl ErrorKind {
             ErrorKind::Transient => "transient",
             ErrorKind::Auth => "auth",
             ErrorKind::Other => "other",
+            ErrorKind::Integrity => "integrity",
         }
     }
 
@@ -134,7 +139,9 @@ impl StorageError {
                 code == Some("ServerBusy") || status == Some(429) || !is_single_blob(self.op)
             }
             ErrorKind::NotFound => matches!(self.op, Op::Receive | Op::QueueProperties),
-            ErrorKind::Conflict
+            // A read that delivered other bytes than the blob holds is that blob's.
+            ErrorKind::Integrity
+            | ErrorKind::Conflict
             | ErrorKind::PreconditionFailed
             | ErrorKind::LeaseLost
             | ErrorKind::Other => false,

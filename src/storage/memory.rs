@@ -378,6 +378,10 @@ impl Queue for MemoryQueue {
 struct StoredBlob {
     data: Bytes,
     etag: ETag,
+    /// What properties report. Equal to `data.len()` and its MD5 (or `None`) unless a test
+    /// tampered with `data`, which is how the fake delivers other bytes than it describes.
+    size: u64,
+    content_md5: Option<[u8; 16]>,
     metadata: Vec<(String, String)>,
 }
 
@@ -416,6 +420,19 @@ impl MemoryBlobStore {
             .map(|b| b.data.clone())
     }
 
+    /// Replaces a blob's bytes but not its properties (ETag, size, Content-MD5): every read
+    /// after this delivers bytes the blob's properties do not describe, as a faulty path
+    /// would. Panics when the blob does not exist.
+    pub fn tamper(&self, path: &BlobPath, data: Bytes) {
+        let mut state = self.state.lock().unwrap();
+        let blob = state
+            .containers
+            .get_mut(&path.container)
+            .and_then(|c| c.get_mut(&path.name))
+            .expect("tamper: no such blob");
+        blob.data = data;
+    }
+
     /// How many reads were opened so far.
     pub fn reads(&self) -> u64 {
         self.state.lock().unwrap().reads
@@ -426,6 +443,7 @@ impl MemoryBlobStore {
         op: Op,
         path: &BlobPath,
         data: Bytes,
+        content_md5: Option<[u8; 16]>,
         opts: &PutOptions,
     ) -> Result<ETag, StorageError> {
         self.account.check(op, &path.to_string())?;
@@ -462,8 +480,10 @@ impl MemoryBlobStore {
         container.insert(
             path.name.clone(),
             StoredBlob {
+                size: data.len() as u64,
                 data,
                 etag: etag.clone(),
+                content_md5,
                 metadata: opts.metadata.clone(),
             },
         );
@@ -507,8 +527,8 @@ impl BlobStore for MemoryBlobStore {
         let blob = self.blob(Op::BlobProperties, path)?;
         Ok(BlobProperties {
             etag: blob.etag,
-            size: blob.data.len() as u64,
-            content_md5: None,
+            size: blob.size,
+            content_md5: blob.content_md5,
             metadata: blob.metadata,
         })
     }
@@ -546,7 +566,9 @@ impl BlobStore for MemoryBlobStore {
         body: Bytes,
         opts: PutOptions,
     ) -> Result<ETag, StorageError> {
-        self.write(Op::Upload, path, body, &opts)
+        // Like Put Blob, which stores the MD5 of the body it received.
+        let md5: [u8; 16] = <md5::Md5 as md5::Digest>::digest(&body).into();
+        self.write(Op::Upload, path, body, Some(md5), &opts)
     }
 
     async fn start_upload(
@@ -560,6 +582,7 @@ impl BlobStore for MemoryBlobStore {
             path: path.clone(),
             opts,
             blocks: Vec::new(),
+            content_md5: None,
         }))
     }
 
@@ -609,6 +632,8 @@ struct MemoryUpload {
     path: BlobPath,
     opts: PutOptions,
     blocks: Vec<Bytes>,
+    /// Stored at commit, as Put Block List stores `x-ms-blob-content-md5`; none otherwise.
+    content_md5: Option<[u8; 16]>,
 }
 
 #[async_trait]
@@ -621,12 +646,17 @@ impl BlockUpload for MemoryUpload {
         Ok(())
     }
 
+    fn set_content_md5(&mut self, md5: [u8; 16]) {
+        self.content_md5 = Some(md5);
+    }
+
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
         let data: Vec<u8> = self.blocks.iter().flat_map(|b| b.iter().copied()).collect();
         self.store.write(
             Op::CommitBlockList,
             &self.path,
             Bytes::from(data),
+            self.content_md5,
             &self.opts,
         )
     }

@@ -166,10 +166,15 @@ impl JobError {
                 ErrorKind::LeaseLost => Class::LeaseLost,
                 // A missing input blob is `InputNotFound` above; not found here means a
                 // container or the queue vanished: configuration, like a refused credential.
+                // A download that delivered other bytes than the pinned blob holds (short,
+                // long, or not its Content-MD5) is the path's fault, not the message's: the
+                // next read normally succeeds, and `--max-deliveries` still ends a blob whose
+                // stored Content-MD5 is simply wrong.
                 ErrorKind::Transient
                 | ErrorKind::Throttled
                 | ErrorKind::Auth
-                | ErrorKind::NotFound => Class::Platform,
+                | ErrorKind::NotFound
+                | ErrorKind::Integrity => Class::Platform,
                 // The input replaced mid-read, a lost create race, or a 4xx we did not expect:
                 // tied to this message, so counted, and a message that keeps meeting one ends.
                 ErrorKind::PreconditionFailed | ErrorKind::Conflict | ErrorKind::Other => {
@@ -248,6 +253,7 @@ mod tests {
             ErrorKind::Throttled,
             ErrorKind::Auth,
             ErrorKind::NotFound,
+            ErrorKind::Integrity,
         ] {
             assert_eq!(storage(kind).class(), Class::Platform, "{kind:?}");
         }

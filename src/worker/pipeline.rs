@@ -146,11 +146,13 @@ impl Worker {
         let mut source = io::BlobSource {
             blobs: ctx.blobs.clone(),
             path: input_path,
+            expect: io::Expected::from_properties(&input),
             etag: input.etag,
             opts: ctx.settings.read,
             handle: handle.clone(),
             cancel: stop.token().clone(),
             observe: observe.clone(),
+            rest: Default::default(),
         };
         let mut sink = io::BlobSink::new(
             ctx.blobs.clone(),
@@ -164,7 +166,18 @@ impl Worker {
         let spec = ctx.settings.spec.clone();
         let reducer = ctx.reducer;
         let joined = tokio::task::spawn_blocking(move || {
-            let report = reducer(&spec, &mut source, &mut sink).map_err(Failed::Reduce)?;
+            let report = match reducer(&spec, &mut source, &mut sink) {
+                Ok(report) => report,
+                Err(e @ aggregate::AggregateError::Io(_)) => return Err(Failed::Reduce(e)),
+                // The input's fault, unless the read delivered other bytes than the blob's:
+                // finish that read's check first (an integrity error is retried, not poisoned).
+                Err(e) => {
+                    source
+                        .verify_rest()
+                        .map_err(|io| Failed::Reduce(io.into()))?;
+                    return Err(Failed::Reduce(e));
+                }
+            };
             sink.finish().map_err(Failed::Write)?;
             Ok::<_, Failed>(report)
         })

@@ -17,5 +17,6 @@ mod worker_lease;
 mod worker_memory;
 mod worker_outage;
 mod worker_races;
+mod worker_reads;
 mod worker_shutdown;
 mod worker_support;

@@ -98,6 +98,10 @@ impl ConnectionInfo {
                 "the blob changed meanwhile; read it again and retry".to_owned()
             }
             ErrorKind::Other => "check the request and the account's settings".to_owned(),
+            ErrorKind::Integrity => {
+                "the download did not match the blob's size or Content-MD5; read it again"
+                    .to_owned()
+            }
         };
         format!(
             "{err}; account {}, endpoint {endpoint}, credential: {}; {hint}",

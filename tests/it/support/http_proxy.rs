@@ -1,7 +1,8 @@
 //! An HTTP-aware fault-injecting proxy in front of Azurite: it reads each request, tells its
 //! kind (receive, update, delete, blob GET, Put Block, Put Block List, HEAD, …) and, on the
 //! Nth request of a kind or at a seeded rate, forwards it and drops the response, holds it,
-//! resets the connection, or answers 5xx itself with or without `Retry-After`.
+//! resets the connection, answers 5xx itself with or without `Retry-After`, or passes on a
+//! well-framed response whose body was cut short (the framing rewritten to match).
 //!
 //! Plain threads and HTTP/1.1 only (what the SDK speaks to Azurite): one upstream connection
 //! per client connection, bodies framed by `content-length` or chunked. The rate rules draw
@@ -83,6 +84,26 @@ pub enum Action {
         status: u16,
         retry_after: Option<u32>,
     },
+    /// Forward it and pass on a 2xx response with the first half of its body only, framed as
+    /// a valid response: `Content-Length` rewritten (a chunked body is sent de-chunked with
+    /// one), `Content-Range` rewritten as `Cut` says, `Content-MD5` dropped (a cut body cannot
+    /// match it). Other statuses and bodies under 2 bytes pass untouched.
+    ShortBody(Cut),
+    /// Forward it and pass on a 2xx response with the ASCII digit nearest the middle of its
+    /// body changed (`d` → `d + 1 mod 10`), framing untouched: the right number of bytes, not
+    /// the blob's (CSV stays valid, one value differs). Chunked bodies pass untouched.
+    CorruptBody,
+}
+
+/// How a [`Action::ShortBody`] response describes the bytes it kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// As the whole of a shorter blob: `Content-Range: bytes a-(a+kept-1)/(a+kept)`, so a
+    /// client sees nothing more to fetch. The client gets fewer bytes than the blob holds.
+    Blob,
+    /// As a shorter range of the same blob: the total in `Content-Range` is kept, so a client
+    /// that plans its ranges from the first response fetches the rest itself.
+    Range,
 }
 
 /// When a rule applies to a request of its kind.
@@ -311,7 +332,7 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 continue;
             }
             Some(Action::Hold(d)) => std::thread::sleep(d),
-            Some(Action::DropResponse) | None => {}
+            Some(Action::DropResponse | Action::ShortBody(_) | Action::CorruptBody) | None => {}
         }
         if upstream.is_none() {
             let s = TcpStream::connect(st.target)?;
@@ -328,10 +349,114 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
             let _ = to_client.shutdown(Shutdown::Both);
             return Ok(());
         }
+        let resp = match action {
+            Some(Action::ShortBody(cut)) => cut_short(resp, cut)?,
+            Some(Action::CorruptBody) => corrupt(resp),
+            _ => resp,
+        };
         to_client.write_all(&resp.head)?;
         to_client.write_all(&resp.body)?;
     }
     Ok(())
+}
+
+/// The body of a chunked message without its framing (trailers are dropped).
+fn dechunk(raw: &[u8]) -> io::Result<Vec<u8>> {
+    let bad = || io::Error::from(io::ErrorKind::InvalidData);
+    let mut r = raw;
+    let mut body = Vec::new();
+    loop {
+        let line_end = r.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size_text = std::str::from_utf8(&r[..line_end]).map_err(|_| bad())?;
+        let size = usize::from_str_radix(size_text.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| bad())?;
+        r = &r[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(r.get(..size).ok_or_else(bad)?);
+        r = r.get(size + 2..).ok_or_else(bad)?;
+    }
+}
+
+/// A 2xx response of known length with its middle digit changed (see [`Action::CorruptBody`]).
+fn corrupt(mut resp: Message) -> Message {
+    let ok = resp
+        .first_line
+        .split(' ')
+        .nth(1)
+        .is_some_and(|s| s.starts_with('2'));
+    let chunked = String::from_utf8_lossy(&resp.head)
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if ok && !chunked {
+        let mid = resp.body.len() / 2;
+        let nearest = (0..resp.body.len())
+            .filter(|&i| resp.body[i].is_ascii_digit())
+            .min_by_key(|&i| i.abs_diff(mid));
+        if let Some(i) = nearest {
+            resp.body[i] = b'0' + (resp.body[i] - b'0' + 1) % 10;
+        }
+    }
+    resp
+}
+
+/// A 2xx response with the first half of its body, its framing rewritten to match.
+fn cut_short(resp: Message, cut: Cut) -> io::Result<Message> {
+    let status: u16 = resp
+        .first_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&resp.head).into_owned();
+    let chunked = text.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(&resp.body)?
+    } else {
+        resp.body.clone()
+    };
+    if !(200..300).contains(&status) || body.len() < 2 {
+        return Ok(resp);
+    }
+    let kept = body.len() / 2;
+    let mut head = format!("{}\r\n", resp.first_line);
+    for line in text.lines().skip(1) {
+        let Some((k, v)) = line.split_once(':') else {
+            continue; // the blank line that ends the head
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" | "transfer-encoding" | "content-md5" => {}
+            "content-range" => {
+                // `bytes a-b/total`
+                let start: u64 = v
+                    .trim()
+                    .trim_start_matches("bytes ")
+                    .split('-')
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+                let total = match cut {
+                    Cut::Blob => (start + kept as u64).to_string(),
+                    Cut::Range => v.rsplit('/').next().unwrap_or("*").trim().to_owned(),
+                };
+                let end = start + kept as u64 - 1;
+                head.push_str(&format!("{}: bytes {start}-{end}/{total}\r\n", k.trim()));
+            }
+            _ => head.push_str(&format!("{line}\r\n")),
+        }
+    }
+    head.push_str(&format!("content-length: {kept}\r\n\r\n"));
+    Ok(Message {
+        head: head.into_bytes(),
+        body: body[..kept].to_vec(),
+        first_line: resp.first_line,
+    })
 }
 
 #[cfg(test)]
@@ -390,6 +515,50 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
         assert_eq!(proxy.count(Kind::Receive), (1, 1));
+    }
+
+    #[test]
+    fn short_body_rewrites_the_framing_it_cuts() {
+        let msg = |head: &str, body: &[u8]| Message {
+            head: head.as_bytes().to_vec(),
+            body: body.to_vec(),
+            first_line: head.lines().next().unwrap().to_owned(),
+        };
+        let ranged = "HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\
+            Content-Range: bytes 0-9/10\r\nContent-MD5: eA==\r\nETag: \"x\"\r\n\r\n";
+        let text = |m: &Message| String::from_utf8(m.head.clone()).unwrap();
+        let cut = cut_short(msg(ranged, b"0123456789"), Cut::Blob).unwrap();
+        assert_eq!(cut.body, b"01234");
+        assert_eq!(
+            text(&cut),
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-4/5\r\n\
+             ETag: \"x\"\r\ncontent-length: 5\r\n\r\n"
+        );
+        let cut = cut_short(msg(ranged, b"0123456789"), Cut::Range).unwrap();
+        assert!(
+            text(&cut).contains("Content-Range: bytes 0-4/10\r\n"),
+            "{}",
+            text(&cut)
+        );
+        // A chunked body is cut after de-chunking and sent with a length.
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cut = cut_short(
+            msg(chunked, b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"),
+            Cut::Blob,
+        )
+        .unwrap();
+        assert_eq!(cut.body, b"abc");
+        assert_eq!(text(&cut), "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+        let c = corrupt(msg(ranged, b"ab,12,cd"));
+        assert_eq!(c.body, b"ab,13,cd");
+        assert_eq!(c.head, ranged.as_bytes());
+        // Errors pass untouched.
+        let err = "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\n";
+        let same = cut_short(msg(err, b"gone"), Cut::Blob).unwrap();
+        assert_eq!(
+            (text(&same).as_str(), same.body.as_slice()),
+            (err, &b"gone"[..])
+        );
     }
 
     #[test]
