@@ -157,3 +157,38 @@ fn chosen_columns(
     }
     Ok(idx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("c{i}")).collect()
+    }
+
+    #[test]
+    fn duplicates_are_found_and_the_error_stays_short_in_a_wide_header() {
+        let mut wide = names(100_000);
+        wide.push("c99998".into());
+        let Err(AggregateError::Header(e)) = layout(&Spec::default(), &wide) else {
+            panic!("a duplicate name was not found");
+        };
+        assert!(e.contains("\"c99998\" twice"), "{e}");
+        assert!(e.contains("(99981 more)"), "{e}");
+        assert!(e.len() < 1_000, "{} bytes", e.len());
+        // A short header is listed whole.
+        let short = ["t", "a", "a"].map(String::from);
+        let Err(AggregateError::Header(e)) = layout(&Spec::default(), &short) else {
+            panic!("a duplicate name was not found");
+        };
+        assert!(e.ends_with("(columns: t, a, a)"), "{e}");
+        // Distinct names pass.
+        assert_eq!(
+            layout(&Spec::default(), &names(100_000))
+                .unwrap()
+                .value_idx
+                .len(),
+            99_999
+        );
+    }
+}
