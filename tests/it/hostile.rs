@@ -700,3 +700,190 @@ async fn hostile_files() {
     run_group(&az, &conn, &queue, &c, &[], &cases).await;
     eprintln!("{} file kinds in {:?}", cases.len(), started.elapsed());
 }
+
+/// `rows` rows, one for each of `rows` distinct hours from 2020-01-01, in an order shuffled by
+/// `seed`: every row opens a new bucket, and the rows are out of order (holding mode).
+fn shuffled_hours(rows: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut hours: Vec<usize> = (0..rows).collect();
+    for i in (1..hours.len()).rev() {
+        hours.swap(i, rng.random_range(0..=i));
+    }
+    let start = chrono::NaiveDate::from_ymd_opt(2020, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    let mut out = String::from("Datetime,Temperature\n");
+    for h in hours {
+        let t = start + chrono::Duration::hours(h as i64);
+        out.push_str(&format!("{},{}.5\n", t.format("%Y-%m-%d %H:%M:%S"), h % 40));
+    }
+    out.into_bytes()
+}
+
+/// The held-bucket limit: with `--max-held-cells 1000` (a page holds 64 one-column buckets,
+/// so at most 15 pages), 5,000 distinct hours in random order are poisoned naming the flag,
+/// while 500 (8 pages) complete with the output of the default settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_a_new_hour_in_random_order_meets_max_held_cells() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, c) = fresh_queue_and_container(&conn).await;
+    let many = shuffled_hours(5_000, 1);
+    let few = shuffled_hours(500, 2);
+    let cases = vec![
+        Case::poisoned(
+            "every row a new hour, random order (over --max-held-cells)",
+            "many-hours.csv".into(),
+            "invalid_input",
+            "more than --max-held-cells 1000",
+        ),
+        Case::completed(
+            "every row a new hour, random order (within --max-held-cells)",
+            "few-hours.csv".into(),
+            &c,
+            "few-hours.csv",
+            &few,
+        ),
+    ];
+    upload(&conn.blobs, &c, "many-hours.csv", many).await;
+    upload(&conn.blobs, &c, "few-hours.csv", few).await;
+    run_group(
+        &az,
+        &conn,
+        &queue,
+        &c,
+        &["--max-held-cells", "1000"],
+        &cases,
+    )
+    .await;
+}
+
+/// The typo-year file of issue 11: 2,000 rows × 8 columns a minute apart in 2017, one of
+/// them (in the middle) in 2107. The span is 90 years of hours (under `--max-buckets`), the
+/// rows are out of order, and holding mode keeps only the pages that hold rows.
+fn typo_year_file() -> Vec<u8> {
+    let start = chrono::NaiveDate::from_ymd_opt(2017, 3, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    let mut out = String::from("Datetime,a,b,c,d,e,f,g\n");
+    for i in 0..2_000i64 {
+        let t = start + chrono::Duration::minutes(i);
+        let mut when = t.format("%Y-%m-%d %H:%M:%S").to_string();
+        if i == 1_000 {
+            when.replace_range(0..4, "2107");
+        }
+        out.push_str(&when);
+        for col in 0..7 {
+            out.push_str(&format!(",{}.{}", (i + col) % 50, col));
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Issue 11's pinned outcome in the worker: the typo-year file completes, correct, with the
+/// worker's peak RSS growing less than 64 MiB over its baseline, while a normal message in
+/// the same process (`--max-in-flight 2`) completes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typo_year_file_in_the_worker_is_bounded_and_a_co_resident_message_completes() {
+    if peak_rss_bytes(std::process::id()).is_none() {
+        eprintln!("skipped: /proc/<pid>/status has no VmHWM on this system");
+        return;
+    }
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, c) = fresh_queue_and_container(&conn).await;
+    let typo = typo_year_file();
+    let normal = seed_csv(9, 30_000);
+    upload(&conn.blobs, &c, "warm-up.csv", small(1)).await;
+    upload(&conn.blobs, &c, "typo.csv", typo.clone()).await;
+    upload(&conn.blobs, &c, "normal.csv", normal.clone()).await;
+
+    let worker = WorkerProc::spawn(&az, queue.name(), &c, &["--max-in-flight", "2"]);
+    let completed = |n: f64| {
+        let w = &worker;
+        async move {
+            let m = w.metrics().await;
+            (sample(&m, "rollq_messages_total", &[("outcome", "completed")]) == Some(n))
+                .then_some(())
+        }
+    };
+    // The baseline: the worker after one small message (buffers allocated, code paged in).
+    queue.send("warm-up.csv").await.unwrap();
+    eventually("warm-up.csv completed", PATIENCE, || completed(1.0)).await;
+    let baseline = peak_rss_bytes(worker.pid()).unwrap();
+    queue.send("typo.csv").await.unwrap();
+    queue.send("normal.csv").await.unwrap();
+    eventually("typo.csv and normal.csv completed", PATIENCE, || {
+        completed(3.0)
+    })
+    .await;
+    let peak = peak_rss_bytes(worker.pid()).unwrap();
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "typo-year file in the worker: peak RSS {} MiB, baseline {} MiB (+{} MiB)",
+        peak >> 20,
+        baseline >> 20,
+        growth >> 20
+    );
+    assert!(growth < 64 << 20, "peak RSS grew by {} MiB", growth >> 20);
+    for (name, input) in [("typo.csv", &typo), ("normal.csv", &normal)] {
+        let got = download(&conn.blobs, &c, &output_of(name)).await;
+        assert!(
+            got == Some(expected_output(input)),
+            "{name}: output missing or wrong"
+        );
+    }
+    assert_queue_and_poison_empty(&conn, &queue).await;
+}
+
+/// A blob replaced while the worker reads it (through a throttled link, so the read takes
+/// seconds): the read is pinned to the ETag it started with, so the next range fails
+/// (412), the attempt is retried, and the retry rolls up the new version, never a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_replaced_mid_read_is_retried_and_rolls_up_the_new_version() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, c) = fresh_queue_and_container(&conn).await;
+    let old = seed_csv(1, 120_000); // about 3 MB: about 6 s at 512 KB/s
+    let new = seed_csv(2, 5_000);
+    upload(&conn.blobs, &c, "moving.csv", old).await;
+    queue.send("moving.csv").await.unwrap();
+    let (_slow, worker) =
+        spawn_slow_worker(&az, 512 * 1024, queue.name(), &c, &["--retry-delay", "1s"]);
+    // Replace the blob once the worker has read some of it, not all.
+    eventually("the worker reading moving.csv", PATIENCE, || async {
+        let m = worker.metrics().await;
+        sample(&m, "rollq_bytes_read_total", &[])
+            .filter(|&b| b > 0.0)
+            .map(|_| ())
+    })
+    .await;
+    upload(&conn.blobs, &c, "moving.csv", new.clone()).await;
+    eventually("moving.csv completed", PATIENCE, || async {
+        let m = worker.metrics().await;
+        (sample(&m, "rollq_messages_total", &[("outcome", "completed")]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let m = worker.metrics().await;
+    assert_eq!(
+        sample(&m, "rollq_messages_total", &[("outcome", "retried")]),
+        Some(1.0),
+        "one retried attempt; log:\n{}",
+        worker.log()
+    );
+    let log = worker.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("message will be retried") && l.contains("HTTP 412")),
+        "the retry was the pinned read's 412; log:\n{log}"
+    );
+    let got = download(&conn.blobs, &c, &output_of("moving.csv")).await;
+    assert!(
+        got == Some(expected_output(&new)),
+        "the output is the new version's"
+    );
+    assert_queue_and_poison_empty(&conn, &queue).await;
+}
