@@ -5,6 +5,7 @@ mod support;
 mod aggregate;
 mod deploy;
 mod events;
+mod hostile;
 mod names;
 mod secrets;
 mod storage;

@@ -1,6 +1,7 @@
 //! The header of a pass: reads the first non-blank record and finds the time and value
 //! columns in it. Called once per pass by [`super::pass`], before any row.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use super::super::read::{self, Records};
@@ -69,9 +70,13 @@ fn names(spec: &Spec, records: &mut Records<'_>) -> Result<Vec<String>, Aggregat
 
 fn layout(spec: &Spec, names: &[String]) -> Result<Layout, AggregateError> {
     let err = |m: String| Err(AggregateError::Header(m));
-    let listed = || names.join(", ");
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
+    let listed = || listed(names);
+    // A set, not a scan of the names before each one: a producer's header may hold
+    // hundreds of thousands of columns within --max-line-bytes, and a pairwise check is
+    // quadratic in them (100,000 columns took minutes of CPU before any row was read).
+    let mut seen = HashSet::with_capacity(names.len());
+    for n in names {
+        if !seen.insert(n.as_str()) {
             return err(format!(
                 "the header names column {n:?} twice (columns: {})",
                 listed()
@@ -110,6 +115,19 @@ fn layout(spec: &Spec, names: &[String]) -> Result<Layout, AggregateError> {
     })
 }
 
+/// The header's names for an error text, at most [`LISTED_NAMES`] of them: a header of
+/// 100,000 columns must not become a 700 KB error (it reaches the log and the poison note).
+fn listed(names: &[String]) -> String {
+    let shown = names[..names.len().min(LISTED_NAMES)].join(", ");
+    match names.len().checked_sub(LISTED_NAMES) {
+        Some(more) if more > 0 => format!("{shown}, … ({more} more)"),
+        _ => shown,
+    }
+}
+
+/// How many header names an error text lists.
+const LISTED_NAMES: usize = 20;
+
 /// The header positions of the `--columns` list, in its order.
 fn chosen_columns(
     names: &[String],
@@ -132,10 +150,45 @@ fn chosen_columns(
             None => {
                 return err(format!(
                     "column {c:?} (--columns) is not in the header; columns: {}",
-                    names.join(", ")
+                    listed(names)
                 ));
             }
         }
     }
     Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("c{i}")).collect()
+    }
+
+    #[test]
+    fn duplicates_are_found_and_the_error_stays_short_in_a_wide_header() {
+        let mut wide = names(100_000);
+        wide.push("c99998".into());
+        let Err(AggregateError::Header(e)) = layout(&Spec::default(), &wide) else {
+            panic!("a duplicate name was not found");
+        };
+        assert!(e.contains("\"c99998\" twice"), "{e}");
+        assert!(e.contains("(99981 more)"), "{e}");
+        assert!(e.len() < 1_000, "{} bytes", e.len());
+        // A short header is listed whole.
+        let short = ["t", "a", "a"].map(String::from);
+        let Err(AggregateError::Header(e)) = layout(&Spec::default(), &short) else {
+            panic!("a duplicate name was not found");
+        };
+        assert!(e.ends_with("(columns: t, a, a)"), "{e}");
+        // Distinct names pass.
+        assert_eq!(
+            layout(&Spec::default(), &names(100_000))
+                .unwrap()
+                .value_idx
+                .len(),
+            99_999
+        );
+    }
 }
