@@ -148,6 +148,13 @@ impl StorageError {
         }
     }
 
+    /// Whether a blob call failed because its container does not exist (404
+    /// `ContainerNotFound`), not the blob: configuration that can come back, unlike a missing
+    /// input blob.
+    pub fn is_missing_container(&self) -> bool {
+        self.kind == ErrorKind::NotFound && self.status_and_code().1 == Some("ContainerNotFound")
+    }
+
     /// The status and service error code the adapter wrote into `message`
     /// (`HTTP 503 ServerBusy`); `None`s for transport errors.
     fn status_and_code(&self) -> (Option<u16>, Option<&str>) {

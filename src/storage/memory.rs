@@ -410,6 +410,11 @@ impl MemoryBlobStore {
         self.account.outage.store(down, Ordering::SeqCst);
     }
 
+    /// Deletes a container and its blobs, as an operator might while the worker runs.
+    pub fn delete_container(&self, container: &str) {
+        self.state.lock().unwrap().containers.remove(container);
+    }
+
     /// A blob's bytes, for test assertions.
     pub fn get(&self, path: &BlobPath) -> Option<Bytes> {
         let state = self.state.lock().unwrap();
@@ -493,14 +498,16 @@ impl MemoryBlobStore {
     fn blob(&self, op: Op, path: &BlobPath) -> Result<StoredBlob, StorageError> {
         self.account.check(op, &path.to_string())?;
         let state = self.state.lock().unwrap();
-        state
+        // The codes the adapter writes (`HTTP 404 <code>`), so callers can tell them apart.
+        let missing = |code| StorageError::new(ErrorKind::NotFound, op, path.to_string(), code);
+        let container = state
             .containers
             .get(&path.container)
-            .and_then(|c| c.get(&path.name))
+            .ok_or_else(|| missing("HTTP 404 ContainerNotFound"))?;
+        container
+            .get(&path.name)
             .cloned()
-            .ok_or_else(|| {
-                StorageError::new(ErrorKind::NotFound, op, path.to_string(), "BlobNotFound")
-            })
+            .ok_or_else(|| missing("HTTP 404 BlobNotFound"))
     }
 }
 

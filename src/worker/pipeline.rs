@@ -73,7 +73,9 @@ impl Worker {
         ctx.observer.record(Op::BlobProperties, &r);
         let input = match r {
             Ok(p) => p,
-            Err(e) if e.kind == ErrorKind::NotFound => {
+            // A missing blob is the message's (poisoned at once); a missing allowed container
+            // is the platform's: this message alone is deferred until it exists again.
+            Err(e) if e.kind == ErrorKind::NotFound && !e.is_missing_container() => {
                 return Err(JobError::InputNotFound(job.input));
             }
             Err(e) => return Err(e.into()),

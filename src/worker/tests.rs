@@ -1313,3 +1313,52 @@ async fn a_hot_blob_is_retried_alone_and_does_not_stop_another_message() {
     );
     assert!(queues.memory_queue("jobs-poison").snapshot().is_empty());
 }
+
+/// A missing allowed container is the platform's: the message is deferred (never poisoned,
+/// never an attempt) and completes once the container is back; a missing blob is poisoned.
+#[tokio::test]
+async fn a_missing_allowed_container_defers_the_message_until_it_returns() {
+    let f = Fixture::new(|s| {
+        s.max_dequeue_count = 1;
+        s.allowed_containers = vec!["out".into()];
+    })
+    .await;
+    f.blobs.delete_container("out");
+    let text = r#"{"container": "out", "blob": "t.csv"}"#;
+    let outcome = f.send_and_process(text).await;
+    assert!(
+        matches!(&outcome, Outcome::Retried(JobError::Storage(e)) if e.is_missing_container()),
+        "{outcome:?}"
+    );
+    assert!(f.poison_texts().is_empty());
+    let snap = &f.queue.snapshot()[0];
+    assert_eq!(
+        Envelope::open(&snap.text).deferred,
+        1,
+        "recorded as a deferral"
+    );
+    skip(snap.invisible_for).await;
+
+    f.blobs.create_container_if_missing("out").await.unwrap();
+    f.blobs
+        .put(
+            &BlobPath::new("out", "t.csv"),
+            Bytes::from_static(b"h\n1\n"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let msg = f.receive().await;
+    let outcome = f.worker.process_one(msg, CancellationToken::new()).await;
+    assert!(matches!(outcome, Outcome::Completed { .. }), "{outcome:?}");
+    assert!(f.poison_texts().is_empty());
+
+    // The container exists, the blob does not: the message's own fault.
+    let outcome = f
+        .send_and_process(r#"{"container": "out", "blob": "gone.csv"}"#)
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Poisoned(JobError::InputNotFound(_))),
+        "{outcome:?}"
+    );
+}
