@@ -20,6 +20,9 @@ pub mod read;
 mod reduce;
 pub mod time;
 pub use args::ReducerArgs;
+/// The lane-free reference for the reducer's property tests and fuzz target.
+#[doc(hidden)]
+pub use reduce::without_fast_lane;
 
 #[cfg(test)]
 mod tests;

@@ -677,29 +677,60 @@ proptest! {
 
     #[test]
     fn fast_lane_agrees_with_the_general_path(
-        mut rows in prop::collection::vec((0i64..3000, cell(), any::<bool>()), 0..300),
+        mut rows in prop::collection::vec((0i64..3000, 0i64..4, cell(), any::<bool>()), 0..300),
         sizes in prop::collection::vec(1usize..200, 1..6),
         crlf in any::<bool>(),
+        order in 0u8..3,
+        max_held_cells in prop_oneof![Just(1_000_000usize), Just(64), Just(128), Just(192)],
     ) {
-        // Two columns, `time,value`: the layout the fast lane serves. Sorted, so streaming
-        // (fast lane) runs to the end; holding mode never uses the fast lane.
-        rows.sort_by_key(|r| r.0);
+        // Two columns, `time,value`: the layout the fast lane serves. Each row is a minute
+        // plus 0 to 3 jumps of 100 hours, so holding mode holds several pages of 64 hours
+        // with gaps between them, and the small `--max-held-cells` values (64 cells a page)
+        // stop some inputs with the held-cells error. Sorted, streaming runs to the end with
+        // its lane; reversed or shuffled, it gives up and holding mode (with its lane) reads
+        // the input again.
+        match order {
+            0 => rows.sort_by_key(|r| (r.1, r.0)),
+            1 => rows.sort_by_key(|r| std::cmp::Reverse((r.1, r.0))),
+            _ => {}
+        }
         let eol = if crlf { "\r\n" } else { "\n" };
         let mut input = format!("Datetime,T{eol}").into_bytes();
-        for (minute, v, pad) in &rows {
-            time::push_datetime(&mut input, 1_600_000_000 + minute * 60 + minute % 13);
+        for (minute, jump, v, pad) in &rows {
+            let t = 1_600_000_000 + jump * 100 * 3600 + minute * 60 + minute % 13;
+            time::push_datetime(&mut input, t);
             let v = if *pad { format!(" {v}") } else { v.clone() };
             input.extend_from_slice(format!(",{v}{eol}").as_bytes());
         }
-        let mut streamed = Vec::new();
-        let mut source = Chunked { data: &input, sizes, reopen: true };
-        let a = run(&Spec::default(), &mut source, &mut streamed).unwrap();
-        let (held, b) = run_once(&Spec::default(), &input).unwrap();
-        prop_assert_eq!(a.mode, Some(Mode::Streaming));
-        prop_assert_eq!(a.rows, b.rows);
-        prop_assert_eq!(String::from_utf8(streamed).unwrap(), held.clone());
-        let (whole, _) = run_bytes(&Spec::default(), &input).unwrap();
-        prop_assert_eq!(whole, held);
+        let spec = Spec { max_held_cells, ..Spec::default() };
+        let streamed = || {
+            let mut out = Vec::new();
+            let mut source = Chunked { data: &input, sizes: sizes.clone(), reopen: true };
+            run(&spec, &mut source, &mut out)
+                .map(|r| (String::from_utf8(out).unwrap(), r))
+                .map_err(|e| e.to_string())
+        };
+        let held = || run_once(&spec, &input).map_err(|e| e.to_string());
+        // The whole input in one read: the lane's longest stints.
+        let whole = || run_bytes(&spec, &input).map_err(|e| e.to_string());
+        // Each mode with its lane against the same mode without: outputs, reports and
+        // errors (the held-cells limit) must be the same.
+        let (lane_streamed, lane_held, lane_whole) = (streamed(), held(), whole());
+        let plain = without_fast_lane(|| (streamed(), held(), whole()));
+        prop_assert_eq!(&lane_streamed, &plain.0);
+        prop_assert_eq!(&lane_held, &plain.1);
+        prop_assert_eq!(&lane_whole, &plain.2);
+        if order == 0 {
+            prop_assert_eq!(lane_streamed.as_ref().map(|r| r.1.mode), Ok(Some(Mode::Streaming)));
+        }
+        // And the two modes agree wherever both complete.
+        if let (Ok((a, ra)), Ok((b, rb))) = (&lane_streamed, &lane_held) {
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(ra.rows, rb.rows);
+        }
+        if let (Ok((a, _)), Ok((b, _))) = (&lane_whole, &lane_held) {
+            prop_assert_eq!(a, b);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::super::acc::Acc;
 use super::super::time::Grid;
 use super::super::{AggregateError, Bucket, Spec, output};
 use super::header::Layout;
+use super::lane::Lane;
 use super::{Buckets, Out, PassEnd};
 
 pub(super) struct Holding<'s> {
@@ -30,6 +31,8 @@ pub(super) struct Holding<'s> {
     /// to another day than the earliest row's (set when the grid's anchor was the first row
     /// and the input can be read again).
     may_reanchor: bool,
+    /// Whether the layout lets the fast lane run (and it is not switched off for a test).
+    fast: bool,
 }
 
 impl<'s> Holding<'s> {
@@ -46,13 +49,14 @@ impl<'s> Holding<'s> {
             bucket: spec.bucket,
             tz: spec.timezone,
             may_reanchor,
+            fast: layout.is_time_value() && super::lane::enabled(),
         }
     }
 }
 
 impl Buckets for Holding<'_> {
     type Lane<'l>
-        = &'l mut Acc
+        = HeldLane<'l>
     where
         Self: 'l;
 
@@ -74,13 +78,20 @@ impl Buckets for Holding<'_> {
         Ok(None)
     }
 
-    /// No fast lane in holding mode yet, although [`super::lane::run`] would take a lane
-    /// that also notes `earliest`: the property test `fast_lane_agrees_with_the_general_path`
-    /// uses holding mode as the lane-free reference, so enabling it here needs another
-    /// reference in that test first.
+    /// The held bucket `key`, when it is held already. It always is when the lane can take
+    /// a row: `key` is the bucket of the previous general-path row, which [`Holding::add`]
+    /// paged in (or failed the pass). So the lane never allocates, and a row it takes
+    /// changes neither the span (`--max-buckets`) nor the cells held (`--max-held-cells`),
+    /// exactly as that row would not through the general path. Before the first row (an
+    /// empty window, key 0) nothing is held and there is no lane.
     #[inline(always)]
-    fn lane(&mut self, _key: i64) -> Option<&mut Acc> {
-        None
+    fn lane(&mut self, key: i64) -> Option<HeldLane<'_>> {
+        if !self.fast {
+            return None;
+        }
+        let earliest = self.earliest.as_mut()?;
+        let acc = &mut self.held.held(key)?[0];
+        Some(HeldLane { acc, earliest })
     }
 
     fn finish(mut self, grid: Option<Grid>) -> Result<(PassEnd, u64), AggregateError> {
@@ -120,6 +131,23 @@ impl Buckets for Holding<'_> {
         }
         self.out.finish()?;
         Ok((PassEnd::Done, buckets))
+    }
+}
+
+/// Holding mode's lane: a held bucket's accumulator, and the earliest row (pandas anchors
+/// sub-day grids to its day, so a row the lane takes must be able to move it).
+pub(super) struct HeldLane<'l> {
+    acc: &'l mut Acc,
+    earliest: &'l mut i64,
+}
+
+impl Lane for HeldLane<'_> {
+    #[inline(always)]
+    fn push(&mut self, t: i64, v: f64) {
+        if t < *self.earliest {
+            *self.earliest = t;
+        }
+        self.acc.push(v);
     }
 }
 
@@ -200,6 +228,27 @@ impl Held {
         Ok(&mut self.pages[at][off..off + self.n_cols])
     }
 
+    /// The accumulators of bucket `key` if its page is held and it lies in the span (never
+    /// allocates, never moves the span). For the fast lane, before every stint of it.
+    #[inline]
+    pub(super) fn held(&mut self, key: i64) -> Option<&mut [Acc]> {
+        let (min, max) = self.span?;
+        if key < min || key > max {
+            return None;
+        }
+        let page = key >> self.shift;
+        let at = match self.last {
+            Some((p, at)) if p == page => at,
+            _ => {
+                let at = *self.index.get(&page)? as usize;
+                self.last = Some((page, at));
+                at
+            }
+        };
+        let off = (key - (page << self.shift)) as usize * self.n_cols;
+        Some(&mut self.pages[at][off..off + self.n_cols])
+    }
+
     #[cold]
     fn allocate(&mut self, page: i64) -> Result<usize, AggregateError> {
         let page_cells = (1usize << self.shift) * self.n_cols;
@@ -256,6 +305,46 @@ mod tests {
         }
         // Pages -2, -1, 0, 1.
         assert_eq!(h.index.keys().copied().collect::<Vec<_>>(), [-2, -1, 0, 1]);
+    }
+
+    /// The row the fast lane takes can be the earliest one, and holding mode re-anchors to
+    /// exactly that row: the lane must note it as `add` would.
+    #[test]
+    fn the_lane_notes_the_earliest_row() {
+        use super::super::super::read::Records;
+        use super::super::super::{Bucket, Mode};
+        use super::super::{pass, without_fast_lane};
+        // 6-hour buckets in Berlin: the first row (December, CET) anchors the grid at 23:00
+        // UTC; the others are on 2020-03-30 (CEST, midnight at 22:00 UTC), another phase, so
+        // the pass asks to re-anchor to the earliest row. The first 00:xx row goes through the
+        // general path and caches its hour; the lane takes the rest of that hour, among them
+        // the earliest, 00:10 CEST (2020-03-29 22:10:00 UTC).
+        let input = b"Datetime,T\n\
+            2020-12-01 00:30:00,1\n\
+            2020-03-30 00:40:00,2\n\
+            2020-03-30 00:10:00,3\n\
+            2020-03-30 00:20:00,4\n\
+            2020-03-30 00:50:00,5\n\
+            2020-03-30 00:55:00,6\n\
+            2020-03-30 00:59:00,7\n\
+            2020-03-30 00:58:00,8\n";
+        let spec = Spec {
+            bucket: Bucket::Hour6,
+            timezone: chrono_tz::Europe::Berlin,
+            ..Spec::default()
+        };
+        let run = || {
+            let mut records = Records::new(Box::new(&input[..]), spec.max_line_bytes);
+            let mut sink = Vec::new();
+            match pass(&spec, &mut records, &mut sink, Mode::Holding, None, true) {
+                Ok((PassEnd::Reanchor(e), stats)) => (e, stats.rows),
+                Ok(_) => panic!("expected a re-anchoring"),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let earliest = 1_585_519_800; // 2020-03-29 22:10:00 UTC
+        assert_eq!(run(), (earliest, 8));
+        assert_eq!(without_fast_lane(run), (earliest, 8));
     }
 
     #[test]

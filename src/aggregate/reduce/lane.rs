@@ -6,9 +6,40 @@
 //! It only takes rows the general path would treat identically; it stops at anything else
 //! and leaves the line to the general path.
 
+use std::cell::Cell;
+
 use super::super::acc::Acc;
 use super::super::read::{self, Records};
 use super::super::time::HourCache;
+
+thread_local! {
+    /// Set while [`without_fast_lane`] runs: the lane-free reference of the property tests
+    /// and the fuzz target. Read once per pass, never per row.
+    static OFF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a pass that starts now may use the fast lane (always, outside
+/// [`without_fast_lane`]).
+pub(super) fn enabled() -> bool {
+    !OFF.with(Cell::get)
+}
+
+/// Runs `f` with the fast lane switched off on this thread, so every row takes the general
+/// path: the reference that the tests and the reducer's fuzz target compare the lane with.
+/// A thread-local rather than a [`Spec`](super::super::Spec) field, because it must not
+/// reach the spec's fingerprint or any setting; not meant for anything but tests.
+#[doc(hidden)]
+pub fn without_fast_lane<T>(f: impl FnOnce() -> T) -> T {
+    /// Restores the previous setting, also when `f` panics (a failing proptest case).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OFF.with(|off| off.set(self.0));
+        }
+    }
+    let _restore = Restore(OFF.with(|off| off.replace(true)));
+    f()
+}
 
 /// Where the fast lane puts a row it takes: one bucket's accumulator of the only value
 /// column. A state may also note the row's time (holding mode tracks the earliest row).

@@ -6,8 +6,9 @@
 //! later one starts and keeps one bucket in memory; it gives up (returns
 //! [`PassEnd::OutOfOrder`]) at the first row for an earlier bucket. [`Holding`] keeps the
 //! buckets that hold data in pages (bounded by `--max-held-cells`) and writes the whole span
-//! at the end, bounded by `--max-buckets`. Rows go through the general path ([`rows`]) or, when the state offers a
-//! [`Lane`](lane::Lane), the fast lane ([`lane`]).
+//! at the end, bounded by `--max-buckets`. Rows go through the general path ([`rows`]) or,
+//! when the state offers a [`Lane`](lane::Lane) (both do for the `time,value` layout), the
+//! fast lane ([`lane`]).
 //!
 //! The row loop is generic over the state, so each mode gets its own monomorphised copy
 //! and the per-row calls into the state inline (no dynamic dispatch on the hot path).
@@ -24,6 +25,8 @@ use super::time::Grid;
 use super::{AggregateError, Mode, Sink, Spec, output};
 use holding::Holding;
 use lane::Window;
+#[doc(hidden)]
+pub use lane::without_fast_lane;
 use rows::{Fields, Row, Rows};
 use streaming::Streaming;
 

@@ -20,7 +20,7 @@ pub(super) struct Streaming<'s> {
     blank: Vec<Acc>,
     limit: usize,
     buckets: u64,
-    /// Whether the layout lets the fast lane run.
+    /// Whether the layout lets the fast lane run (and it is not switched off for a test).
     fast: bool,
 }
 
@@ -37,7 +37,7 @@ impl<'s> Streaming<'s> {
             blank: vec![Acc::default(); n_cols],
             limit,
             buckets: 0,
-            fast: layout.is_time_value(),
+            fast: layout.is_time_value() && super::lane::enabled(),
         }
     }
 
