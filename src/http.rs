@@ -3,7 +3,12 @@
 //! `startup` serves [`router`] on `--http-addr` until the worker has drained, so probes and
 //! metrics stay up during shutdown. It knows [`Readiness`] and the metrics registry only,
 //! never the worker or storage.
+//!
+//! [`serve`] is the admin server's accept loop: hyper's HTTP/1 connection with a header-read
+//! timeout and a cap on open connections that evicts an idle connection rather than refusing a
+//! probe (see [`AdminLimits`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,8 +18,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Whether this replica should get traffic, in Kubernetes' sense: false until the first
 /// successful queue call, false while storage has been unreachable for `unready_after`, false
@@ -148,6 +159,163 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         crate::metrics::encode(&state.registry),
     )
+}
+
+// === serving ===
+
+/// Limits of the admin server (`--admin-header-timeout`, `--admin-max-connections`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// A connection that has not sent a complete request head this long after it opened (or
+    /// after its previous response, for keep-alive) is closed. Without it, a client that
+    /// connects and sends nothing holds a socket and a task forever.
+    pub header_read_timeout: Duration,
+    /// Connections open at once. At the cap, a new connection evicts the oldest one that is
+    /// not serving a request (the oldest of all when every one is), so the newest arrival,
+    /// which is what a kubelet probe is, is always served: refusing it or making it wait
+    /// would let idle sockets fail the liveness probe into a restart.
+    pub max_connections: usize,
+}
+
+/// One open connection, as the accept loop sees it.
+struct Tracked {
+    /// Requests being served on it; only connections at 0 are evicted first.
+    busy: Arc<AtomicU64>,
+    /// Cancelled to evict: the connection task drops the socket at once.
+    evict: CancellationToken,
+}
+
+/// Open connections by accept order (the lowest id is the oldest).
+type OpenConnections = Arc<std::sync::Mutex<BTreeMap<u64, Tracked>>>;
+
+/// Serves `router` on `listener` within `limits` until `stop` is cancelled, then stops
+/// accepting, lets each connection finish its request in progress (hyper's graceful
+/// shutdown) and returns once all have closed.
+///
+/// Hand-rolled rather than `axum::serve`, which offers neither a header timeout (it builds
+/// hyper's connection without a timer, so hyper's own `header_read_timeout` never fires) nor
+/// a connection cap; `tower::limit::ConcurrencyLimit` limits requests, not idle sockets. The
+/// protocol work stays hyper's: this loop only accepts, counts and evicts.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: AdminLimits,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let open: OpenConnections = Arc::default();
+    let tasks = TaskTracker::new();
+    let mut next_id = 0u64;
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Per-connection failures (a reset before accept, EMFILE) must not end the
+                // server; back off briefly so a full fd table is not a busy loop.
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let id = next_id;
+        next_id += 1;
+        let busy = Arc::new(AtomicU64::new(0));
+        let evict = CancellationToken::new();
+        {
+            let mut open = open.lock().expect("admin connection registry");
+            while open.len() >= limits.max_connections.max(1) {
+                let victim = open
+                    .iter()
+                    .find(|(_, t)| t.busy.load(Ordering::SeqCst) == 0)
+                    .or_else(|| open.iter().next())
+                    .map(|(&id, _)| id)
+                    .expect("a full registry has an entry");
+                if let Some(t) = open.remove(&victim) {
+                    tracing::debug!(%peer, "admin connection cap reached; evicting the oldest idle one");
+                    t.evict.cancel();
+                }
+            }
+            open.insert(
+                id,
+                Tracked {
+                    busy: busy.clone(),
+                    evict: evict.clone(),
+                },
+            );
+        }
+        let service = Counted {
+            inner: TowerToHyperService::new(router.clone()),
+            busy,
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let (open, stop) = (open.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            // A header timeout lands here; it is the client's doing.
+                            tracing::debug!(%peer, error.message = %e, "admin connection ended");
+                        }
+                        break;
+                    }
+                    // Dropping `conn` closes the socket.
+                    _ = evict.cancelled() => break,
+                    _ = stop.cancelled(), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            open.lock().expect("admin connection registry").remove(&id);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// The router as a hyper service that counts the requests in progress on its connection, so
+/// the cap evicts idle connections before busy ones.
+#[derive(Clone)]
+struct Counted {
+    inner: TowerToHyperService<Router>,
+    busy: Arc<AtomicU64>,
+}
+
+/// Decrements `busy` when the request's future completes or is dropped.
+struct BusyGuard(Arc<AtomicU64>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Counted {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let guard = BusyGuard(self.busy.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let rsp = fut.await;
+            drop(guard);
+            rsp
+        })
+    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{AdminState, Readiness};
+use crate::http::{AdminLimits, AdminState, Readiness};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::storage::{BlobStore, QueueService};
-use crate::worker::{RunEnd, Settings, Worker};
+use crate::worker::{RunEnd, Settings, Worker, WorkerArgs};
 
 /// A built worker process, not yet running.
 #[must_use = "call run_until_stopped"]
@@ -27,6 +27,7 @@ pub struct App {
     worker: Worker,
     listener: TcpListener,
     admin: AdminState,
+    admin_limits: AdminLimits,
     metrics: Metrics,
 }
 
@@ -46,6 +47,9 @@ impl App {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let readiness = Readiness::new(unready_after);
+        // The flags' defaults, written once in `WorkerArgs`; `with_admin_limits` overrides them.
+        let admin_limits =
+            WorkerArgs::defaults(&settings.queue, &settings.container).admin_limits();
         let worker = Worker::new(settings, queues, blobs, metrics.clone(), readiness.clone());
         Ok(App {
             worker,
@@ -54,8 +58,15 @@ impl App {
                 readiness,
                 registry: Arc::new(registry),
             },
+            admin_limits,
             metrics,
         })
+    }
+
+    /// The admin server's header-read timeout and connection cap (`--admin-*` flags).
+    pub fn with_admin_limits(mut self, limits: AdminLimits) -> App {
+        self.admin_limits = limits;
+        self
     }
 
     /// The admin server's bound address.
@@ -82,19 +93,26 @@ impl App {
             worker,
             listener,
             admin,
+            admin_limits,
             ..
         } = self;
         let addr = listener.local_addr()?;
         let admin_stop = CancellationToken::new();
         let server = {
             let stop = admin_stop.clone();
-            tokio::spawn(
-                axum::serve(listener, crate::http::router(admin))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .into_future(),
-            )
+            tokio::spawn(crate::http::serve(
+                listener,
+                crate::http::router(admin),
+                admin_limits,
+                stop,
+            ))
         };
-        tracing::info!(%addr, "admin http listening (/healthz /readyz /metrics)");
+        tracing::info!(
+            %addr,
+            header_read_timeout = ?admin_limits.header_read_timeout,
+            max_connections = admin_limits.max_connections,
+            "admin http listening (/healthz /readyz /metrics)"
+        );
 
         let s = worker.settings();
         tracing::info!(

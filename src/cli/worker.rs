@@ -40,7 +40,8 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
         connection.queues.as_ref(),
         connection.blobs.clone(),
     )
-    .await?;
+    .await?
+    .with_admin_limits(args.admin_limits());
     // A parseable line for scripts and tests that start the worker with --http-addr …:0.
     println!("rollq worker listening on http://{}", app.http_addr());
 

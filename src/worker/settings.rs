@@ -224,6 +224,14 @@ pub struct WorkerArgs {
     /// Address of /healthz, /readyz and /metrics (port 0 picks a free port).
     #[arg(long, env = "ROLLQ_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// An admin connection that has not sent a complete request head this long after opening
+    /// (or after its last response) is closed.
+    #[arg(long, env = "ROLLQ_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub admin_header_timeout: Duration,
+    /// Admin connections open at once; at the cap a new one evicts the oldest idle one, so
+    /// probes are never refused.
+    #[arg(long, env = "ROLLQ_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_max_connections: u64,
     /// First retry delay after a transient failure; doubles with each failed attempt.
     #[arg(long, env = "ROLLQ_RETRY_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub retry_delay: Duration,
@@ -277,6 +285,14 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 impl WorkerArgs {
+    /// The admin server's limits these flags describe.
+    pub fn admin_limits(&self) -> crate::http::AdminLimits {
+        crate::http::AdminLimits {
+            header_read_timeout: self.admin_header_timeout,
+            max_connections: usize::try_from(self.admin_max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
     /// The flags' defaults with `--queue` and `--container` given, as if no `ROLLQ_*`
     /// variable were set: the defaults stay written once, in the attributes above.
     pub fn defaults(queue: &str, container: &str) -> WorkerArgs {
