@@ -338,6 +338,17 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
+    fn app_state() -> AdminState {
+        let mut registry = Registry::default();
+        crate::metrics::Metrics::register(&mut registry);
+        let readiness = Readiness::new(Duration::from_secs(30));
+        readiness.queue_ok();
+        AdminState {
+            readiness,
+            registry: Arc::new(registry),
+        }
+    }
+
     fn app() -> (Router, Readiness) {
         let mut registry = Registry::default();
         crate::metrics::Metrics::register(&mut registry);
@@ -424,5 +435,152 @@ mod tests {
         stream.read_to_string(&mut rsp).await.unwrap();
         assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
         server.abort();
+    }
+    // === serve ===
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Serves `router` on a fresh port within `limits`; the token stops it.
+    async fn spawn_serve(
+        router: Router,
+        limits: AdminLimits,
+    ) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, router, limits, stop.clone()));
+        (addr, stop)
+    }
+
+    /// Whether the server closed `s` within `wait` (end of file or reset); false if still open.
+    async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Err(_) => false,
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => panic!("unexpected bytes {:?}", String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+
+    async fn get_close(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await.unwrap();
+        rsp
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_probe_evicts_the_oldest_idle_connection_not_a_busy_one() {
+        // A route that holds its request until told, to have a busy connection on demand.
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (e, r) = (entered.clone(), release.clone());
+        let router = router(app_state()).route(
+            "/hold",
+            get(move || async move {
+                e.notify_one();
+                r.notified().await;
+                "held\n"
+            }),
+        );
+        let limits = AdminLimits {
+            header_read_timeout: Duration::from_secs(600),
+            max_connections: 2,
+        };
+        let (addr, stop) = spawn_serve(router, limits).await;
+
+        // Oldest: busy serving /hold. Next: idle, nothing sent.
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        entered.notified().await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            !closed_within(&mut idle, Duration::from_millis(200)).await,
+            "below the cap"
+        );
+
+        // The server is full; a probe still gets its answer and the idle one makes room.
+        assert!(
+            get_close(addr, "/healthz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(10)).await,
+            "idle one evicted"
+        );
+
+        // The busy one was spared and finishes its response.
+        release.notify_one();
+        let mut rsp = String::new();
+        busy.read_to_string(&mut rsp).await.unwrap();
+        assert!(
+            rsp.starts_with("HTTP/1.1 200") && rsp.ends_with("held\n"),
+            "{rsp}"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_request_head_is_closed_at_the_header_timeout() {
+        let limits = AdminLimits {
+            header_read_timeout: Duration::from_millis(300),
+            max_connections: 8,
+        };
+        let (addr, stop) = spawn_serve(router(app_state()), limits).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nhost:")
+            .await
+            .unwrap();
+        // Open until the timer fires (nothing else would close them: far below the cap).
+        assert!(!closed_within(&mut silent, Duration::from_millis(100)).await);
+        assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
+        assert!(closed_within(&mut slow, Duration::from_secs(10)).await);
+        // A complete request is still served.
+        assert!(
+            get_close(addr, "/healthz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn stop_ends_serve_after_the_request_in_progress() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let limits = AdminLimits {
+            header_read_timeout: Duration::from_secs(600),
+            max_connections: 8,
+        };
+        let server = tokio::spawn(serve(listener, router(app_state()), limits, stop.clone()));
+        // An idle keep-alive connection must not hold the server open after stop.
+        let mut keep = TcpStream::connect(addr).await.unwrap();
+        keep.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = keep.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve returns after stop")
+            .unwrap()
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the port is closed"
+        );
     }
 }

@@ -321,6 +321,37 @@ mod tests {
     }
 
     #[test]
+    fn admin_limits_default_and_refuse_a_zero_cap() {
+        use clap::{Args as _, FromArgMatches as _};
+        let limits = WorkerArgs::defaults("jobs", "in").admin_limits();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(limits.max_connections, 64);
+        let command =
+            WorkerArgs::augment_args(clap::Command::new("w")).mut_args(|a| a.env(None::<&str>));
+        let base = ["w", "--queue", "q", "--container", "c"];
+        let zero = base.iter().copied().chain(["--admin-max-connections", "0"]);
+        assert!(
+            command.clone().try_get_matches_from(zero).is_err(),
+            "a cap of 0 would serve nothing"
+        );
+        let set = base.iter().copied().chain([
+            "--admin-max-connections",
+            "4",
+            "--admin-header-timeout",
+            "1s",
+        ]);
+        let args =
+            WorkerArgs::from_arg_matches(&command.try_get_matches_from(set).unwrap()).unwrap();
+        assert_eq!(
+            args.admin_limits(),
+            crate::http::AdminLimits {
+                header_read_timeout: Duration::from_secs(1),
+                max_connections: 4
+            }
+        );
+    }
+
+    #[test]
     fn defaults_come_from_the_flags() {
         let s = Settings::with_defaults("jobs", "acct", "in").unwrap();
         assert_eq!(s.visibility_timeout, Duration::from_secs(300));
