@@ -13,6 +13,7 @@ mod storage_large;
 mod submit;
 mod tools;
 mod worker;
+mod worker_brownout;
 mod worker_failures;
 mod worker_lease;
 mod worker_memory;
