@@ -9,7 +9,9 @@
 //! until the last visibility deadline known for sure (minus a margin, then [`Lease::ended`]
 //! stops it), and the final call is skipped, so the message reappears by itself. The final
 //! call (`complete` deletes, `update` retries or releases) first stops renewal, so it uses
-//! the newest receipt.
+//! the newest receipt; once the shutdown's `interrupt` has come, it does not wait for a
+//! renewal in flight (a brownout can hold one for a whole storage timeout) but abandons it,
+//! which leaves the lease uncertain like any other renewal without an answer.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -70,6 +72,8 @@ struct Held {
     /// answered renewal, plus the visibility timeout (measured from before the request left).
     known_until: Instant,
     /// A renewal got no answer: `receipt` may be stale and nothing more is sent with it.
+    /// Set before each renewal leaves and cleared by its answer, so a renewal abandoned in
+    /// flight (see [`Lease::stop_renewal`]) leaves it set.
     uncertain: bool,
 }
 
@@ -91,15 +95,20 @@ pub struct Lease {
     stop: CancellationToken,
     /// The renewal task; awaited by the final call so no renewal is in progress then.
     task: Option<JoinHandle<()>>,
+    /// The shutdown's interrupt (drain deadline or second signal): from then on the final
+    /// call aborts a renewal in flight instead of waiting for its answer.
+    interrupt: CancellationToken,
 }
 
 impl Lease {
-    /// Starts renewing `msg`'s visibility in the background.
+    /// Starts renewing `msg`'s visibility in the background. `interrupt` bounds how long the
+    /// final call waits for a renewal in flight.
     pub fn hold(
         queue: Arc<dyn Queue>,
         msg: &Received,
         params: LeaseParams,
         metrics: Metrics,
+        interrupt: CancellationToken,
     ) -> Lease {
         let held = Arc::new(Mutex::new(Held {
             receipt: msg.pop_receipt.clone(),
@@ -129,6 +138,7 @@ impl Lease {
             expired,
             stop,
             task: Some(task),
+            interrupt,
         }
     }
 
@@ -146,10 +156,23 @@ impl Lease {
         }
     }
 
+    /// Stops the renewal task and waits until no renewal is in progress: for its answer
+    /// normally, not beyond the interrupt. An aborted renewal in flight leaves the lease
+    /// uncertain (its Update may still be applied), so the final call then sends nothing.
     async fn stop_renewal(&mut self) {
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
+        tokio::select! {
+            // A task between renewals returns at once on `stop`.
+            biased;
+            _ = &mut task => {}
+            _ = self.interrupt.cancelled() => {
+                task.abort();
+                // Returns promptly: the task is dropped at its current await.
+                let _ = task.await;
+            }
         }
     }
 
@@ -253,14 +276,17 @@ async fn renew(r: Renewal, stop: CancellationToken) {
             return;
         }
         // Before the request leaves: the service's new deadline is at least this plus the
-        // timeout.
+        // timeout. Uncertain until answered: if this task is aborted mid-request, the
+        // final call finds the lease uncertain.
         let sent = Instant::now();
+        held.uncertain = true;
         let e = match r
             .queue
             .update(id, &held.receipt, params.visibility, None)
             .await
         {
             Ok(fresh) => {
+                held.uncertain = false;
                 held.receipt = fresh;
                 held.known_until = sent + params.visibility;
                 r.metrics.renewal(RenewalResult::Ok);
@@ -304,6 +330,8 @@ async fn renew(r: Renewal, stop: CancellationToken) {
                 return;
             }
             ReceiptFailure::Failed => {
+                // Refused before any work: the receipt is still current.
+                held.uncertain = false;
                 // Retry sooner: the current timeout still has about half of its time left.
                 r.metrics.renewal(RenewalResult::Error);
                 tracing::warn!(message_id = %id, error.message = %e, "lease renewal failed; retrying");
@@ -316,6 +344,7 @@ async fn renew(r: Renewal, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Peeked;
     use crate::storage::QueueService;
     use crate::storage::memory::MemoryQueueService;
     use prometheus_client::registry::Registry;
@@ -334,7 +363,13 @@ mod tests {
         let (_svc, q, metrics) = setup().await;
         let vis = Duration::from_secs(10);
         let msg = q.receive(1, vis).await.unwrap().remove(0);
-        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics.clone());
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics.clone(),
+            CancellationToken::new(),
+        );
         // Ten timeouts later nobody else has seen it.
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -352,7 +387,13 @@ mod tests {
         let (svc, q, metrics) = setup().await;
         let vis = Duration::from_secs(8);
         let msg = q.receive(1, vis).await.unwrap().remove(0);
-        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics.clone());
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics.clone(),
+            CancellationToken::new(),
+        );
         svc.set_outage(true);
         tokio::time::sleep(Duration::from_millis(4500)).await; // the first renewal failed
         svc.set_outage(false);
@@ -374,7 +415,13 @@ mod tests {
             .await
             .unwrap();
         let other = q.receive(1, vis).await.unwrap().remove(0);
-        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics,
+            CancellationToken::new(),
+        );
         tokio::time::timeout(Duration::from_secs(6), lease.lost().cancelled())
             .await
             .expect("renewal notices the loss");
@@ -393,7 +440,13 @@ mod tests {
         let vis = Duration::from_secs(10);
         let t0 = Instant::now();
         let msg = q.receive(1, vis).await.unwrap().remove(0);
-        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics,
+            CancellationToken::new(),
+        );
         tokio::time::sleep(Duration::from_secs(6)).await;
         svc.memory_queue("q").lose_update_answers(1);
         tokio::time::sleep_until(t0 + Duration::from_millis(10_100)).await;
@@ -465,7 +518,13 @@ mod tests {
         let (svc, q, metrics) = setup().await;
         let vis = Duration::from_secs(10);
         let msg = q.receive(1, vis).await.unwrap().remove(0);
-        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics,
+            CancellationToken::new(),
+        );
         svc.set_outage(true);
         tokio::time::sleep(Duration::from_millis(5_100)).await;
         svc.set_outage(false);
@@ -480,7 +539,13 @@ mod tests {
         let (_svc, q, metrics) = setup().await;
         let vis = Duration::from_secs(4);
         let msg = q.receive(1, vis).await.unwrap().remove(0);
-        let lease = Lease::hold(q.clone(), &msg, LeaseParams::new(vis), metrics);
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics,
+            CancellationToken::new(),
+        );
         tokio::time::sleep(Duration::from_secs(9)).await;
         lease
             .update(Duration::ZERO, Some("rewritten"))
@@ -488,5 +553,132 @@ mod tests {
             .unwrap();
         let again = q.receive(1, vis).await.unwrap().remove(0);
         assert_eq!(again.text, "rewritten");
+    }
+
+    /// The memory queue, but Update Message answers only after `delay` once `slow` is set
+    /// (a brownout), for the bound on stopping renewal.
+    #[derive(Debug)]
+    struct SlowUpdates {
+        inner: Arc<dyn Queue>,
+        slow: std::sync::atomic::AtomicBool,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Queue for SlowUpdates {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        async fn create_if_missing(&self) -> Result<(), StorageError> {
+            self.inner.create_if_missing().await
+        }
+        async fn send(&self, text: &str) -> Result<MessageId, StorageError> {
+            self.inner.send(text).await
+        }
+        async fn receive(
+            &self,
+            max: u8,
+            visibility: Duration,
+        ) -> Result<Vec<Received>, StorageError> {
+            self.inner.receive(max, visibility).await
+        }
+        async fn update(
+            &self,
+            id: &MessageId,
+            receipt: &PopReceipt,
+            visibility: Duration,
+            new_text: Option<&str>,
+        ) -> Result<PopReceipt, StorageError> {
+            if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.inner.update(id, receipt, visibility, new_text).await
+        }
+        async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
+            self.inner.delete(id, receipt).await
+        }
+        async fn peek(&self, max: u8) -> Result<Vec<Peeked>, StorageError> {
+            self.inner.peek(max).await
+        }
+        async fn approximate_count(&self) -> Result<u64, StorageError> {
+            self.inner.approximate_count().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_interrupt_abandons_a_renewal_in_flight_and_leaves_the_lease_uncertain() {
+        let (svc, q, metrics) = setup().await;
+        let slow = Arc::new(SlowUpdates {
+            inner: q.clone(),
+            slow: true.into(),
+            delay: Duration::from_secs(30),
+        });
+        let vis = Duration::from_secs(10);
+        let msg = q.receive(1, vis).await.unwrap().remove(0);
+        let interrupt = CancellationToken::new();
+        let lease = Lease::hold(
+            slow.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics,
+            interrupt.clone(),
+        );
+        // The first renewal leaves at 5 s and would be answered at 35 s.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            svc.memory_queue("q").updates().is_empty(),
+            "renewal still in flight"
+        );
+        let t = Instant::now();
+        let release = tokio::spawn(lease.update(Duration::ZERO, None));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !release.is_finished(),
+            "without the interrupt it waits for the answer"
+        );
+        interrupt.cancel();
+        tokio::time::timeout(Duration::from_millis(10), release)
+            .await
+            .expect("the interrupt ends the wait at once")
+            .unwrap()
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3));
+        // Uncertain: no release was sent with a receipt the abandoned renewal may replace.
+        assert!(svc.memory_queue("q").updates().is_empty());
+        assert!(
+            q.receive(1, vis).await.unwrap().is_empty(),
+            "still hidden until its timeout"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            q.receive(1, vis).await.unwrap().len(),
+            1,
+            "reappears by itself"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_between_renewals_still_releases_with_the_newest_receipt() {
+        // Control: nothing in flight at the interrupt, so the lease is held and the release
+        // is sent.
+        let (_svc, q, metrics) = setup().await;
+        let vis = Duration::from_secs(10);
+        let msg = q.receive(1, vis).await.unwrap().remove(0);
+        let interrupt = CancellationToken::new();
+        let lease = Lease::hold(
+            q.clone(),
+            &msg,
+            LeaseParams::new(vis),
+            metrics,
+            interrupt.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(7)).await; // one renewal answered
+        interrupt.cancel();
+        lease.update(Duration::ZERO, None).await.unwrap();
+        assert_eq!(
+            q.receive(1, vis).await.unwrap().len(),
+            1,
+            "released at once"
+        );
     }
 }

@@ -205,6 +205,8 @@ impl Worker {
             &msg,
             LeaseParams::new(s.visibility_timeout),
             ctx.metrics.clone(),
+            // After the drain deadline the final call does not wait for a renewal in flight.
+            interrupt.clone(),
         );
         let d = Deliveries {
             dequeue_count: msg.dequeue_count,

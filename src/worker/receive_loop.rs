@@ -31,7 +31,10 @@ const RECEIVE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long releases may take after the drain deadline before the worker exits anyway
 /// (a release that does not happen only means the message reappears after its timeout).
-const RELEASE_GRACE: Duration = Duration::from_secs(10);
+/// Every wait after the stop signal ends by the drain deadline plus this, so with the admin
+/// server's own short stop the process exits within `--drain-timeout` + 10 s, the bound the
+/// deploy checks hold `terminationGracePeriodSeconds` to, even when storage answers late.
+const RELEASE_GRACE: Duration = Duration::from_secs(3);
 
 /// What `run` stopped for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,14 +118,18 @@ impl Worker {
             // returns is released rather than started.
             biased;
             _ = stop.cancelled() => {
-                state.stopped_at = Some(Instant::now());
+                let stopped_at = Instant::now();
+                state.stopped_at = Some(stopped_at);
                 // A receive in flight may have leased messages already: let it finish (for a
                 // bounded time) and release what it returns at once, so nothing waits out its
-                // visibility timeout or is charged an attempt.
-                if let Ok(r) = tokio::time::timeout(RECEIVE_GRACE, &mut receive).await {
+                // visibility timeout or is charged an attempt. Both waits end by the
+                // shutdown's last moment, whatever storage does.
+                let release_by = release_deadline(stopped_at, s.drain_timeout);
+                let answered_by = (stopped_at + RECEIVE_GRACE).min(release_by);
+                if let Ok(r) = tokio::time::timeout_at(answered_by, &mut receive).await {
                     self.ctx.observer.record(Op::Receive, &r);
                     if let Ok(msgs) = r {
-                        self.release_unstarted(msgs).await;
+                        self.release_unstarted(msgs, release_by).await;
                     }
                 }
                 return Step::End(RunEnd::Stopped);
@@ -179,8 +186,10 @@ impl Worker {
     }
 
     /// Releases messages received but never started (a receive that returned after the stop
-    /// signal): visible again at once, each release recorded so it is not an attempt.
-    async fn release_unstarted(&self, msgs: Vec<Received>) {
+    /// signal): visible again at once, each release recorded so it is not an attempt. Gives
+    /// up at `release_by`: an unsent release only means the message reappears after its
+    /// visibility timeout.
+    async fn release_unstarted(&self, msgs: Vec<Received>, release_by: Instant) {
         if msgs.is_empty() {
             return;
         }
@@ -204,7 +213,14 @@ impl Worker {
             self.ctx.metrics.outcome(OutcomeLabel::Released);
         });
         // Bounded like every wait on the way out.
-        let _ = tokio::time::timeout(RELEASE_GRACE, futures::future::join_all(releases)).await;
+        if tokio::time::timeout_at(release_by, futures::future::join_all(releases))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "releases of messages received during shutdown did not finish; they reappear when their timeout lapses"
+            );
+        }
     }
 
     /// An account-wide failure was met: confirm it with a probe, and if storage is unusable
@@ -324,7 +340,9 @@ impl Worker {
 
     /// Waits for in-flight work: until it finishes, the drain deadline (then it is
     /// interrupted and released) or a second signal, and then at most [`RELEASE_GRACE`]
-    /// for the releases.
+    /// for the releases, never past the drain deadline plus [`RELEASE_GRACE`]. The
+    /// interrupt also stops leases waiting for a renewal in flight (see `lease`), so a
+    /// brownout cannot hold a release for a whole storage timeout.
     async fn drain(&self, end: RunEnd, state: &LoopState, shutdown: &Shutdown) {
         let ctx = &self.ctx;
         let tracker = &state.tracker;
@@ -358,7 +376,13 @@ impl Worker {
                 tracing::warn!(in_flight = tracker.len(), "second signal: releasing in-flight messages");
             }
         }
-        if tokio::time::timeout(RELEASE_GRACE, tracker.wait())
+        let mut release_by = Instant::now() + RELEASE_GRACE;
+        if end == RunEnd::Stopped {
+            // The loop may have ended late (a receive in flight at the signal): the bound
+            // still counts from the signal.
+            release_by = release_by.min(release_deadline(stopped_at, drain_timeout));
+        }
+        if tokio::time::timeout_at(release_by, tracker.wait())
             .await
             .is_err()
         {
@@ -395,6 +419,12 @@ impl Worker {
         self.ctx.observer.record(Op::QueueProperties, &r);
         matches!(r, Ok(0))
     }
+}
+
+/// The last moment of a shutdown signalled at `stopped_at`: the drain deadline plus
+/// [`RELEASE_GRACE`]. Nothing on the way out is awaited beyond it.
+fn release_deadline(stopped_at: Instant, drain_timeout: Duration) -> Instant {
+    stopped_at + drain_timeout + RELEASE_GRACE
 }
 
 /// The service's name in the pause's log lines.
@@ -450,12 +480,17 @@ impl LoopState {
 struct StatsTask {
     /// Cancelled to end the sampling loop.
     stop: CancellationToken,
+    /// Aborted at stop: a sample in flight is not worth waiting for.
     task: tokio::task::JoinHandle<()>,
 }
 
 impl StatsTask {
+    /// Cancels the task, a sample in flight included: in a brownout its three calls could
+    /// take three storage timeouts, and the gauges of a stopping worker matter to nobody.
     async fn stop(self) {
         self.stop.cancel();
+        self.task.abort();
+        // Returns promptly: an aborted task is dropped at its current await.
         let _ = self.task.await;
     }
 }

@@ -14,6 +14,7 @@ mod submit;
 mod tools;
 mod worker;
 mod worker_admin;
+mod worker_brownout;
 mod worker_failures;
 mod worker_lease;
 mod worker_memory;
