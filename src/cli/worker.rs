@@ -39,6 +39,7 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
         args.unready_after,
         connection.queues.as_ref(),
         connection.blobs.clone(),
+        connection.requests.clone(),
     )
     .await?;
     // A parseable line for scripts and tests that start the worker with --http-addr …:0.

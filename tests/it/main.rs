@@ -19,5 +19,6 @@ mod worker_memory;
 mod worker_outage;
 mod worker_races;
 mod worker_reads;
+mod worker_requests;
 mod worker_shutdown;
 mod worker_support;
