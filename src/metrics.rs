@@ -130,10 +130,12 @@ struct RequestLabels {
 }
 
 /// The operations whose request series start at 0: what a worker sends in normal operation
-/// (the start-up check, the loop, poison moves, queue sampling), so `rate()` on the dashboard
-/// works from the first scrape. `renew` is absent: renewals are Update Message requests and
-/// the adapter labels requests by its own call, `update`.
-const WORKER_REQUEST_OPS: [Op; 11] = [
+/// (the start-up check and creations, the loop, poison moves, queue sampling, staged uploads
+/// of large outputs), so `rate()` on the dashboard works from the first scrape. `renew` is
+/// absent: renewals are Update Message requests, which the adapter labels `update`.
+const WORKER_REQUEST_OPS: [Op; 14] = [
+    Op::CreateQueue,
+    Op::CreateContainer,
     Op::ContainerProperties,
     Op::QueueProperties,
     Op::Peek,
@@ -144,6 +146,7 @@ const WORKER_REQUEST_OPS: [Op; 11] = [
     Op::BlobProperties,
     Op::Download,
     Op::Upload,
+    Op::StageBlock,
     Op::CommitBlockList,
 ];
 

@@ -146,7 +146,7 @@ async fn run_and_compare(
         .filter(|s| s.metric == "rollq_storage_requests_total")
         .filter_map(|s| {
             let v = match s.value {
-                prometheus_parse::Value::Counter(v) => v,
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
                 _ => return None,
             };
             (v > 0.0).then(|| format!("{}={v}", s.labels.get("op").unwrap_or("?")))

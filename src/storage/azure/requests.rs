@@ -60,7 +60,7 @@ mod tests {
     use super::*;
     use azure_core::http::{
         AsyncRawResponse, ClientOptions, ExponentialRetryOptions, Method, Pipeline, RetryOptions,
-        StatusCode, Transport, Url, headers::Headers, policies::TransportPolicy,
+        StatusCode, Transport, Url, headers::Headers,
     };
     use std::sync::atomic::{AtomicUsize, Ordering};
 
