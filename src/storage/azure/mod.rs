@@ -107,7 +107,7 @@ fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
     // Last of the per-try policies, so it sees each try as it goes to the transport.
     authorisation
         .per_try
-        .push(CountRequests::new(requests.clone()));
+        .push(CountRequests::policy(requests.clone()));
     let options = ClientOptions {
         per_call_policies: authorisation.per_call,
         per_try_policies: authorisation.per_try,

@@ -33,7 +33,7 @@ pub(super) struct CountRequests {
 }
 
 impl CountRequests {
-    pub(super) fn new(requests: StorageRequests) -> Arc<dyn Policy> {
+    pub(super) fn policy(requests: StorageRequests) -> Arc<dyn Policy> {
         Arc::new(CountRequests { requests })
     }
 }
@@ -96,7 +96,7 @@ mod tests {
 
     fn pipeline(requests: &StorageRequests, transport: Arc<Flaky>) -> Pipeline {
         let options = ClientOptions {
-            per_try_policies: vec![CountRequests::new(requests.clone())],
+            per_try_policies: vec![CountRequests::policy(requests.clone())],
             retry: RetryOptions::exponential(ExponentialRetryOptions {
                 initial_delay: azure_core::time::Duration::milliseconds(1),
                 max_retries: 4,
