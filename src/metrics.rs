@@ -113,6 +113,87 @@ struct StorageErrorLabels {
     kind: String,
 }
 
+/// The `op` of `rollq_storage_requests_total`: the adapter's [`Op`], or `other` for a request
+/// sent without one (a call the adapter did not label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct RequestOp(Option<Op>);
+
+impl EncodeLabelValue for RequestOp {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.map_or("other", Op::as_str))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    op: RequestOp,
+}
+
+/// The operations whose request series start at 0: what a worker sends in normal operation
+/// (the start-up check and creations, the loop, poison moves, queue sampling, staged uploads
+/// of large outputs), so `rate()` on the dashboard works from the first scrape. `renew` is
+/// absent: renewals are Update Message requests, which the adapter labels `update`.
+const WORKER_REQUEST_OPS: [Op; 14] = [
+    Op::CreateQueue,
+    Op::CreateContainer,
+    Op::ContainerProperties,
+    Op::QueueProperties,
+    Op::Peek,
+    Op::Receive,
+    Op::Update,
+    Op::Delete,
+    Op::Send,
+    Op::BlobProperties,
+    Op::Download,
+    Op::Upload,
+    Op::StageBlock,
+    Op::CommitBlockList,
+];
+
+/// `rollq_storage_requests_total{op}`: every storage request sent, one per try.
+///
+/// The Azure adapter owns one per connection and counts into it whether or not anything
+/// registers it (the `rollq blob`/`queue` tools never do); `startup` registers the
+/// connection's counter with the other metrics. Cheap to clone: clones share the counts.
+#[derive(Clone, Debug, Default)]
+pub struct StorageRequests {
+    family: Family<RequestLabels, Counter>,
+}
+
+impl StorageRequests {
+    /// Counts one request sent for `op` (`None`: unlabelled, counted as `other`).
+    pub fn count(&self, op: Option<Op>) {
+        self.family
+            .get_or_create(&RequestLabels { op: RequestOp(op) })
+            .inc();
+    }
+
+    /// Requests sent for `op` so far.
+    pub fn get(&self, op: Option<Op>) -> u64 {
+        // `Family::get` reads without creating a series, so asking does not export a zero.
+        self.family
+            .get(&RequestLabels { op: RequestOp(op) })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Requests sent so far, over every label.
+    pub fn total(&self) -> u64 {
+        Op::ALL
+            .iter()
+            .map(|&op| Some(op))
+            .chain([None])
+            .map(|op| self.get(op))
+            .sum()
+    }
+
+    /// Creates the series for `op` at 0 (so dashboards see it before the first request).
+    fn zero(&self, op: Op) {
+        let _ = self.family.get_or_create(&RequestLabels {
+            op: RequestOp(Some(op)),
+        });
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
@@ -130,6 +211,7 @@ pub struct Metrics {
     bytes_read: Counter,
     lease_renewals: Family<RenewalLabels, Counter>,
     storage_errors: Family<StorageErrorLabels, Counter>,
+    storage_requests: StorageRequests,
     queue_messages: Gauge,
     poison_queue_messages: Gauge,
     oldest_message_age: Gauge<f64, AtomicU64>,
@@ -140,8 +222,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them under `rollq_` in `registry`.
+    /// Creates the metrics and registers them under `rollq_` in `registry`, with a request
+    /// counter of their own (for workers over the in-memory fakes, which send no requests).
     pub fn register(registry: &mut Registry) -> Self {
+        Self::register_with_requests(registry, StorageRequests::default())
+    }
+
+    /// As [`Metrics::register`], exporting `requests` (the connection's counter, which the
+    /// storage adapter fills) as `rollq_storage_requests_total`.
+    pub fn register_with_requests(registry: &mut Registry, requests: StorageRequests) -> Self {
         let m = Metrics {
             messages: Family::default(),
             processing_duration: Histogram::new(DURATION_BUCKETS),
@@ -152,6 +241,7 @@ impl Metrics {
             bytes_read: Counter::default(),
             lease_renewals: Family::default(),
             storage_errors: Family::default(),
+            storage_requests: requests,
             queue_messages: Gauge::default(),
             poison_queue_messages: Gauge::default(),
             oldest_message_age: Gauge::default(),
@@ -201,6 +291,11 @@ impl Metrics {
             "storage_errors",
             "Failed storage calls, by operation and kind",
             m.storage_errors.clone(),
+        );
+        r.register(
+            "storage_requests",
+            "Storage requests sent (each SDK retry counted), by the operation that sent them",
+            m.storage_requests.family.clone(),
         );
         r.register(
             "queue_messages",
@@ -253,6 +348,9 @@ impl Metrics {
             RenewalResult::Uncertain,
         ] {
             let _ = m.lease_renewals.get_or_create(&RenewalLabels { result });
+        }
+        for op in WORKER_REQUEST_OPS {
+            m.storage_requests.zero(op);
         }
         m
     }
@@ -324,6 +422,11 @@ impl Metrics {
             .get()
     }
 
+    /// The storage request counter (`rollq_storage_requests_total`).
+    pub fn storage_requests(&self) -> &StorageRequests {
+        &self.storage_requests
+    }
+
     /// Sets the sampled queue figures.
     pub fn queue_stats(&self, queue: u64, poison: u64, oldest_age_seconds: f64) {
         self.queue_messages.set(queue as i64);
@@ -384,6 +487,8 @@ mod tests {
         m.success_now();
         m.paused(true);
         m.paused(false);
+        m.storage_requests().count(Some(Op::Download));
+        m.storage_requests().count(None);
         let text = encode(&registry);
         for line in [
             "rollq_messages_total{outcome=\"completed\"} 1",
@@ -404,6 +509,10 @@ mod tests {
             "rollq_last_success_timestamp_seconds ",
             "rollq_worker_paused 0",
             "rollq_worker_pauses_total 1",
+            "rollq_storage_requests_total{op=\"download\"} 1",
+            "rollq_storage_requests_total{op=\"other\"} 1",
+            "rollq_storage_requests_total{op=\"receive\"} 0",
+            "rollq_storage_requests_total{op=\"commit block list\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

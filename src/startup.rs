@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{AdminLimits, AdminState, Readiness};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StorageRequests};
 use crate::shutdown::Shutdown;
 use crate::storage::{BlobStore, QueueService};
 use crate::worker::{RunEnd, Settings, Worker, WorkerArgs};
@@ -33,19 +33,21 @@ pub struct App {
 
 impl App {
     /// Binds `http_addr`, registers the metrics and builds the worker. `unready_after` is how
-    /// long storage may fail before `/readyz` turns 503.
+    /// long storage may fail before `/readyz` turns 503; `requests` is the connection's request
+    /// counter, exported as `rollq_storage_requests_total` (a fresh one over the fakes).
     pub async fn build(
         settings: Settings,
         http_addr: SocketAddr,
         unready_after: Duration,
         queues: &dyn QueueService,
         blobs: Arc<dyn BlobStore>,
+        requests: StorageRequests,
     ) -> anyhow::Result<App> {
         let listener = TcpListener::bind(http_addr)
             .await
             .with_context(|| format!("binding the admin port {http_addr} (--http-addr)"))?;
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register_with_requests(&mut registry, requests);
         let readiness = Readiness::new(unready_after);
         // The flags' defaults, written once in `WorkerArgs`; `with_admin_limits` overrides them.
         let admin_limits =
@@ -171,6 +173,7 @@ mod tests {
             Duration::from_secs(30),
             &queues,
             Arc::new(blobs),
+            StorageRequests::default(),
         )
         .await
         .unwrap();

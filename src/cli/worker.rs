@@ -39,6 +39,7 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
         args.unready_after,
         connection.queues.as_ref(),
         connection.blobs.clone(),
+        connection.requests.clone(),
     )
     .await?
     .with_admin_limits(args.admin_limits());

@@ -21,5 +21,6 @@ mod worker_memory;
 mod worker_outage;
 mod worker_races;
 mod worker_reads;
+mod worker_requests;
 mod worker_shutdown;
 mod worker_support;

@@ -9,6 +9,7 @@
 //! may have been applied (`StorageError::outcome_unknown`).
 
 mod errors;
+mod requests;
 pub mod shared_key;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::headers::HeaderName;
+use azure_core::http::pager::PagerOptions;
 use azure_core::http::policies::Policy;
 use azure_core::http::{
     ClientOptions, Etag, ExponentialRetryOptions, RequestContent, RetryOptions, Transport, Url,
@@ -29,12 +31,15 @@ use azure_identity::{
     WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use azure_storage_blob::models::{
-    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
-    BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
-    BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientUploadOptions, BlockLookupList,
+    BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesOptions,
+    BlobClientGetPropertiesResultHeaders, BlobContainerClientCreateOptions,
+    BlobContainerClientGetPropertiesOptions, BlobContainerClientListBlobsOptions,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientCommitBlockListResultHeaders,
+    BlockBlobClientStageBlockOptions, BlockBlobClientUploadOptions, BlockLookupList,
 };
 use azure_storage_blob::{BlobClient, BlobServiceClient, BlobServiceClientOptions};
 use azure_storage_queue::models::{
+    QueueClientCreateOptions, QueueClientDeleteMessageOptions, QueueClientGetPropertiesOptions,
     QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
     QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions,
     QueueClientUpdateMessageOptions, QueueMessage,
@@ -46,6 +51,7 @@ use secrecy::ExposeSecret;
 
 use errors::classify;
 pub use errors::redact;
+use requests::{CountRequests, labelled};
 
 use super::connection::{Auth, ConnectError, ConnectionInfo, Resolved, StorageArgs, resolve};
 use super::{
@@ -53,6 +59,7 @@ use super::{
     ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
     Received, StorageError,
 };
+use crate::metrics::StorageRequests;
 use crate::storage::Op;
 
 /// Everything a client needs, shared by every queue and blob handle of one connection.
@@ -77,6 +84,9 @@ pub struct Connection {
     pub queues: Arc<dyn QueueService>,
     pub blobs: Arc<dyn BlobStore>,
     pub info: ConnectionInfo,
+    /// Every request the handles above send, one per try, by operation. Counted whether or
+    /// not a registry exports it (the worker does; the CLI tools do not).
+    pub requests: StorageRequests,
 }
 
 /// Resolves `args` (connection string, account, or the emulator default) and builds the clients.
@@ -92,7 +102,12 @@ fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
         auth,
         timeout,
     } = resolved;
-    let authorisation = authorisation(&info.account, &auth)?;
+    let mut authorisation = authorisation(&info.account, &auth)?;
+    let requests = StorageRequests::default();
+    // Last of the per-try policies, so it sees each try as it goes to the transport.
+    authorisation
+        .per_try
+        .push(CountRequests::policy(requests.clone()));
     let options = ClientOptions {
         per_call_policies: authorisation.per_call,
         per_try_policies: authorisation.per_try,
@@ -114,6 +129,7 @@ fn build(resolved: Resolved) -> Result<Connection, ConnectError> {
         queues: Arc::new(queues),
         blobs: Arc::new(blobs),
         info,
+        requests,
     })
 }
 
@@ -385,7 +401,10 @@ impl Queue for AzureQueue {
             Op::CreateQueue,
             &self.name,
             false,
-            self.client.create(None),
+            self.client.create(Some(QueueClientCreateOptions {
+                method_options: labelled(Op::CreateQueue),
+                ..Default::default()
+            })),
         )
         .await
         {
@@ -401,6 +420,7 @@ impl Queue for AzureQueue {
         // Time-to-live -1: Azure's default of 7 days would silently drop a backlog.
         let opts = QueueClientSendMessageOptions {
             message_time_to_live: Some(-1),
+            method_options: labelled(op),
             ..Default::default()
         };
         let sent = bounded(self.timeout, op, &self.name, false, async {
@@ -423,6 +443,7 @@ impl Queue for AzureQueue {
             number_of_messages: Some(n),
             // The service's minimum for Get Messages is 1 s.
             visibility_timeout: Some(secs_ceil(visibility).max(1)),
+            method_options: labelled(op),
             ..Default::default()
         };
         let got = bounded(self.timeout, op, &self.name, false, async {
@@ -459,7 +480,10 @@ impl Queue for AzureQueue {
     ) -> Result<PopReceipt, StorageError> {
         let op = Op::Update;
         let target = format!("{}/{}", self.name, id);
-        let mut opts = QueueClientUpdateMessageOptions::default();
+        let mut opts = QueueClientUpdateMessageOptions {
+            method_options: labelled(op),
+            ..Default::default()
+        };
         if let Some(t) = new_text {
             opts.queue_message =
                 Some(message_body(t).map_err(|e| classify(&e, op, &target, true))?);
@@ -501,7 +525,13 @@ impl Queue for AzureQueue {
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
         let target = format!("{}/{}", self.name, id);
         bounded(self.timeout, Op::Delete, &target, true, async {
-            self.client.delete_message(&id.0, &receipt.0, None).await
+            let opts = QueueClientDeleteMessageOptions {
+                method_options: labelled(Op::Delete),
+                ..Default::default()
+            };
+            self.client
+                .delete_message(&id.0, &receipt.0, Some(opts))
+                .await
         })
         .await
         .map(|_| ())
@@ -512,6 +542,7 @@ impl Queue for AzureQueue {
         let n = check_max(op, &self.name, max)?;
         let opts = QueueClientPeekMessagesOptions {
             number_of_messages: Some(n),
+            method_options: labelled(op),
             ..Default::default()
         };
         let got = bounded(self.timeout, op, &self.name, false, async {
@@ -538,7 +569,11 @@ impl Queue for AzureQueue {
             op,
             &self.name,
             false,
-            self.client.get_properties(None),
+            self.client
+                .get_properties(Some(QueueClientGetPropertiesOptions {
+                    method_options: labelled(op),
+                    ..Default::default()
+                })),
         )
         .await?;
         let n = rsp
@@ -608,7 +643,10 @@ impl BlobStore for AzureBlobStore {
             Op::CreateContainer,
             container,
             false,
-            c.create(None),
+            c.create(Some(BlobContainerClientCreateOptions {
+                method_options: labelled(Op::CreateContainer),
+                ..Default::default()
+            })),
         )
         .await
         {
@@ -619,15 +657,27 @@ impl BlobStore for AzureBlobStore {
     }
 
     async fn container_exists(&self, container: &str) -> Result<bool, StorageError> {
+        let op = Op::ContainerProperties;
         let c = self.service.blob_container_client(container);
-        bounded(
+        // The SDK's `exists()` sends Get Container Properties without options, so the request
+        // could not carry its label: the same call, with the 404 mapped here.
+        let opts = BlobContainerClientGetPropertiesOptions {
+            method_options: labelled(op),
+            ..Default::default()
+        };
+        match bounded(
             self.timeout,
-            Op::ContainerProperties,
+            op,
             container,
             false,
-            c.exists(),
+            c.get_properties(Some(opts)),
         )
         .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn properties(&self, path: &BlobPath) -> Result<BlobProperties, StorageError> {
@@ -638,7 +688,11 @@ impl BlobStore for AzureBlobStore {
             op,
             &target,
             false,
-            self.blob(path).get_properties(None),
+            self.blob(path)
+                .get_properties(Some(BlobClientGetPropertiesOptions {
+                    method_options: labelled(op),
+                    ..Default::default()
+                })),
         )
         .await?;
         let map = |e: azure_core::Error| classify(&e, op, &target, false);
@@ -673,6 +727,8 @@ impl BlobStore for AzureBlobStore {
             if_match: if_match.map(|t| Etag::from(t.0.as_str())),
             parallel: NonZero::new(opts.parallel.max(1)),
             partition_size: NonZero::new(opts.partition_bytes.max(1)),
+            // Cloned into every range request, so each range is counted as a download.
+            method_options: labelled(op),
             ..Default::default()
         };
         let result = bounded(
@@ -706,6 +762,7 @@ impl BlobStore for AzureBlobStore {
             metadata: metadata_map(&opts.metadata),
             // One partition as large as the body: a single Put Blob request.
             partition_size: NonZero::new(len.max(1)),
+            method_options: labelled(op),
             ..Default::default()
         };
         let client = self.blob(path).block_blob_client();
@@ -743,6 +800,11 @@ impl BlobStore for AzureBlobStore {
         let c = self.service.blob_container_client(container);
         let opts = BlobContainerClientListBlobsOptions {
             prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+            // Each page's request carries the pager's context.
+            method_options: PagerOptions {
+                context: labelled(op).context,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let pager = c
@@ -776,7 +838,10 @@ impl BlobStore for AzureBlobStore {
             Op::DeleteBlob,
             &target,
             false,
-            self.blob(path).delete(None),
+            self.blob(path).delete(Some(BlobClientDeleteOptions {
+                method_options: labelled(Op::DeleteBlob),
+                ..Default::default()
+            })),
         )
         .await
         .map(|_| ())
@@ -807,7 +872,11 @@ impl BlockUpload for AzureBlockUpload {
         let len = block.len() as u64;
         let client = self.client.block_blob_client();
         bounded(self.timeout, Op::StageBlock, &self.target, false, async {
-            client.stage_block(&id, len, block.into(), None).await
+            let opts = BlockBlobClientStageBlockOptions {
+                method_options: labelled(Op::StageBlock),
+                ..Default::default()
+            };
+            client.stage_block(&id, len, block.into(), Some(opts)).await
         })
         .await?;
         self.ids.push(id);
@@ -833,6 +902,7 @@ impl BlockUpload for AzureBlockUpload {
             blob_content_type: self.opts.content_type.clone(),
             blob_content_md5: self.content_md5.map(|m| m.to_vec()),
             metadata: metadata_map(&self.opts.metadata),
+            method_options: labelled(op),
             ..Default::default()
         };
         let client = self.client.block_blob_client();

@@ -1,0 +1,191 @@
+//! Issue 14: `rollq_storage_requests_total{op}` against what really went over the wire. A
+//! worker runs through an HTTP proxy on both endpoints (blob and queue); its counter, summed
+//! over ops, must equal the requests the proxies saw, SDK retries of 503s included, and the
+//! per-op series must match the proxies' request kinds.
+
+use std::time::Duration;
+
+use rollq::storage::Op;
+
+use crate::support::HttpProxy;
+use crate::support::http_proxy::{Action, Kind, Rule, Seen, When};
+use crate::support::{Azurite, unique_name};
+use crate::worker_support::*;
+
+/// One-day files: 1,440 one-minute rows, as in the issue's figures.
+const ROWS: u64 = 1440;
+
+/// The worker's counter for `op`.
+fn requests(scrape: &prometheus_parse::Scrape, op: &str) -> u64 {
+    sample(scrape, "rollq_storage_requests_total", &[("op", op)]).unwrap_or(0.0) as u64
+}
+
+/// The worker's counter summed over every `op` label (`other` included).
+fn requests_total(scrape: &prometheus_parse::Scrape) -> u64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "rollq_storage_requests_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A scrape and the proxies' request lists taken at one quiet moment.
+///
+/// The worker counts a request before sending it, so at any instant the proxies have seen
+/// at most what the counter says. Reading the proxies, then the counter, then the proxies
+/// again, and finding all three equal means that at the scrape every counted request had
+/// arrived: an exact comparison without stopping the worker's idle polling. Retried until
+/// such a moment comes (the worker idles between polls).
+async fn quiet_snapshot(
+    worker: &WorkerProc,
+    proxies: &[&HttpProxy],
+) -> (prometheus_parse::Scrape, Vec<Seen>) {
+    let seen = |ps: &[&HttpProxy]| -> Vec<Seen> { ps.iter().flat_map(|p| p.seen()).collect() };
+    let mut last = (0, 0, 0);
+    for _ in 0..200 {
+        let before = seen(proxies).len();
+        let scrape = worker.metrics().await;
+        let after = seen(proxies);
+        let counted = requests_total(&scrape);
+        if before as u64 == counted && after.len() == before {
+            return (scrape, after);
+        }
+        last = (before, counted, after.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no quiet moment: proxies saw {} then {}, the worker counted {}",
+        last.0, last.2, last.1
+    );
+}
+
+fn of_kind(seen: &[Seen], kind: Kind) -> u64 {
+    seen.iter().filter(|s| s.kind == kind).count() as u64
+}
+
+/// Queues `n` one-day files, runs a worker through proxies with `blob_rules` and
+/// `queue_rules`, waits for every file to complete, and checks the counter against the
+/// proxies. Returns the requests counted, the files completed and what the proxies saw.
+async fn run_and_compare(
+    tag: &str,
+    n: u64,
+    blob_rules: Vec<Rule>,
+    queue_rules: Vec<Rule>,
+) -> (u64, u64, Vec<Seen>) {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let prefix = unique_name(tag);
+    let mut want = Vec::new();
+    for i in 0..n {
+        let body = seed_csv(i, ROWS);
+        want.push(expected_output(&body));
+        let name = format!("{prefix}-{i}.csv");
+        upload(&conn.blobs, &container, &name, body).await;
+        queue.send(&name).await.unwrap();
+    }
+    let blob_proxy = HttpProxy::start(az.blob_addr(), 14, blob_rules);
+    let queue_proxy = HttpProxy::start(az.queue_addr(), 15, queue_rules);
+    let worker = WorkerProc::spawn_with(
+        az.rollq_via(blob_proxy.addr(), queue_proxy.addr()),
+        queue.name(),
+        &container,
+        &["--storage-timeout", "10s"],
+    );
+    eventually("every file completed", PATIENCE, || async {
+        let m = worker.metrics().await;
+        let done = sample(&m, "rollq_messages_total", &[("outcome", "completed")])?;
+        (done as u64 == n).then_some(())
+    })
+    .await;
+    for (i, want) in want.iter().enumerate() {
+        let got = download(
+            &conn.blobs,
+            &container,
+            &format!("{prefix}-{i}_aggregated.csv"),
+        )
+        .await;
+        assert!(got.as_ref() == Some(want), "output {i} missing or wrong");
+    }
+
+    let (m, seen) = quiet_snapshot(&worker, &[&blob_proxy, &queue_proxy]).await;
+    let total = requests_total(&m);
+    assert_eq!(
+        total,
+        seen.len() as u64,
+        "the counter equals the requests that reached storage"
+    );
+    assert_eq!(requests(&m, "other"), 0, "every request carries its op");
+    // Labelled by the operation that sent them: each kind the proxy tells apart matches.
+    for (op, kind) in [
+        (Op::Download, Kind::BlobGet),
+        (Op::Receive, Kind::Receive),
+        (Op::Delete, Kind::Delete),
+        (Op::Peek, Kind::Peek),
+        (Op::StageBlock, Kind::PutBlock),
+        (Op::CommitBlockList, Kind::PutBlockList),
+    ] {
+        assert_eq!(
+            requests(&m, op.as_str()),
+            of_kind(&seen, kind),
+            "{op} requests vs the proxy's {kind:?}"
+        );
+    }
+    assert!(
+        requests(&m, Op::Download.as_str()) >= n,
+        "at least one download per file"
+    );
+    let completed = sample(&m, "rollq_messages_total", &[("outcome", "completed")]).unwrap();
+    let mut by_op: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "rollq_storage_requests_total")
+        .filter_map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => return None,
+            };
+            (v > 0.0).then(|| format!("{}={v}", s.labels.get("op").unwrap_or("?")))
+        })
+        .collect();
+    by_op.sort();
+    // A figure to read, not a threshold: it includes the start-up check and idle polls.
+    println!(
+        "{tag}: {total} storage requests for {completed} completed files = {:.2} per file ({})",
+        total as f64 / completed,
+        by_op.join(", ")
+    );
+    (total, completed as u64, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_counted_equal_requests_sent() {
+    run_and_compare("reqs", 20, Vec::new(), Vec::new()).await;
+}
+
+/// The same with the proxies answering some requests 503 themselves: the SDK retries them,
+/// and every try is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_retries_are_counted_per_try() {
+    let busy = |kind| Rule {
+        kind,
+        when: When::FirstN(3),
+        action: Action::Answer {
+            status: 503,
+            retry_after: None,
+        },
+    };
+    let (_, _, seen) = run_and_compare(
+        "reqs503",
+        6,
+        vec![busy(Kind::BlobGet)],
+        vec![busy(Kind::Receive), busy(Kind::Delete)],
+    )
+    .await;
+    let answered = seen.iter().filter(|s| s.action.is_some()).count();
+    assert_eq!(answered, 9, "every injected 503 was sent, and so counted");
+}
