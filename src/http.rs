@@ -43,8 +43,9 @@ struct ReadinessInner {
     unready_after: Duration,
     initialized: AtomicBool,
     draining: AtomicBool,
-    /// The worker stopped receiving because storage is unusable for every message. Unready at
-    /// once, not after `unready_after`: a failed probe has confirmed the outage, and a paused
+    /// The worker stopped receiving because storage is unusable for every message (an outage,
+    /// or the main queue or `--container` missing). Unready at once, not after
+    /// `unready_after`: a failed probe has confirmed the outage, and a paused
     /// replica does no work whatever its other calls say (with only the blob endpoint down,
     /// queue calls still succeed and would keep `failing_since` at 0).
     paused: AtomicBool,

@@ -155,6 +155,15 @@ impl StorageError {
         self.kind == ErrorKind::NotFound && self.status_and_code().1 == Some("ContainerNotFound")
     }
 
+    /// The container a [`StorageError::is_missing_container`] failure is about: the first
+    /// segment of the target (`container` or `container/blob`); `None` for other failures.
+    pub fn missing_container(&self) -> Option<&str> {
+        if !self.is_missing_container() {
+            return None;
+        }
+        self.target.split('/').next().filter(|c| !c.is_empty())
+    }
+
     /// The status and service error code the adapter wrote into `message`
     /// (`HTTP 503 ServerBusy`); `None`s for transport errors.
     fn status_and_code(&self) -> (Option<u16>, Option<&str>) {
@@ -276,6 +285,24 @@ mod tests {
         ] {
             assert_eq!(e.is_account_wide(), wide, "{e}");
         }
+    }
+
+    #[test]
+    fn a_missing_container_is_named_from_the_target() {
+        let e = |op, target: &str, message: &str| {
+            StorageError::new(ErrorKind::NotFound, op, target, message)
+        };
+        let blob = e(Op::BlobProperties, "in/a.csv", "HTTP 404 ContainerNotFound");
+        assert_eq!(blob.missing_container(), Some("in"));
+        let container = e(Op::ContainerProperties, "in", "HTTP 404 ContainerNotFound");
+        assert_eq!(container.missing_container(), Some("in"));
+        // A missing blob, or a missing queue, is no missing container.
+        let missing_blob = e(Op::BlobProperties, "in/a.csv", "HTTP 404 BlobNotFound");
+        assert_eq!(missing_blob.missing_container(), None);
+        assert_eq!(
+            e(Op::Receive, "q", "HTTP 404 QueueNotFound").missing_container(),
+            None
+        );
     }
 
     #[test]

@@ -341,7 +341,13 @@ impl Worker {
     async fn defer(&self, lease: Lease, envelope: &Envelope, e: JobError) -> Outcome {
         let retry_after = match &e {
             JobError::Storage(se) => {
-                if se.is_account_wide() {
+                // A missing `--container` stops every message as surely as an outage: each
+                // would only be deferred again, so it pauses the loop too (the probe then asks
+                // for that container). A missing `--allowed-containers` one does not: messages
+                // naming the other containers still work, so only its own are deferred.
+                let missing_input =
+                    se.missing_container() == Some(self.ctx.settings.container.as_str());
+                if se.is_account_wide() || missing_input {
                     self.ctx.pause.report(se);
                 }
                 se.retry_after

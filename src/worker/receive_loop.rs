@@ -20,7 +20,7 @@ use super::backoff::{ProbeBackoff, Suspect};
 use super::envelope::Envelope;
 use crate::metrics::OutcomeLabel;
 use crate::shutdown::Shutdown;
-use crate::storage::{Op, Received, Service, StorageError};
+use crate::storage::{ErrorKind, Op, Received, Service, StorageError};
 
 /// Azure returns at most 32 messages per receive.
 const MAX_BATCH: usize = 32;
@@ -227,7 +227,9 @@ impl Worker {
     /// stop receiving (messages in flight meet the failure and are deferred as usual), turn
     /// `/readyz` 503, and probe with [`ProbeBackoff`] until a probe succeeds or a stop comes.
     /// A probe that succeeds at once means the failure was one blob's after all (a reset
-    /// mid-read, a hot partition answering `ServerBusy`): no pause, `None`.
+    /// mid-read, a hot partition answering `ServerBusy`) or a 404 that did not last: no
+    /// pause, `None`. A missing main queue or `--container` pauses the same way; the log
+    /// lines then name what is missing and when it exists again.
     async fn pause(
         &self,
         state: &mut LoopState,
@@ -235,18 +237,30 @@ impl Worker {
         suspect: Suspect,
     ) -> Option<Step> {
         let ctx = &self.ctx;
-        let Err(mut failed) = self.probe(suspect.service).await else {
+        let Err(mut failed) = self.probe(&suspect).await else {
             tracing::debug!(error.message = %suspect.error, "a probe succeeded: not pausing");
             return None;
         };
         let since = Instant::now();
         let service = service_name(suspect.service);
-        tracing::warn!(
-            service,
-            error.message = %suspect.error,
-            probe.error = %failed,
-            "storage unusable for every message; pausing: no receives until a probe succeeds"
-        );
+        // Named from the probe that confirmed the pause, so the line says what an operator
+        // must recreate (the queue or container), not just that storage failed.
+        let missing = missing_resource(&failed);
+        match &missing {
+            Some(what) => tracing::warn!(
+                service,
+                missing = %what,
+                error.message = %suspect.error,
+                probe.error = %failed,
+                "{what} is missing; pausing: no receives until it exists again"
+            ),
+            None => tracing::warn!(
+                service,
+                error.message = %suspect.error,
+                probe.error = %failed,
+                "storage unusable for every message; pausing: no receives until a probe succeeds"
+            ),
+        }
         ctx.readiness.set_paused(true);
         ctx.metrics.paused(true);
         let mut backoff = ProbeBackoff::new();
@@ -259,19 +273,26 @@ impl Worker {
                 }
                 _ = tokio::time::sleep(delay) => {}
             }
-            match self.probe(suspect.service).await {
+            match self.probe(&suspect).await {
                 Ok(()) => break Step::Wait,
                 Err(e) => failed = e,
             }
         };
         ctx.readiness.set_paused(false);
         ctx.metrics.paused(false);
-        if matches!(end, Step::Wait) {
-            tracing::info!(
+        match (&end, &missing) {
+            (Step::Wait, Some(what)) => tracing::info!(
+                service,
+                missing = %what,
+                paused_for = ?since.elapsed(),
+                "{what} exists again; resuming"
+            ),
+            (Step::Wait, None) => tracing::info!(
                 service,
                 paused_for = ?since.elapsed(),
                 "storage answers again; resuming"
-            );
+            ),
+            _ => {}
         }
         // Jobs that met the same outage while paused reported it: that is this pause.
         let _ = ctx.pause.take();
@@ -279,23 +300,39 @@ impl Worker {
         Some(end)
     }
 
-    /// One call to `service` that leases nothing: Get Queue Metadata, or Get Container
-    /// Properties of `--container` (the container start-up checked: a message naming a
-    /// container the worker may not read must not keep every other message waiting). Storage
-    /// is usable again when the call answers anything but an account-wide failure (a missing
-    /// container is an answer).
-    async fn probe(&self, service: Service) -> Result<(), StorageError> {
+    /// One call to the suspect's service that leases nothing: Get Queue Metadata, or Get
+    /// Container Properties of `--container` (the container start-up checked: a message
+    /// naming a container the worker may not read must not keep every other message
+    /// waiting). Storage is usable again when the call answers anything but an account-wide
+    /// failure. A missing container is an answer, except when the suspect is that container
+    /// missing: then the probe fails until it exists again (a missing queue is account-wide
+    /// by itself).
+    async fn probe(&self, suspect: &Suspect) -> Result<(), StorageError> {
         let ctx = &self.ctx;
-        let r = match service {
+        let r = match suspect.service {
             Service::Queue => {
                 let r = ctx.queue.approximate_count().await;
                 ctx.observer.record(Op::QueueProperties, &r);
                 r.map(drop)
             }
             Service::Blob => {
-                let r = ctx.blobs.container_exists(&ctx.settings.container).await;
+                let missing = suspect.error.missing_container();
+                let container = missing.unwrap_or(&ctx.settings.container);
+                let r = ctx.blobs.container_exists(container).await;
                 ctx.observer.record(Op::ContainerProperties, &r);
-                r.map(drop)
+                match r {
+                    // `container_exists` turned the service's 404 into `false`; as an error
+                    // again it is the same failure the suspect met.
+                    Ok(false) if missing.is_some() => {
+                        return Err(StorageError::new(
+                            ErrorKind::NotFound,
+                            Op::ContainerProperties,
+                            container,
+                            "HTTP 404 ContainerNotFound",
+                        ));
+                    }
+                    r => r.map(drop),
+                }
             }
         };
         match r {
@@ -425,6 +462,18 @@ impl Worker {
 /// [`RELEASE_GRACE`]. Nothing on the way out is awaited beyond it.
 fn release_deadline(stopped_at: Instant, drain_timeout: Duration) -> Instant {
     stopped_at + drain_timeout + RELEASE_GRACE
+}
+
+/// What a confirming probe found missing, for the pause's log lines: `queue NAME` or
+/// `container NAME`; `None` for an outage.
+fn missing_resource(e: &StorageError) -> Option<String> {
+    if e.kind != ErrorKind::NotFound {
+        return None;
+    }
+    Some(match e.op.service() {
+        Service::Queue => format!("queue {}", e.target),
+        Service::Blob => format!("container {}", e.missing_container().unwrap_or(&e.target)),
+    })
 }
 
 /// The service's name in the pause's log lines.

@@ -1362,3 +1362,68 @@ async fn a_missing_allowed_container_defers_the_message_until_it_returns() {
         "{outcome:?}"
     );
 }
+
+/// A missing `--container` is reported for a pause, but a 404 that does not last (the
+/// container exists again when the probe asks) pauses nothing and never touches readiness;
+/// the deferred message completes.
+#[tokio::test]
+async fn a_missing_input_container_that_returns_before_the_probe_pauses_nothing() {
+    let f = Fixture::new(|s| {
+        s.retry_delay = Duration::from_millis(20);
+        s.max_retry_delay = Duration::from_millis(80);
+        s.max_poll_interval = Duration::from_millis(50);
+        s.exit_when_idle = Some(Duration::from_millis(200));
+    })
+    .await;
+    f.blobs.delete_container("in");
+    let outcome = f.send_and_process("t.csv").await;
+    assert!(
+        matches!(&outcome, Outcome::Retried(JobError::Storage(e)) if e.is_missing_container()),
+        "{outcome:?}"
+    );
+    let reported = f.worker.ctx.pause.take().expect("reported for a pause");
+    assert_eq!(reported.error.missing_container(), Some("in"));
+    f.worker.ctx.pause.report(&reported.error);
+
+    f.blobs.create_container_if_missing("in").await.unwrap();
+    f.put("t.csv", "h\n1\n").await;
+    let end = tokio::time::timeout(Duration::from_secs(30), f.worker.run(Shutdown::new()))
+        .await
+        .expect("finishes and exits when idle");
+    assert_eq!(end, RunEnd::Idle);
+    assert_eq!(f.metrics.pause_count(), 0, "the probe found the container");
+    assert!(f.readiness.is_ready());
+    assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
+    assert!(f.poison_texts().is_empty());
+}
+
+/// A `--container` that stays missing pauses the loop (`/readyz` 503 at once: the probe
+/// confirmed it), and the loop resumes when the container exists again.
+#[tokio::test]
+async fn a_missing_input_container_pauses_until_it_exists_again() {
+    let f = Fixture::new(|s| {
+        s.retry_delay = Duration::from_millis(20);
+        s.max_retry_delay = Duration::from_millis(80);
+        s.max_poll_interval = Duration::from_millis(50);
+        s.exit_when_idle = Some(Duration::from_millis(200));
+    })
+    .await;
+    f.blobs.delete_container("in");
+    f.queue.send("t.csv").await.unwrap();
+    let run = tokio::spawn({
+        let worker = f.worker.clone();
+        async move { worker.run(Shutdown::new()).await }
+    });
+    until("the pause (readiness 503)", || !f.readiness.is_ready()).await;
+    assert_eq!(f.metrics.pause_count(), 1);
+    f.blobs.create_container_if_missing("in").await.unwrap();
+    f.put("t.csv", "h\n1\n").await;
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("resumes, finishes and exits when idle")
+        .unwrap();
+    assert_eq!(end, RunEnd::Idle);
+    assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
+    assert!(f.readiness.is_ready(), "ready again after the pause");
+    assert!(f.poison_texts().is_empty());
+}

@@ -18,6 +18,7 @@ mod worker_brownout;
 mod worker_failures;
 mod worker_lease;
 mod worker_memory;
+mod worker_missing;
 mod worker_outage;
 mod worker_races;
 mod worker_reads;
