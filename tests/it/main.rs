@@ -23,5 +23,6 @@ mod worker_outage;
 mod worker_races;
 mod worker_reads;
 mod worker_requests;
+mod worker_restart;
 mod worker_shutdown;
 mod worker_support;

@@ -2,11 +2,15 @@
 //! ports for one test, and kills it when the handle drops.
 //!
 //! Each test owns its own instance: no shared state between tests, and no orphan process (the
-//! child is `node` itself, never `npx`, so killing it stops the server).
+//! child is `node` itself, never `npx`, so killing it stops the server). A test that restarts
+//! the emulator keeps its data on disk ([`Azurite::start_on_disk`], in a [`DataDir`]), stops
+//! it with SIGTERM so it flushes ([`Azurite::terminate`]), and starts it again on the same
+//! directory; the new instance has new ports, so such a test reaches it through proxies it can
+//! retarget ([`super::TcpProxy::retarget`]).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,6 +43,36 @@ impl Azurite {
     /// [`Azurite::start`] with `devstoreaccount1` keyed by `key` (base64), through the
     /// emulator's `AZURITE_ACCOUNTS` variable.
     pub fn start_with_key(key: &str) -> Azurite {
+        Self::spawn(key, None)
+    }
+
+    /// [`Azurite::start`] with its data in `dir` (`--location`) instead of in memory: a later
+    /// instance started on the same directory finds every queue, message and blob this one
+    /// had when it was [terminated](Azurite::terminate).
+    pub fn start_on_disk(dir: &DataDir) -> Azurite {
+        Self::spawn(DEV_KEY, Some(dir.path()))
+    }
+
+    /// Stops the emulator with SIGTERM (sent to this child only, by its pid) and waits for it
+    /// to exit: Azurite closes its servers and saves its databases on SIGTERM, where a kill
+    /// would lose what its autosave had not written yet. Panics if it does not exit in time.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM azurite failed");
+        let deadline = Instant::now() + START_DEADLINE;
+        while self.child.try_wait().expect("try_wait azurite").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "Azurite did not exit within {START_DEADLINE:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn(key: &str, location: Option<&Path>) -> Azurite {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let script = root.join("node_modules/azurite/dist/src/azurite.js");
         assert!(
@@ -47,12 +81,16 @@ impl Azurite {
              (scripts/test.sh does)",
             script.display()
         );
-        let mut child = Command::new("node")
-            .arg(&script)
+        let mut cmd = Command::new("node");
+        cmd.arg(&script);
+        match location {
+            Some(dir) => cmd.arg("--location").arg(dir),
+            None => cmd.arg("--inMemoryPersistence"),
+        };
+        let mut child = cmd
             .args([
                 "--silent",
                 "--disableTelemetry",
-                "--inMemoryPersistence",
                 "--blobHost",
                 "127.0.0.1",
                 "--blobPort",
@@ -231,6 +269,32 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A fresh directory for an emulator's data ([`Azurite::start_on_disk`]), removed on drop.
+/// Drop it after the emulators that use it.
+pub struct DataDir {
+    path: PathBuf,
+}
+
+impl DataDir {
+    /// Creates `<temp>/rollq-azurite-<random>`.
+    pub fn create() -> DataDir {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let path = std::env::temp_dir().join(format!("rollq-azurite-{}", &id[..12]));
+        std::fs::create_dir_all(&path).expect("create the Azurite data directory");
+        DataDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

@@ -4,7 +4,9 @@
 //! server has sent a given number of bytes (a transfer broken at a known point).
 //!
 //! Plain threads, so it works under any test runtime. While cut, every open connection is shut
-//! down and new ones are closed as soon as they are accepted.
+//! down and new ones are closed as soon as they are accepted. Its target can be switched
+//! ([`TcpProxy::retarget`]): a restarted emulator listens on new ports, and the proxy keeps
+//! the address the worker was given.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,7 +25,8 @@ struct Faults {
 }
 
 struct State {
-    target: SocketAddr,
+    /// Where new connections go; switched by [`TcpProxy::retarget`].
+    target: Mutex<SocketAddr>,
     faults: Faults,
     up: AtomicBool,
     stop: AtomicBool,
@@ -83,7 +86,7 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let state = Arc::new(State {
-            target,
+            target: Mutex::new(target),
             faults,
             up: AtomicBool::new(true),
             stop: AtomicBool::new(false),
@@ -101,7 +104,8 @@ impl TcpProxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(st.target) else {
+                let target = *st.target.lock().unwrap();
+                let Ok(server) = TcpStream::connect(target) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
@@ -130,6 +134,12 @@ impl TcpProxy {
     /// Forwards connections again.
     pub fn restore(&self) {
         self.state.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends new connections to `target` from now on (open ones stay where they are: cut
+    /// first to move everything).
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.state.target.lock().unwrap() = target;
     }
 
     /// Whether the proxy is cut (by [`TcpProxy::cut`] or by reaching its byte limit).
