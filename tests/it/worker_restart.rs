@@ -154,6 +154,7 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
     assert_eq!(outputs.len() as u64, 2 * MESSAGES, "{outputs:?}");
 
     let mut total = 0.0;
+    let mut lost_deletes = 0.0;
     for (w, pid) in workers.iter_mut().zip(pids) {
         assert!(w.alive(), "worker {pid} died in the restart");
         eventually("ready again", PATIENCE, || async {
@@ -164,21 +165,30 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
         assert!(!log.contains("message poisoned"), "{log}");
         // Each worker met the restart (it is not a run that happened to miss it).
         let m = w.metrics().await;
-        let errors: f64 = m
-            .samples
-            .iter()
-            .filter(|s| s.metric == "rollq_storage_errors_total")
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum();
-        assert!(errors > 0.0, "worker {pid} saw no storage error: {log}");
+        let errors = |op: Option<&str>| -> f64 {
+            m.samples
+                .iter()
+                .filter(|s| s.metric == "rollq_storage_errors_total")
+                .filter(|s| op.is_none_or(|op| s.labels.get("op") == Some(op)))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        assert!(
+            errors(None) > 0.0,
+            "worker {pid} saw no storage error: {log}"
+        );
+        lost_deletes += errors(Some("delete"));
         total += finished(w).await;
     }
+    // Every message ended completed or skipped, except one whose Delete failed in the restart
+    // after its output was committed: Azurite may have applied that delete before SIGTERM
+    // (then the message never returns, and its output is checked above).
     assert!(
-        total >= MESSAGES as f64,
-        "completed + skipped = {total} < {MESSAGES} submitted"
+        total + lost_deletes >= MESSAGES as f64,
+        "completed + skipped = {total}, failed deletes {lost_deletes}, < {MESSAGES} submitted"
     );
     drop(az2);
     drop(az);
