@@ -23,4 +23,5 @@ mod worker_races;
 mod worker_reads;
 mod worker_requests;
 mod worker_shutdown;
+mod worker_soak;
 mod worker_support;
