@@ -264,7 +264,26 @@ impl Worker {
                 }
                 Outcome::Retried(JobError::LeaseUncertain)
             }
-            (Err(e), _) if e.receipt_failure() == ReceiptFailure::Lost => Outcome::LeaseLost,
+            // The receipt was current (the lease was not uncertain) and the output is
+            // committed, so the work is done whatever the refusal means: usually our own
+            // Delete, an earlier try applied and its answer lost, the SDK's retry meeting 404
+            // (the soak shows it), and then no redelivery will ever count the message. Should
+            // another consumer hold it after our lease lapsed, it finds the output current and
+            // counts it too, which at-least-once allows. Before, this counted `retried` and
+            // completed + skipped fell short of the messages submitted.
+            (Err(e), done) if e.receipt_failure() == ReceiptFailure::Lost => {
+                tracing::info!(
+                    error.message = %e,
+                    "delete refused after the output was committed (an earlier try applied, or another consumer holds the message): done"
+                );
+                match done {
+                    Done::Written(report) => {
+                        self.ctx.metrics.rows(report.rows, report.bad_rows);
+                        Outcome::Completed { rows: report.rows }
+                    }
+                    Done::Skipped(why) => Outcome::Skipped(why),
+                }
+            }
             // The output exists: the redelivery will find it and skip the work (also when
             // the delete's answer was lost and it may have been applied).
             (Err(e), _) => Outcome::Retried(JobError::Storage(e)),

@@ -183,6 +183,10 @@ struct Counters {
     /// Messages in Get Messages responses passed on to the client whole (a 2xx answer
     /// forwarded, or delayed, with its body intact): what the workers were handed.
     delivered_messages: usize,
+    /// kind → requests whose client had closed its connection before the answer could be
+    /// passed on (the client's own timeout, e.g. under injected latency): a failure the
+    /// client saw that neither the proxy's faults nor Azurite caused.
+    abandoned: HashMap<Kind, usize>,
 }
 
 struct State {
@@ -331,6 +335,12 @@ impl HttpProxy {
             .collect()
     }
 
+    /// Requests of `kind` whose client hung up before its answer was passed on.
+    pub fn abandoned(&self, kind: Kind) -> usize {
+        let c = self.state.counters.lock().unwrap();
+        c.abandoned.get(&kind).copied().unwrap_or(0)
+    }
+
     /// Messages handed to clients in whole Get Messages responses.
     pub fn delivered_messages(&self) -> usize {
         self.state.counters.lock().unwrap().delivered_messages
@@ -459,16 +469,46 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
             )
             | None => {}
         }
-        if upstream.is_none() {
-            let s = TcpStream::connect(st.target)?;
-            upstream = Some((BufReader::new(s.try_clone()?), s));
+        // Azurite closes a connection idle for 5 s; a client connection the SDK pooled for
+        // longer must not inherit that as a fault nobody injected: a closed upstream
+        // connection is replaced before the request goes out, and a reused one that ends
+        // before any answer (closed just as the request left; Azurite had not read it) is
+        // replaced and the request sent once more.
+        if upstream.as_ref().is_some_and(|(_, s)| closed(s)) {
+            upstream = None;
         }
-        let (up_reader, up_writer) = upstream.as_mut().expect("connected above");
-        up_writer.write_all(&req.head)?;
-        up_writer.write_all(&req.body)?;
-        let Some(resp) = read_message(up_reader, method == "HEAD")? else {
+        let mut resp = None;
+        for _ in 0..2 {
+            let fresh = upstream.is_none();
+            if fresh {
+                let s = TcpStream::connect(st.target)?;
+                upstream = Some((BufReader::new(s.try_clone()?), s));
+            }
+            let (up_reader, up_writer) = upstream.as_mut().expect("connected above");
+            up_writer.write_all(&req.head)?;
+            up_writer.write_all(&req.body)?;
+            match read_message(up_reader, method == "HEAD") {
+                Ok(Some(r)) => {
+                    resp = Some(r);
+                    break;
+                }
+                Ok(None) | Err(_) if !fresh => upstream = None,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(resp) = resp else {
             return Ok(());
         };
+        if closed(&to_client) {
+            *st.counters
+                .lock()
+                .unwrap()
+                .abandoned
+                .entry(kind)
+                .or_default() += 1;
+            return Ok(());
+        }
         let status = status_of(&resp);
         if status >= 300 {
             *st.counters
@@ -509,6 +549,15 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
             Some(a @ Action::Delay(d)) => {
                 st.injected(kind, a);
                 std::thread::sleep(d);
+                if closed(&to_client) {
+                    *st.counters
+                        .lock()
+                        .unwrap()
+                        .abandoned
+                        .entry(kind)
+                        .or_default() += 1;
+                    return Ok(());
+                }
             }
             _ => {}
         }
@@ -541,6 +590,22 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the peer has closed `s` (an orderly end of stream is waiting to be read); data
+/// waiting or nothing yet means open.
+fn closed(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let r = s.peek(&mut b);
+    let _ = s.set_nonblocking(false);
+    match r {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
 }
 
 /// A response's status code (0 when the status line is malformed).
