@@ -32,7 +32,8 @@ pub const AGE_BUCKETS: [f64; 14] = [
 /// How one message ended (`rollq_messages_total{outcome}`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum OutcomeLabel {
-    /// Output written (or found up to date) and the message deleted.
+    /// Output written (or found up to date) and the message deleted, or its Delete failed
+    /// after the output was committed (a redelivery, if any, ends skipped).
     Completed,
     /// Made visible again after a failure (or lost to another consumer).
     Retried,

@@ -264,10 +264,30 @@ impl Worker {
                 }
                 Outcome::Retried(JobError::LeaseUncertain)
             }
-            (Err(e), _) if e.receipt_failure() == ReceiptFailure::Lost => Outcome::LeaseLost,
-            // The output exists: the redelivery will find it and skip the work (also when
-            // the delete's answer was lost and it may have been applied).
-            (Err(e), _) => Outcome::Retried(JobError::Storage(e)),
+            // The output is committed, so the work is done whatever became of the Delete
+            // (the receipt was current: the lease was not uncertain). A refusal is usually
+            // our own Delete, an earlier try applied and its answer lost, the SDK's retry
+            // meeting 404; a failure may equally follow an applied try (the soak shows both).
+            // Then no redelivery will ever count the message, so it counts here. If the
+            // message does come back (the Delete was not applied, or another consumer holds
+            // it after our lease lapsed), that delivery finds the output current and counts
+            // it again, which at-least-once allows. Before, this counted `retried` and
+            // completed + skipped could fall short of the messages submitted.
+            (Err(e), done) => {
+                let lost = e.receipt_failure() == ReceiptFailure::Lost;
+                tracing::info!(
+                    error.message = %e,
+                    lost,
+                    "delete failed after the output was committed: done; a redelivery, if any, skips it"
+                );
+                match done {
+                    Done::Written(report) => {
+                        self.ctx.metrics.rows(report.rows, report.bad_rows);
+                        Outcome::Completed { rows: report.rows }
+                    }
+                    Done::Skipped(why) => Outcome::Skipped(why),
+                }
+            }
         }
     }
 

@@ -12,7 +12,8 @@ use crate::storage::Received;
 /// How one message ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Output written (or found up to date) and the message deleted.
+    /// Output written (or found up to date) and the message deleted, or its Delete failed
+    /// after the output was committed (a redelivery, if any, ends skipped).
     Completed { rows: u64 },
     /// Acknowledged without work.
     Skipped(String),

@@ -25,4 +25,5 @@ mod worker_reads;
 mod worker_requests;
 mod worker_restart;
 mod worker_shutdown;
+mod worker_soak;
 mod worker_support;

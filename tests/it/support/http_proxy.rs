@@ -2,12 +2,19 @@
 //! kind (receive, update, delete, blob GET, Put Block, Put Block List, HEAD, …) and, on the
 //! Nth request of a kind or at a seeded rate, forwards it and drops the response, holds it,
 //! resets the connection, answers 5xx itself with or without `Retry-After`, or passes on a
-//! well-framed response whose body was cut short (the framing rewritten to match).
+//! well-framed response whose body was cut short (the framing rewritten to match); or, as a
+//! fault injector for the soak, cuts the connection in the middle of the response head,
+//! delays the response, or sends fewer body bytes than its untouched `Content-Length` says.
+//! It counts the faults it injected and the errors Azurite itself answered, per kind.
 //!
 //! Plain threads and HTTP/1.1 only (what the SDK speaks to Azurite): one upstream connection
-//! per client connection, bodies framed by `content-length` or chunked. The rate rules draw
-//! from one `StdRng` seeded by the test, so a run is repeatable.
+//! per client connection, bodies framed by `content-length` or chunked. A rate rule decides
+//! the Nth request of a kind from the seed, the kind, N and the rule alone (not from a shared
+//! stream), so which requests are faulted does not depend on how concurrent requests of
+//! different kinds interleave: a run is repeatable from its seed.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +100,36 @@ pub enum Action {
     /// body changed (`d` → `d + 1 mod 10`), framing untouched: the right number of bytes, not
     /// the blob's (CSV stays valid, one value differs). Chunked bodies pass untouched.
     CorruptBody,
+    /// Forward it, then send the response's status line and the first half of its header
+    /// lines and close: the connection breaks while the response is arriving (the request was
+    /// applied), unlike [`Action::DropResponse`], where nothing comes back.
+    ResetMidResponse,
+    /// Forward it, then wait this long before passing the response on (latency on the way
+    /// back: the request was applied before the client sees anything, unlike
+    /// [`Action::Hold`]).
+    Delay(Duration),
+    /// Forward it and pass on the head untouched (its `Content-Length` still promising the
+    /// whole body) with only the first half of the body, then close: a body truncated in
+    /// transit, unlike [`Action::ShortBody`], which rewrites the framing to match. Responses
+    /// with a body under 2 bytes or without a `Content-Length` pass untouched.
+    TruncateBody,
+}
+
+impl Action {
+    /// A short name for this kind of fault, for counters and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::DropResponse => "drop response",
+            Action::Hold(_) => "hold",
+            Action::Reset => "reset",
+            Action::Answer { .. } => "answer",
+            Action::ShortBody(_) => "short body",
+            Action::CorruptBody => "corrupt body",
+            Action::ResetMidResponse => "reset mid-response",
+            Action::Delay(_) => "delay",
+            Action::TruncateBody => "truncate body",
+        }
+    }
 }
 
 /// How a [`Action::ShortBody`] response describes the bytes it kept.
@@ -113,7 +150,8 @@ pub enum When {
     Nth(usize),
     /// The first N requests of the kind.
     FirstN(usize),
-    /// Each request with this probability, drawn from the seeded generator.
+    /// Each request with this probability, decided from the seed, the kind, the request's
+    /// number within its kind and the rule's position.
     Rate(f64),
 }
 
@@ -133,11 +171,30 @@ pub struct Seen {
     pub action: Option<Action>,
 }
 
+/// What the proxy counted: faults actually injected, and Azurite's own error answers.
+#[derive(Default)]
+struct Counters {
+    /// (kind, [`Action::name`]) → faults injected. A rule that matched but left the response
+    /// untouched (a short-body rule on an error answer, say) is not counted here.
+    injected: HashMap<(Kind, &'static str), usize>,
+    /// (kind, status) → responses from Azurite with a status of 300 or more, whatever the
+    /// proxy then did with them.
+    upstream_errors: HashMap<(Kind, u16), usize>,
+    /// Messages in Get Messages responses passed on to the client whole (a 2xx answer
+    /// forwarded, or delayed, with its body intact): what the workers were handed.
+    delivered_messages: usize,
+    /// kind → requests whose client had closed its connection before the answer could be
+    /// passed on (the client's own timeout, e.g. under injected latency): a failure the
+    /// client saw that neither the proxy's faults nor Azurite caused.
+    abandoned: HashMap<Kind, usize>,
+}
+
 struct State {
     target: SocketAddr,
+    seed: u64,
     rules: Vec<Rule>,
-    rng: Mutex<StdRng>,
     seen: Mutex<Vec<Seen>>,
+    counters: Mutex<Counters>,
     stop: AtomicBool,
 }
 
@@ -149,19 +206,38 @@ impl State {
         let action = self
             .rules
             .iter()
-            .filter(|r| r.kind == kind)
-            .find(|r| match r.when {
+            .enumerate()
+            .filter(|(_, r)| r.kind == kind)
+            .find(|(i, r)| match r.when {
                 When::Nth(n) => nth == n,
                 When::FirstN(n) => nth <= n,
-                When::Rate(p) => self.rng.lock().unwrap().random_bool(p),
+                When::Rate(p) => self.draw(kind, nth, *i).random_bool(p),
             })
-            .map(|r| r.action);
+            .map(|(_, r)| r.action);
         seen.push(Seen {
             kind,
             target: target.to_owned(),
             action,
         });
         action
+    }
+
+    /// The generator for rule `rule` on the `nth` request of `kind`: a pure function of the
+    /// seed and those three, so concurrent clients cannot shift one another's draws.
+    fn draw(&self, kind: Kind, nth: usize, rule: usize) -> StdRng {
+        let mut h = DefaultHasher::new();
+        (self.seed, kind, nth, rule).hash(&mut h);
+        StdRng::seed_from_u64(h.finish())
+    }
+
+    fn injected(&self, kind: Kind, action: Action) {
+        *self
+            .counters
+            .lock()
+            .unwrap()
+            .injected
+            .entry((kind, action.name()))
+            .or_default() += 1;
     }
 }
 
@@ -180,9 +256,10 @@ impl HttpProxy {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             target,
+            seed,
             rules,
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
             seen: Mutex::default(),
+            counters: Mutex::default(),
             stop: AtomicBool::new(false),
         });
         let st = state.clone();
@@ -223,6 +300,50 @@ impl HttpProxy {
             of_kind.clone().count(),
             of_kind.filter(|s| s.action.is_some()).count(),
         )
+    }
+
+    /// Faults of this action's kind (its [`Action::name`]; durations and statuses are not told
+    /// apart) actually injected into requests of `kind`.
+    pub fn injected(&self, kind: Kind, action: Action) -> usize {
+        let c = self.state.counters.lock().unwrap();
+        c.injected.get(&(kind, action.name())).copied().unwrap_or(0)
+    }
+
+    /// Faults of any action injected into requests of `kind`.
+    pub fn injected_into(&self, kind: Kind) -> usize {
+        let c = self.state.counters.lock().unwrap();
+        c.injected
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Every (kind, action name) → faults injected, for reports.
+    pub fn injected_all(&self) -> HashMap<(Kind, &'static str), usize> {
+        self.state.counters.lock().unwrap().injected.clone()
+    }
+
+    /// Answers from Azurite itself with a status of 300 or more to requests of `kind`, by
+    /// status.
+    pub fn upstream_errors(&self, kind: Kind) -> HashMap<u16, usize> {
+        let c = self.state.counters.lock().unwrap();
+        c.upstream_errors
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|((_, status), n)| (*status, *n))
+            .collect()
+    }
+
+    /// Requests of `kind` whose client hung up before its answer was passed on.
+    pub fn abandoned(&self, kind: Kind) -> usize {
+        let c = self.state.counters.lock().unwrap();
+        c.abandoned.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Messages handed to clients in whole Get Messages responses.
+    pub fn delivered_messages(&self) -> usize {
+        self.state.counters.lock().unwrap().delivered_messages
     }
 }
 
@@ -313,7 +434,13 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
     while let Some(req) = read_message(&mut from_client, false)? {
         let mut words = req.first_line.split(' ');
         let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let action = st.decide(Kind::of(method, target), target);
+        let kind = Kind::of(method, target);
+        let action = st.decide(kind, target);
+        // Faults that act before or instead of forwarding are injected for sure; the others
+        // are counted once they changed a response.
+        if let Some(a @ (Action::Reset | Action::Answer { .. } | Action::Hold(_))) = action {
+            st.injected(kind, a);
+        }
         match action {
             Some(Action::Reset) => {
                 let _ = to_client.shutdown(Shutdown::Both);
@@ -332,32 +459,169 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 continue;
             }
             Some(Action::Hold(d)) => std::thread::sleep(d),
-            Some(Action::DropResponse | Action::ShortBody(_) | Action::CorruptBody) | None => {}
+            Some(
+                Action::DropResponse
+                | Action::ShortBody(_)
+                | Action::CorruptBody
+                | Action::ResetMidResponse
+                | Action::Delay(_)
+                | Action::TruncateBody,
+            )
+            | None => {}
         }
-        if upstream.is_none() {
-            let s = TcpStream::connect(st.target)?;
-            upstream = Some((BufReader::new(s.try_clone()?), s));
+        // Azurite closes a connection idle for 5 s; a client connection the SDK pooled for
+        // longer must not inherit that as a fault nobody injected: a closed upstream
+        // connection is replaced before the request goes out, and a reused one that ends
+        // before any answer (closed just as the request left; Azurite had not read it) is
+        // replaced and the request sent once more.
+        if upstream.as_ref().is_some_and(|(_, s)| closed(s)) {
+            upstream = None;
         }
-        let (up_reader, up_writer) = upstream.as_mut().expect("connected above");
-        up_writer.write_all(&req.head)?;
-        up_writer.write_all(&req.body)?;
-        let Some(resp) = read_message(up_reader, method == "HEAD")? else {
+        let mut resp = None;
+        for _ in 0..2 {
+            let fresh = upstream.is_none();
+            if fresh {
+                let s = TcpStream::connect(st.target)?;
+                upstream = Some((BufReader::new(s.try_clone()?), s));
+            }
+            let (up_reader, up_writer) = upstream.as_mut().expect("connected above");
+            up_writer.write_all(&req.head)?;
+            up_writer.write_all(&req.body)?;
+            match read_message(up_reader, method == "HEAD") {
+                Ok(Some(r)) => {
+                    resp = Some(r);
+                    break;
+                }
+                Ok(None) | Err(_) if !fresh => upstream = None,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(resp) = resp else {
             return Ok(());
         };
-        if action == Some(Action::DropResponse) {
-            // The server applied the request; the client sees its connection close.
-            let _ = to_client.shutdown(Shutdown::Both);
+        if closed(&to_client) {
+            *st.counters
+                .lock()
+                .unwrap()
+                .abandoned
+                .entry(kind)
+                .or_default() += 1;
             return Ok(());
         }
+        let status = status_of(&resp);
+        if status >= 300 {
+            *st.counters
+                .lock()
+                .unwrap()
+                .upstream_errors
+                .entry((kind, status))
+                .or_default() += 1;
+        }
+        match action {
+            Some(a @ Action::DropResponse) => {
+                // The server applied the request; the client sees its connection close.
+                st.injected(kind, a);
+                let _ = to_client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(a @ Action::ResetMidResponse) => {
+                // The status line and half the header lines, no blank line: the client is
+                // reading the head when the connection goes.
+                st.injected(kind, a);
+                let lines: Vec<&[u8]> = resp.head.split_inclusive(|&b| b == b'\n').collect();
+                let headers = lines.len().saturating_sub(2); // minus status line and blank
+                for line in &lines[..1 + headers / 2] {
+                    to_client.write_all(line)?;
+                }
+                let _ = to_client.flush();
+                let _ = to_client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(a @ Action::TruncateBody) if truncatable(&resp) => {
+                st.injected(kind, a);
+                to_client.write_all(&resp.head)?;
+                to_client.write_all(&resp.body[..resp.body.len() / 2])?;
+                let _ = to_client.flush();
+                let _ = to_client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some(a @ Action::Delay(d)) => {
+                st.injected(kind, a);
+                std::thread::sleep(d);
+                if closed(&to_client) {
+                    *st.counters
+                        .lock()
+                        .unwrap()
+                        .abandoned
+                        .entry(kind)
+                        .or_default() += 1;
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
         let resp = match action {
-            Some(Action::ShortBody(cut)) => cut_short(resp, cut)?,
-            Some(Action::CorruptBody) => corrupt(resp),
+            Some(a @ Action::ShortBody(cut)) => {
+                let before = resp.body.len();
+                let cut = cut_short(resp, cut)?;
+                if cut.body.len() != before {
+                    st.injected(kind, a);
+                }
+                cut
+            }
+            Some(a @ Action::CorruptBody) => {
+                let before = resp.body.clone();
+                let changed = corrupt(resp);
+                if changed.body != before {
+                    st.injected(kind, a);
+                }
+                changed
+            }
             _ => resp,
         };
         to_client.write_all(&resp.head)?;
         to_client.write_all(&resp.body)?;
+        if kind == Kind::Receive && (200..300).contains(&status) {
+            // Counted once the whole response is written: the client was handed these.
+            let body = String::from_utf8_lossy(&resp.body);
+            st.counters.lock().unwrap().delivered_messages +=
+                body.matches("<QueueMessage>").count();
+        }
     }
     Ok(())
+}
+
+/// Whether the peer has closed `s` (an orderly end of stream is waiting to be read); data
+/// waiting or nothing yet means open.
+fn closed(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let r = s.peek(&mut b);
+    let _ = s.set_nonblocking(false);
+    match r {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// A response's status code (0 when the status line is malformed).
+fn status_of(resp: &Message) -> u16 {
+    resp.first_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether [`Action::TruncateBody`] can cut this response: a body of at least 2 bytes framed
+/// by `Content-Length` (a chunked body is left alone).
+fn truncatable(resp: &Message) -> bool {
+    let head = String::from_utf8_lossy(&resp.head).to_ascii_lowercase();
+    resp.body.len() >= 2 && head.contains("content-length:") && !head.contains("chunked")
 }
 
 /// The body of a chunked message without its framing (trailers are dropped).
