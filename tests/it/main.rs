@@ -6,6 +6,7 @@ mod aggregate;
 mod deploy;
 mod events;
 mod hostile;
+mod identity;
 mod names;
 mod secrets;
 mod storage;

@@ -35,11 +35,19 @@ pub fn classify(err: &azure_core::Error, op: Op, target: &str, with_receipt: boo
                     })
             });
             let kind = status_kind(*status, &code, with_receipt);
-            let message = if code.is_empty() {
+            let mut message = if code.is_empty() {
                 format!("HTTP {}", u16::from(*status))
             } else {
                 format!("HTTP {} {code}", u16::from(*status))
             };
+            // A refused credential says why only in the body ("Invalid token audience.",
+            // "The token is expired."); the code alone cannot tell a wrong audience from a
+            // missing role, and the fix differs.
+            if kind == ErrorKind::Auth
+                && let Some(detail) = raw_response.as_ref().and_then(|r| auth_detail(r.body()))
+            {
+                message = format!("{message}: {detail}");
+            }
             (kind, message, retry_after)
         }
         AzKind::Connection => (ErrorKind::Transient, transport_text(err), None),
@@ -96,6 +104,42 @@ fn transport_text(err: &azure_core::Error) -> String {
         "transport error"
     };
     format!("{what}: {}", redact(&text))
+}
+
+/// The `AuthenticationErrorDetail` of a storage error body, on one line, at most 200
+/// characters, with anything between single quotes dropped: Azure's Shared Key refusal
+/// quotes the request's signature and the string to sign there, and neither is printed.
+fn auth_detail(body: &[u8]) -> Option<String> {
+    const OPEN: &str = "<AuthenticationErrorDetail>";
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find(OPEN)? + OPEN.len();
+    let end = start + text[start..].find("</AuthenticationErrorDetail>")?;
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in text[start..end].chars() {
+        match c {
+            '\'' if quoted => {
+                quoted = false;
+                out.push_str("…'");
+            }
+            '\'' => {
+                quoted = true;
+                out.push('\'');
+            }
+            _ if quoted => {}
+            c if c.is_whitespace() => {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    if quoted {
+        out.push_str("…'");
+    }
+    let out: String = out.trim().chars().take(200).collect();
+    (!out.is_empty()).then_some(out)
 }
 
 /// The error and its sources, joined: the SDK's top message alone hides the cause.
@@ -156,6 +200,32 @@ mod tests {
         let e = classify(&refused, Op::Renew, "q/m", true);
         assert_eq!(e.kind, ErrorKind::Transient);
         assert!(!e.outcome_unknown, "nothing was sent");
+    }
+
+    #[test]
+    fn auth_detail_is_read_and_never_echoes_quoted_material() {
+        let azurite =
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AuthenticationFailed</Code>\
+<Message>Server failed to authenticate the request.</Message>\
+<AuthenticationErrorDetail>Invalid token audience.</AuthenticationErrorDetail></Error>";
+        assert_eq!(
+            auth_detail(azurite).as_deref(),
+            Some("Invalid token audience.")
+        );
+        let mac = b"<Error><AuthenticationErrorDetail>The MAC signature found in the HTTP request \
+'c2lnbmF0dXJl' is not the same as any computed signature. Server used following string to \
+sign: 'GET\n\n/acct/c'.</AuthenticationErrorDetail></Error>";
+        let d = auth_detail(mac).unwrap();
+        assert!(!d.contains("c2lnbmF0dXJl") && !d.contains("/acct/c"), "{d}");
+        assert!(
+            d.starts_with("The MAC signature found in the HTTP request '…' is"),
+            "{d}"
+        );
+        assert_eq!(
+            auth_detail(b"<Error><Code>AuthorizationFailure</Code></Error>"),
+            None
+        );
+        assert_eq!(auth_detail(b""), None);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct Azurite {
     pub blob_port: u16,
     pub queue_port: u16,
     pub table_port: u16,
+    /// `http`, or `https` for an instance started with [`Azurite::start_https`].
+    scheme: &'static str,
+    /// The CA a client must trust (`SSL_CERT_FILE` for a `rollq` child) when over HTTPS.
+    ca_file: Option<PathBuf>,
 }
 
 impl Azurite {
@@ -43,14 +47,14 @@ impl Azurite {
     /// [`Azurite::start`] with `devstoreaccount1` keyed by `key` (base64), through the
     /// emulator's `AZURITE_ACCOUNTS` variable.
     pub fn start_with_key(key: &str) -> Azurite {
-        Self::spawn(key, None)
+        Self::spawn(key, None, None)
     }
 
     /// [`Azurite::start`] with its data in `dir` (`--location`) instead of in memory: a later
     /// instance started on the same directory finds every queue, message and blob this one
     /// had when it was [terminated](Azurite::terminate).
     pub fn start_on_disk(dir: &DataDir) -> Azurite {
-        Self::spawn(DEV_KEY, Some(dir.path()))
+        Self::spawn(DEV_KEY, Some(dir.path()), None)
     }
 
     /// Stops the emulator with SIGTERM (sent to this child only, by its pid) and waits for it
@@ -72,7 +76,14 @@ impl Azurite {
         }
     }
 
-    fn spawn(key: &str, location: Option<&Path>) -> Azurite {
+    /// [`Azurite::start`] over HTTPS with `ca`'s server certificate and `--oauth basic`: it
+    /// then accepts bearer tokens as well as the account key, checking a token's expiry,
+    /// issuer and audience but not its signature. [`Azurite::rollq`] children trust `ca`.
+    pub fn start_https(ca: &super::tls::TestCa) -> Azurite {
+        Self::spawn(DEV_KEY, None, Some(ca))
+    }
+
+    fn spawn(key: &str, location: Option<&Path>, tls: Option<&super::tls::TestCa>) -> Azurite {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let script = root.join("node_modules/azurite/dist/src/azurite.js");
         assert!(
@@ -104,6 +115,16 @@ impl Azurite {
                 "--tablePort",
                 "0",
             ])
+            .args(tls.iter().flat_map(|ca| {
+                [
+                    "--oauth".into(),
+                    "basic".into(),
+                    "--cert".into(),
+                    ca.server_cert_file().into_os_string(),
+                    "--key".into(),
+                    ca.server_key_file().into_os_string(),
+                ]
+            }))
             .current_dir(&root)
             .env("AZURITE_ACCOUNTS", format!("devstoreaccount1:{key}"))
             .stdin(Stdio::null())
@@ -134,13 +155,15 @@ impl Azurite {
         });
 
         let deadline = Instant::now() + START_DEADLINE;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listening = format!("{scheme}://127.0.0.1:");
         let (mut blob, mut queue, mut table) = (None, None, None);
         while blob.is_none() || queue.is_none() || table.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     let port = line
-                        .rsplit_once("http://127.0.0.1:")
+                        .rsplit_once(listening.as_str())
                         .and_then(|(_, p)| p.trim().parse::<u16>().ok());
                     if let Some(port) = port {
                         if line.contains("Blob service") {
@@ -169,17 +192,27 @@ impl Azurite {
             blob_port: blob.unwrap(),
             queue_port: queue.unwrap(),
             table_port: table.unwrap(),
+            scheme,
+            ca_file: tls.map(|ca| ca.ca_file()),
         }
     }
 
-    /// `http://127.0.0.1:PORT/devstoreaccount1` for the blob service.
+    /// `http://127.0.0.1:PORT/devstoreaccount1` for the blob service (`https` when started
+    /// with [`Azurite::start_https`]).
     pub fn blob_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/devstoreaccount1", self.blob_port)
+        format!(
+            "{}://127.0.0.1:{}/devstoreaccount1",
+            self.scheme, self.blob_port
+        )
     }
 
-    /// `http://127.0.0.1:PORT/devstoreaccount1` for the queue service.
+    /// `http://127.0.0.1:PORT/devstoreaccount1` for the queue service (`https` when started
+    /// with [`Azurite::start_https`]).
     pub fn queue_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/devstoreaccount1", self.queue_port)
+        format!(
+            "{}://127.0.0.1:{}/devstoreaccount1",
+            self.scheme, self.queue_port
+        )
     }
 
     /// The blob service's socket address (e.g. a proxy's target).
@@ -239,6 +272,10 @@ impl Azurite {
             cmd.env_remove(var);
         }
         cmd.env("AZURE_STORAGE_CONNECTION_STRING", self.connection_string());
+        if let Some(ca) = &self.ca_file {
+            // Over HTTPS the child trusts the test's own CA (and nothing else).
+            cmd.env("SSL_CERT_FILE", ca).env_remove("SSL_CERT_DIR");
+        }
         cmd.stdin(Stdio::null());
         cmd
     }

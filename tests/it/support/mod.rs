@@ -1,13 +1,16 @@
 //! Shared test helpers: the Azurite harness, unique names, a fault-injecting TCP proxy and an
 //! HTTP-aware one, a
 //! `rollq` command builder pointed at an emulator, checks on a finished command, a large
-//! patterned blob, and a child's peak RSS.
+//! patterned blob, a child's peak RSS, and for the Entra ID tests a test CA made at test time
+//! and local HTTPS token endpoints.
 #![allow(dead_code)] // Not every test module uses every helper.
 
 pub mod azurite;
 pub mod fake_http;
 pub mod http_proxy;
 pub mod proxy;
+pub mod tls;
+pub mod token_server;
 
 pub use azurite::{Azurite, unique_name};
 pub use fake_http::FakeHttp;
