@@ -331,7 +331,8 @@ pub fn run_parallel(
     // Gzip has no seams to split at; its decompression is sequential.
     let gzip = path.to_string_lossy().ends_with(".gz");
     if threads > 1 && !gzip {
-        if let Some(report) = reduce::parallel::run(spec, path, threads, sink)? {
+        let split = reduce::parallel::Split::Threads(threads);
+        if let Some(report) = reduce::parallel::run(spec, path, &split, sink)? {
             return Ok(report);
         }
         tracing::debug!("parallel mode cannot split this input: one thread");

@@ -45,18 +45,29 @@ pub const PART_OUTPUT_CAP: usize = 4 << 20;
 /// Longest prefix (byte order mark, blank lines, header) copied in front of every part.
 const MAX_PREFIX: u64 = 4 << 20;
 
-/// Rolls the file at `path` up into `sink` on up to `threads` threads. `Ok(None)`: nothing
-/// was written, run the single-threaded pass (see the module docs for when). `Err` only
-/// for a failed write to `sink`.
+/// Where the seams go.
+#[derive(Clone, Debug)]
+pub enum Split {
+    /// Up to this many parts of equal size, each at least [`MIN_PART_BYTES`].
+    Threads(usize),
+    /// A seam at the first line start at or after each offset, however small the parts
+    /// (the property tests place seams anywhere).
+    #[cfg_attr(not(test), allow(dead_code))]
+    At(Vec<u64>),
+}
+
+/// Rolls the file at `path` up into `sink`, one thread per part. `Ok(None)`: nothing was
+/// written, run the single-threaded pass (see the module docs for when). `Err` only for a
+/// failed write to `sink`.
 pub fn run(
     spec: &Spec,
     path: &Path,
-    threads: usize,
+    split: &Split,
     sink: &mut dyn Sink,
 ) -> Result<Option<Report>, AggregateError> {
     // The fast lane's switch is a thread-local (tests turn it off): carry it to the parts.
     let fast = super::lane::enabled();
-    let Ok(Some(plan)) = plan(spec, path, threads) else {
+    let Ok(Some(plan)) = plan(spec, path, split) else {
         return Ok(None);
     };
     let parts: Vec<Result<PartEnd, AggregateError>> = std::thread::scope(|s| {
@@ -108,7 +119,7 @@ struct Plan {
 
 /// Reads the header and the first row, and places the seams. `Ok(None)` when the file is
 /// too small to split or has no data row.
-fn plan(spec: &Spec, path: &Path, threads: usize) -> Result<Option<Plan>, AggregateError> {
+fn plan(spec: &Spec, path: &Path, split: &Split) -> Result<Option<Plan>, AggregateError> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut records = Records::new(Box::new(file), spec.max_line_bytes);
@@ -125,17 +136,24 @@ fn plan(spec: &Spec, path: &Path, threads: usize) -> Result<Option<Plan>, Aggreg
         return Ok(None);
     };
     let data = len.saturating_sub(header_end);
-    let n = (threads as u64).min(data / MIN_PART_BYTES);
-    if n < 2 {
+    let mut offsets: Vec<u64> = match split {
+        Split::Threads(threads) => {
+            let n = (*threads as u64).min(data / MIN_PART_BYTES);
+            (1..n).map(|k| header_end + data * k / n).collect()
+        }
+        Split::At(offsets) => offsets.clone(),
+    };
+    if offsets.is_empty() {
         return Ok(None);
     }
+    offsets.sort_unstable();
     let mut file = File::open(path)?;
     let mut prefix = vec![0; header_end as usize];
     file.read_exact(&mut prefix)?;
     let mut bounds = vec![header_end];
-    for k in 1..n {
-        let at = line_start_after(&mut file, header_end + data * k / n, len)?;
-        bounds.push(at.max(*bounds.last().unwrap_or(&header_end)));
+    for off in offsets {
+        // In order, as the offsets are; a seam that lands on another makes an empty part.
+        bounds.push(line_start_after(&mut file, off.max(header_end), len)?);
     }
     bounds.push(len);
     // A second header read: `layout` went into the probe's rows.
@@ -398,6 +416,9 @@ fn write(
         mode: Some(Mode::Streaming),
     })
 }
+
+#[cfg(test)]
+mod tests;
 
 /// Finds the first row's time, then ends the pass.
 struct Probe<'a> {
