@@ -7,6 +7,7 @@ mod deploy;
 mod events;
 mod hostile;
 mod names;
+mod parallel;
 mod secrets;
 mod storage;
 mod storage_large;

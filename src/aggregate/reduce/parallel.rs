@@ -16,7 +16,8 @@
 //! after the header (a seam could fall inside a quoted field), any error in a part (the
 //! single-threaded pass reports the first one by line number, with its text), more bad rows
 //! than `--max-bad-rows` in total, rows out of order within or across parts (holding mode),
-//! a span beyond `--max-buckets`, or a part whose output would exceed [`PART_OUTPUT_CAP`].
+//! or a span beyond `--max-buckets`. A part's output waits for the join in memory up to
+//! [`PART_SPILL`] bytes, and in an unnamed temporary file beyond.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -36,11 +37,10 @@ use super::{Buckets, Out, PassEnd, rows_into};
 /// than they save (and tiny inputs stay on the well-trodden path).
 pub const MIN_PART_BYTES: u64 = 1 << 20;
 
-/// Most output bytes one part buffers before the merge; a part that would write more makes
-/// the run fall back to one thread, which streams its output instead. With the read buffer
-/// (256 KiB, up to about twice `--max-line-bytes` for long lines) this bounds memory per
-/// thread; the seed file's parts write a few hundred KiB each.
-pub const PART_OUTPUT_CAP: usize = 4 << 20;
+/// Most output bytes one part keeps in memory until the parts are joined; beyond it, the
+/// part's output goes to a temporary file. With the read buffer (256 KiB, up to about twice
+/// `--max-line-bytes` for long lines) this bounds a thread's memory.
+pub const PART_SPILL: usize = 1 << 20;
 
 /// Longest prefix (byte order mark, blank lines, header) copied in front of every part.
 const MAX_PREFIX: u64 = 4 << 20;
@@ -99,7 +99,7 @@ pub fn run(
     let Some((pieces, reread)) = join(spec, path, &plan, &ends, fast) else {
         return Ok(None);
     };
-    let mut report = write(spec, &plan, &ends, pieces, sink)?;
+    let mut report = write(spec, &plan, &mut ends, pieces, sink)?;
     report.bytes_read += reread;
     Ok(Some(report))
 }
@@ -190,7 +190,7 @@ fn line_start_after(file: &mut File, from: u64, len: u64) -> io::Result<u64> {
 struct PartEnd {
     /// Its buckets' output rows: from the second bucket on for every part but the first,
     /// without the last bucket (the tail), empty buckets between included.
-    out: Vec<u8>,
+    out: Option<PartOut>,
     /// First and last bucket, and the tail's accumulators (`None`: no row in the part).
     span: Option<(i64, i64, Vec<Acc>)>,
     rows: u64,
@@ -208,7 +208,10 @@ fn run_part(
     skip_head: bool,
     fast: bool,
 ) -> Result<PartEnd, AggregateError> {
-    let mut part = CappedVec(Vec::new());
+    let mut part = PartOut {
+        mem: Vec::new(),
+        file: None,
+    };
     let mut span = None;
     let mut records = open_part(spec, path, plan, start, end)?;
     let layout = header::read(spec, &mut records)?;
@@ -240,7 +243,7 @@ fn run_part(
     let bytes_read = records.bytes_read - plan.prefix.len() as u64;
     drop(records);
     Ok(PartEnd {
-        out: part.0,
+        out: Some(part),
         span,
         rows: stats.rows,
         bad_rows: stats.bad_rows,
@@ -367,7 +370,7 @@ fn continue_head(
 fn write(
     spec: &Spec,
     plan: &Plan,
-    ends: &[PartEnd],
+    ends: &mut [PartEnd],
     pieces: Vec<Piece>,
     sink: &mut dyn Sink,
 ) -> Result<Report, AggregateError> {
@@ -397,7 +400,9 @@ fn write(
                 // or nothing for the first part) and end just before its tail.
                 out.sink.write_all(&out.buf)?;
                 out.buf.clear();
-                out.sink.write_all(&ends[part].out)?;
+                if let Some(rows) = ends[part].out.take() {
+                    rows.copy_into(out.sink)?;
+                }
                 if let Some((f, _, _)) = &ends[part].span {
                     first.get_or_insert(*f);
                 }
@@ -580,15 +585,44 @@ impl Buckets for Continue<'_> {
     }
 }
 
-/// A part's output in memory, refused beyond [`PART_OUTPUT_CAP`].
-struct CappedVec(Vec<u8>);
+/// A part's output: in memory up to [`PART_SPILL`], then in an unnamed temporary file (the
+/// seed file's 40 MB of output must not become anonymous memory while the parts run).
+struct PartOut {
+    mem: Vec<u8>,
+    file: Option<File>,
+}
 
-impl Write for CappedVec {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.0.len() + buf.len() > PART_OUTPUT_CAP {
-            return Err(io::Error::other("a part's output is over the cap"));
+impl PartOut {
+    /// Copies everything written into `sink` through a bounded buffer.
+    fn copy_into(self, sink: &mut dyn Sink) -> io::Result<()> {
+        match self.file {
+            None => sink.write_all(&self.mem),
+            Some(mut file) => {
+                file.seek(SeekFrom::Start(0))?;
+                let mut buf = vec![0; 256 * 1024];
+                loop {
+                    match file.read(&mut buf)? {
+                        0 => return Ok(()),
+                        n => sink.write_all(&buf[..n])?,
+                    }
+                }
+            }
         }
-        self.0.extend_from_slice(buf);
+    }
+}
+
+impl Write for PartOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() && self.mem.len() + buf.len() > PART_SPILL {
+            let mut file = tempfile::tempfile()?;
+            file.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => file.write_all(buf)?,
+            None => self.mem.extend_from_slice(buf),
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -596,9 +630,13 @@ impl Write for CappedVec {
     }
 }
 
-impl Sink for CappedVec {
+impl Sink for PartOut {
     fn restart(&mut self) -> io::Result<()> {
-        self.0.clear();
+        self.mem.clear();
+        if let Some(file) = &mut self.file {
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+        }
         Ok(())
     }
 }
