@@ -115,7 +115,7 @@ fn spec_1m() -> Spec {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Clean sorted input: the parallel path runs (it does not hand the input back) and
     /// gives the single-threaded bytes, buckets spanning seams included.
