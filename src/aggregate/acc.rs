@@ -13,7 +13,8 @@
 //!   order, so their outputs are identical to the bit.
 //!
 //! [`Acc::merge`] combines partial results with Chan's formula, so the accumulator is
-//! mergeable.
+//! mergeable, though not to the bit: parallel mode (`reduce/parallel.rs`) folds a bucket
+//! that spans a seam again instead, so its output equals one thread's.
 //!
 //! Infinities (`inf`, `-Infinity`, `1e400`: numbers to pandas) follow pandas: they count, the
 //! mean is the sum's infinity (or missing when both signs occur), the std is missing, and

@@ -312,6 +312,40 @@ pub fn run(
     }
 }
 
+/// Rolls the local file at `path` up into `sink` on up to `threads` threads
+/// (`rollq aggregate --threads N`), with the same bytes, report counts and errors as
+/// [`run`] over `source` (the same file).
+///
+/// The file is split at line boundaries into parts of at least a MiB, each reduced on its
+/// own thread; `docs/reducer.md` says how the parts are joined. What parallel mode cannot
+/// reproduce exactly (a quote after the header, rows out of order, any bad row beyond
+/// `--max-bad-rows` or other error, a gzip file) goes to [`run`] before anything is written,
+/// so the first error by line number is the one reported, as with one thread.
+pub fn run_parallel(
+    spec: &Spec,
+    path: &std::path::Path,
+    threads: usize,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+) -> Result<Report, AggregateError> {
+    // Gzip has no seams to split at; its decompression is sequential.
+    let gzip = path.to_string_lossy().ends_with(".gz");
+    if threads > 1 && !gzip {
+        let split = reduce::parallel::Split::Threads(threads);
+        if let Some(report) = reduce::parallel::run(spec, path, &split, sink)? {
+            return Ok(report);
+        }
+        tracing::debug!("parallel mode cannot split this input: one thread");
+    }
+    run(spec, source, sink)
+}
+
+/// The threads `--threads` defaults to: the CPUs this process may use (affinity and cgroup
+/// quota aware, as `std::thread::available_parallelism` is), 1 when unknown.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 fn finish(mut report: Report, stats: reduce::PassStats, mode: Mode) -> Report {
     report.rows = stats.rows;
     report.bad_rows = stats.bad_rows;

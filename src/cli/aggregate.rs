@@ -24,6 +24,12 @@ pub struct AggregateArgs {
     #[arg(short, long, env = "ROLLQ_OUTPUT", value_name = "OUTPUT")]
     pub output: Option<String>,
 
+    /// Threads for a local, uncompressed file (split at line boundaries; the output is the
+    /// same for any value) [default: the CPUs this process may use]. Standard input and
+    /// `.gz` files are read on one thread.
+    #[arg(long, env = "ROLLQ_THREADS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+
     #[command(flatten)]
     pub reducer: ReducerArgs,
 }
@@ -156,13 +162,21 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         (None, "-") => "-".to_string(),
         (None, input) => crate::contract::output_name(input),
     };
-    let mut source: Box<dyn Source> = if args.input == "-" {
-        Box::new(StdinSource { used: false })
+    let threads = args
+        .threads
+        .map_or_else(aggregate::default_threads, |n| n as usize);
+    let (mut source, local): (Box<dyn Source>, _) = if args.input == "-" {
+        (Box::new(StdinSource { used: false }), None)
     } else {
         let path = PathBuf::from(&args.input);
         // Open once up front so a missing file is reported before any output is created.
         File::open(&path).with_context(|| format!("cannot open {}", args.input))?;
-        Box::new(FileSource { path })
+        (Box::new(FileSource { path: path.clone() }), Some(path))
+    };
+    // A local file may be split across threads; standard input is read once, in order.
+    let mut reduce = |sink: &mut dyn Sink| match &local {
+        Some(path) => aggregate::run_parallel(&spec, path, threads, source.as_mut(), sink),
+        None => aggregate::run(&spec, source.as_mut(), sink),
     };
     let what = if args.input == "-" {
         "standard input"
@@ -171,14 +185,12 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
     };
     let report = if output == "-" {
         let mut sink = StdoutSink(io::stdout().lock());
-        aggregate::run(&spec, source.as_mut(), &mut sink)
-            .with_context(|| format!("rolling up {what}"))?
+        reduce(&mut sink).with_context(|| format!("rolling up {what}"))?
     } else {
         let target = PathBuf::from(&output);
         let mut sink = TempFileSink::create(&target)
             .with_context(|| format!("cannot create the output beside {output}"))?;
-        let report = aggregate::run(&spec, source.as_mut(), &mut sink)
-            .with_context(|| format!("rolling up {what}"))?;
+        let report = reduce(&mut sink).with_context(|| format!("rolling up {what}"))?;
         sink.commit(&target)
             .with_context(|| format!("cannot write {output}"))?;
         report

@@ -8,6 +8,7 @@ mod events;
 mod hostile;
 mod identity;
 mod names;
+mod parallel;
 mod secrets;
 mod storage;
 mod storage_large;

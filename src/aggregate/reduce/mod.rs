@@ -10,12 +10,15 @@
 //! when the state offers a [`Lane`](lane::Lane) (both do for the `time,value` layout), the
 //! fast lane ([`lane`]).
 //!
+//! [`parallel`] reuses the row loop with states of its own for `--threads N`.
+//!
 //! The row loop is generic over the state, so each mode gets its own monomorphised copy
 //! and the per-row calls into the state inline (no dynamic dispatch on the hot path).
 
 mod header;
 mod holding;
 mod lane;
+pub(super) mod parallel;
 mod rows;
 mod streaming;
 
