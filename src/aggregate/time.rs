@@ -224,20 +224,39 @@ pub fn to_local(t: i64, tz: Tz) -> i64 {
 }
 
 /// Remembers the UTC second of `YYYY-MM-DD HH:00:00` for the last 13-byte prefix seen, so the
-/// common `YYYY-MM-DD HH:MM:SS` row costs a 13-byte compare and four digits.
+/// common `YYYY-MM-DD HH:MM:SS` row costs a 13-byte compare and four digits. The same holds
+/// for the ISO UTC form `YYYY-MM-DDTHH:MM:SSZ` (20 bytes), which is UTC whatever the zone.
 #[derive(Debug, Default)]
 pub struct HourCache {
-    prefix: [u8; 13],
+    /// Bytes 0..8 and 5..13 of the cached prefix, as [`word`]s.
+    head: u64,
+    tail: u64,
     base: i64,
     valid: bool,
+    /// The cached hour was written with a trailing `Z` (20 bytes): it is UTC, and only
+    /// timestamps with that `Z` share it.
+    zulu: bool,
 }
 
 impl HourCache {
-    /// The UTC second of a 19-byte naive `YYYY-MM-DD?HH:MM:SS` whose hour is cached.
+    /// The length of the timestamps the cached hour matches: 19 (naive), 20 (`…Z`).
+    #[inline(always)]
+    pub fn stamp_len(&self) -> usize {
+        19 + usize::from(self.zulu)
+    }
+
+    /// The UTC second of a 19-byte naive `YYYY-MM-DD?HH:MM:SS` (or, when the cached hour is
+    /// one, a 20-byte `…Z`) whose hour is cached.
     #[inline]
     pub fn lookup(&self, s: &[u8]) -> Option<i64> {
-        if !self.valid || s.len() != 19 || s[..13] != self.prefix || s[13] != b':' || s[16] != b':'
-        {
+        let s: &[u8; 19] = match (self.zulu, s) {
+            (false, s) => s.try_into().ok()?,
+            (true, [s @ .., b'Z']) => s.try_into().ok()?,
+            (true, _) => return None,
+        };
+        // The 13-byte prefix as two overlapping 8-byte words (bytes 0..8 and 5..13): two
+        // compares instead of a byte loop.
+        if !self.valid || word(s, 0) != self.head || word(s, 5) != self.tail {
             return None;
         }
         let (m1, m0, s1, s0) = (
@@ -246,15 +265,25 @@ impl HourCache {
             s[17].wrapping_sub(b'0'),
             s[18].wrapping_sub(b'0'),
         );
-        if m1 > 5 || m0 > 9 || s1 > 5 || s0 > 9 {
+        if s[13] != b':' || s[16] != b':' || m1 > 5 || m0 > 9 || s1 > 5 || s0 > 9 {
             return None;
         }
         Some(self.base + i64::from(m1 * 10 + m0) * 60 + i64::from(s1 * 10 + s0))
     }
 
     /// Caches the hour of `s` (19 bytes, naive, already parsed into `p`) when every second of
-    /// that local hour maps to UTC with one and the same offset.
+    /// that local hour maps to UTC with one and the same offset; or of a 20-byte `…Z` `s`
+    /// (always: it is UTC).
     pub fn remember(&mut self, s: &[u8], p: Parsed, tz: Tz) {
+        if let ([naive @ .., b'Z'], Some(0)) = (s, p.offset) {
+            if let Ok(naive) = <&[u8; 19]>::try_from(naive) {
+                (self.head, self.tail) = (word(naive, 0), word(naive, 5));
+                self.base = p.wall - p.wall.rem_euclid(3600);
+                self.valid = true;
+                self.zulu = true;
+            }
+            return;
+        }
         if s.len() != 19 || p.offset.is_some() {
             return;
         }
@@ -279,13 +308,23 @@ impl HourCache {
             start.ok() != to_utc_latest(hour, tz) || end.ok() != to_utc_latest(hour + 3599, tz);
         match (start, end) {
             (Ok(a), Ok(b)) if b - a == 3599 && !ambiguous => {
-                self.prefix.copy_from_slice(&s[..13]);
+                let s: &[u8; 19] = s.try_into().expect("checked: 19 bytes");
+                (self.head, self.tail) = (word(s, 0), word(s, 5));
                 self.base = a;
                 self.valid = true;
+                self.zulu = false;
             }
             _ => self.valid = false,
         }
     }
+}
+
+/// Bytes `at..at + 8` of a timestamp as one little-endian word.
+#[inline(always)]
+fn word(s: &[u8; 19], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_le_bytes(w)
 }
 
 fn to_utc_latest(wall: i64, tz: Tz) -> Option<i64> {
@@ -483,6 +522,29 @@ mod tests {
         let c = b"2021-10-31 02:10:00";
         cache.remember(c, parse_default(c).unwrap(), tz);
         assert_eq!(cache.lookup(c), None);
+    }
+
+    #[test]
+    fn hour_cache_takes_utc_z_stamps_whatever_the_zone() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let mut cache = HourCache::default();
+        let a = b"2021-10-31T02:10:00Z"; // a repeated local hour in Berlin, but this is UTC
+        cache.remember(a, parse_default(a).unwrap(), tz);
+        assert_eq!(cache.stamp_len(), 20);
+        for s in [&b"2021-10-31T02:59:59Z"[..], b"2021-10-31T02:00:00Z", a] {
+            assert_eq!(cache.lookup(s), to_utc(parse_default(s).unwrap(), tz).ok());
+            assert!(cache.lookup(s).is_some());
+        }
+        // The naive form of the same hour is local time: never the Z hour's seconds.
+        assert_eq!(cache.lookup(b"2021-10-31T02:10:00"), None);
+        assert_eq!(cache.lookup(b"2021-10-31T02:10:00+"), None);
+        assert_eq!(cache.lookup(b"2021-10-31T03:10:00Z"), None);
+        // A naive hour replaces it, and then Z stamps miss.
+        let b = b"2021-06-01 10:00:00";
+        cache.remember(b, parse_default(b).unwrap(), tz);
+        assert_eq!(cache.stamp_len(), 19);
+        assert_eq!(cache.lookup(b"2021-06-01 10:00:00Z"), None);
+        assert_eq!(cache.lookup(b), to_utc(parse_default(b).unwrap(), tz).ok());
     }
 
     #[test]

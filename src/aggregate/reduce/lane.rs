@@ -82,7 +82,7 @@ impl Window {
 }
 
 /// Takes lines from the front of the buffer while each one is `<cached 19-byte
-/// timestamp><delim><plain decimal><line break>` with the timestamp inside `window`, and
+/// timestamp, or 20-byte with Z><delim><plain decimal><line break>` with the timestamp inside `window`, and
 /// returns how many it took.
 ///
 /// A line it accepts holds no quote and needs no newline search. It stops at anything else,
@@ -97,33 +97,41 @@ pub(super) fn run(
     max_line: usize,
     lane: &mut impl Lane,
 ) -> u64 {
+    // Walks a local slice and consumes the lines it took once, at the end: the per-line
+    // bookkeeping is then an index into a slice rather than stores through `records`.
+    let rest = records.buffered();
+    // The cached hour's timestamp length (19, or 20 for `…Z`): at most 20, so with the
+    // value's at most 17 bytes every index below stays under 64.
+    let ts = cache.stamp_len();
+    let mut at = 0;
     let mut taken = 0;
     loop {
-        let rest = records.buffered();
-        if rest.len() < 64 || rest[19] != delim {
+        let line = &rest[at..];
+        if line.len() < 64 || line[ts] != delim {
             break;
         }
-        let Some(t) = cache.lookup(&rest[..19]) else {
+        let Some(t) = cache.lookup(&line[..ts]) else {
             break;
         };
         if !window.contains(t) {
             break;
         }
-        let Some((v, len)) = read::parse_simple(&rest[20..]) else {
+        let Some((v, len)) = read::parse_simple(&line[ts + 1..]) else {
             break;
         };
-        let end = 20 + len;
-        let consumed = match rest[end] {
+        let end = ts + 1 + len;
+        let consumed = match line[end] {
             b'\n' => end + 1,
-            b'\r' if rest.get(end + 1) == Some(&b'\n') => end + 2,
+            b'\r' if line[end + 1] == b'\n' => end + 2,
             _ => break,
         };
         if end > max_line {
             break;
         }
-        records.consume_line(consumed);
+        at += consumed;
         taken += 1;
         lane.push(t, v);
     }
+    records.consume_lines(at, taken);
     taken
 }
