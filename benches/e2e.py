@@ -535,13 +535,15 @@ def markdown(rows, latencies, args):
 
 
 def build(args):
+    release = args.profile == "release"
     if not args.no_build:
-        log("cargo build --release (rollq, bare_client, gen_seed)")
+        log(f"cargo build ({args.profile}: rollq, bare_client, gen_seed)")
         subprocess.run(
-            ["cargo", "build", "--release", "--bin", "rollq", "--example", "bare_client", "--example", "gen_seed"],
+            ["cargo", "build", "--bin", "rollq", "--example", "bare_client", "--example", "gen_seed"]
+            + (["--release"] if release else []),
             cwd=ROOT, check=True,
         )  # fmt: skip
-    rel = ROOT / "target/release"
+    rel = ROOT / ("target/release" if release else "target/debug")
     return {"rollq": rel / "rollq", "bare_client": rel / "examples/bare_client", "gen_seed": rel / "examples/gen_seed"}
 
 
@@ -567,6 +569,8 @@ def main():
     ap.add_argument("--idle-secs", type=float, default=8.0, help="idle time before each message (idle scenario)")
     ap.add_argument("--big-runs-like-others", action="store_true", help="run the 1 GiB blob --runs times, not once")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--profile", choices=["release", "debug"], default="release",
+                    help="debug only to smoke-test this script: its figures mean nothing")  # fmt: skip
     ap.add_argument("--json", help="write every row (with per-run rates) here")
     args = ap.parse_args()
     if args.quick:
@@ -591,7 +595,7 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "idle_latencies": latencies}, indent=1))
     cmd = shlex.join(["python3", "benches/e2e.py"] + sys.argv[1:])
-    print(f"`{cmd}`, {started}, {os.cpu_count()} CPUs, load average at the end {os.getloadavg()[0]:.1f}\n")
+    print(f"`{cmd}`, {args.profile} build, {started}, {os.cpu_count()} CPUs, load average at the end {os.getloadavg()[0]:.1f}\n")
     print(markdown(rows, latencies, args))
 
 
