@@ -286,8 +286,10 @@ if [ "$SELF_TEST" -eq 1 ]; then
     # 34 s passed the old "drain + 5 s" rule; the worker may need drain + 10 s to exit.
     mutate "$AKS" "$B/grace34.yaml" 'find("Deployment","rollq")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 34'
     expect_fail "grace period under the drain timeout plus 10 s" check_manifests "$B/grace34.yaml"
-    mutate "$AKS" "$B/mem.yaml" 'find("ConfigMap","rollq-config")["data"]["ROLLQ_MAX_IN_FLIGHT"] = "16"'
-    expect_fail "memory limit too small for max-in-flight" check_manifests "$B/mem.yaml"
+    mutate "$AKS" "$B/mem.yaml" 'find("ConfigMap","rollq-config")["data"]["ROLLQ_MEMORY_BUDGET"] = "1Gi"'
+    expect_fail "memory limit too small for the memory budget" check_manifests "$B/mem.yaml"
+    mutate "$AKS" "$B/mem1.yaml" 'find("ConfigMap","rollq-config")["data"]["ROLLQ_MEMORY_BUDGET"] = "16Mi"'
+    expect_fail "memory budget below one job's reservation" check_manifests "$B/mem1.yaml"
     mutate "$AKS" "$B/replicas.yaml" 'find("Deployment","rollq")["spec"]["replicas"] = 2'
     expect_fail "Deployment with replicas (KEDA owns them)" check_manifests "$B/replicas.yaml"
     mutate "$AKS" "$B/ro.yaml" 'find("Deployment","rollq")["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False'

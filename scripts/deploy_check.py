@@ -47,10 +47,38 @@ WEBHOOK_ENV = {
     "AZURE_AUTHORITY_HOST",
 }
 
-# Memory arithmetic, see deploy/base/deployment.yaml. Update together with the worker's docs.
+# Memory arithmetic, see docs/deploy.md ("Memory and queueLength arithmetic"). The worker's
+# jobs reserve from ROLLQ_MEMORY_BUDGET; the limit must hold the budget plus the baseline, and
+# the budget must hold one job's full reservation (else big inputs run alone, one at a time).
 MIB = 1024 * 1024
-PER_MESSAGE_BYTES = 40 * MIB
 BASELINE_BYTES = 64 * MIB
+HELD_CELL_BYTES = 48  # src/worker/budget.rs HELD_CELL_BYTES
+# The worker's defaults for the settings a reservation is made of (rollq worker --help).
+RESERVATION_DEFAULTS = {
+    "ROLLQ_DOWNLOAD_BLOCK_SIZE": "4MiB",
+    "ROLLQ_DOWNLOAD_PARALLEL": "2",
+    "ROLLQ_UPLOAD_BLOCK_SIZE": "4MiB",
+    "ROLLQ_MAX_HELD_CELLS": "1000000",
+}
+
+
+def parse_size(text: str) -> int:
+    """`4MiB`, `384Mi`, `1048576`: the forms `rollq worker` accepts (binary units)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    unit = m.group(2).lower().rstrip("b").rstrip("i")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+def job_reservation(env: dict) -> int:
+    """The most one job reserves (src/worker/budget.rs Need::before_size)."""
+    get = lambda k: env.get(k) or RESERVATION_DEFAULTS[k]
+    download = 2 * int(get("ROLLQ_DOWNLOAD_PARALLEL")) * parse_size(get("ROLLQ_DOWNLOAD_BLOCK_SIZE"))
+    output = 2 * parse_size(get("ROLLQ_UPLOAD_BLOCK_SIZE"))
+    held = int(get("ROLLQ_MAX_HELD_CELLS")) * HELD_CELL_BYTES
+    return download + output + held
+
 
 # Gauges describing the shared queue; every replica exports the same value.
 QUEUE_GAUGES = ("rollq_queue_messages", "rollq_poison_queue_messages", "rollq_oldest_message_age_seconds")
@@ -393,17 +421,25 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                      f"{wid}: terminationGracePeriodSeconds {grace} must be at least the drain "
                      f"timeout {drain:g}s plus 10s to release leases")
 
-            # Memory: baseline + in-flight × per-message must fit under the limit.
+            # Memory: the budget plus the baseline must fit under the limit, and the budget must
+            # hold one job's full reservation.
             in_flight = env.get("ROLLQ_MAX_IN_FLIGHT")
             pr.check(in_flight is not None and str(in_flight).isdigit(),
                      f"{wid}: ROLLQ_MAX_IN_FLIGHT must be set explicitly")
+            budget = env.get("ROLLQ_MEMORY_BUDGET")
+            pr.check(budget is not None,
+                     f"{wid}: ROLLQ_MEMORY_BUDGET must be set explicitly (the default is a "
+                     "fraction of the limit, which this check cannot see being applied)")
             mem = res.get("limits", {}).get("memory")
-            if in_flight and str(in_flight).isdigit() and mem:
-                need = BASELINE_BYTES + int(in_flight) * PER_MESSAGE_BYTES
+            if budget and mem:
+                need = BASELINE_BYTES + parse_size(budget)
                 pr.check(parse_quantity(mem) >= need,
-                         f"{wid}: memory limit {mem} < {need // MIB}Mi needed for "
-                         f"{in_flight} in flight × {PER_MESSAGE_BYTES // MIB}Mi + "
-                         f"{BASELINE_BYTES // MIB}Mi")
+                         f"{wid}: memory limit {mem} < {need // MIB}Mi needed for the "
+                         f"{budget} budget + {BASELINE_BYTES // MIB}Mi baseline")
+                one = job_reservation(env)
+                pr.check(parse_size(budget) >= one,
+                         f"{wid}: ROLLQ_MEMORY_BUDGET {budget} < one job's reservation "
+                         f"{one // MIB}Mi: big inputs would run alone")
 
             # KEDA objects scaling this workload read the same queue/account.
             scalers = [o for o in objs if o["kind"] == "ScaledObject"
@@ -430,10 +466,13 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                                  "their pods)")
                     else:
                         check_scaledjob_strategy(pr, so, md)
-                    if in_flight and str(in_flight).isdigit():
-                        pr.check(md.get("queueLength") == str(in_flight),
+                    prefetch = env.get("ROLLQ_PREFETCH") or "0"
+                    if in_flight and str(in_flight).isdigit() and str(prefetch).isdigit():
+                        held = int(in_flight) + int(prefetch)
+                        pr.check(md.get("queueLength") == str(held),
                                  f"{sid}: queueLength {md.get('queueLength')!r} should equal "
-                                 f"per-pod capacity ROLLQ_MAX_IN_FLIGHT {in_flight}")
+                                 f"what one pod holds: ROLLQ_MAX_IN_FLIGHT {in_flight} + "
+                                 f"ROLLQ_PREFETCH {prefetch}")
                     auth = by_kind.get("TriggerAuthentication", {}).get(
                         trig.get("authenticationRef", {}).get("name"))
                     pr.check(auth is not None, f"{sid}: authenticationRef not in the variant")

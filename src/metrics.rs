@@ -220,6 +220,9 @@ pub struct Metrics {
     build_info: Family<VersionLabels, Gauge>,
     paused: Gauge,
     pauses: Counter,
+    memory_budget: Gauge,
+    memory_reserved: Gauge,
+    memory_waiting: Gauge,
 }
 
 impl Metrics {
@@ -250,6 +253,9 @@ impl Metrics {
             build_info: Family::default(),
             paused: Gauge::default(),
             pauses: Counter::default(),
+            memory_budget: Gauge::default(),
+            memory_reserved: Gauge::default(),
+            memory_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("rollq");
         r.register(
@@ -332,6 +338,21 @@ impl Metrics {
             "worker_pauses",
             "Pauses on account-wide storage failures",
             m.pauses.clone(),
+        );
+        r.register(
+            "worker_memory_budget_bytes",
+            "The memory budget jobs reserve from (--memory-budget)",
+            m.memory_budget.clone(),
+        );
+        r.register(
+            "worker_memory_reserved_bytes",
+            "Bytes of the memory budget reserved by jobs in flight",
+            m.memory_reserved.clone(),
+        );
+        r.register(
+            "worker_memory_waiting",
+            "Jobs waiting for their memory reservation",
+            m.memory_waiting.clone(),
         );
         m.build_info
             .get_or_create(&VersionLabels {
@@ -443,6 +464,15 @@ impl Metrics {
         }
     }
 
+    /// The memory budget's gauges: the budget, bytes reserved, jobs waiting.
+    pub fn memory(&self) -> (&Gauge, &Gauge, &Gauge) {
+        (
+            &self.memory_budget,
+            &self.memory_reserved,
+            &self.memory_waiting,
+        )
+    }
+
     /// How many pauses so far.
     pub fn pause_count(&self) -> u64 {
         self.pauses.get()
@@ -510,6 +540,9 @@ mod tests {
             "rollq_last_success_timestamp_seconds ",
             "rollq_worker_paused 0",
             "rollq_worker_pauses_total 1",
+            "rollq_worker_memory_budget_bytes 0",
+            "rollq_worker_memory_reserved_bytes 0",
+            "rollq_worker_memory_waiting 0",
             "rollq_storage_requests_total{op=\"download\"} 1",
             "rollq_storage_requests_total{op=\"other\"} 1",
             "rollq_storage_requests_total{op=\"receive\"} 0",

@@ -7,7 +7,7 @@
 //! once. The rooms: `settings` (flags and validated settings), `check` (start-up checks),
 //! `receive_loop` (batches, idle backoff, queue gauges, drain), `pipeline` (one job: parse,
 //! idempotency, reduce, conditional write), `outcome` (the outcome's log line and metrics),
-//! `lease`, `envelope` (bookkeeping and poison copies), `backoff` (the delay after platform
+//! `budget` (the memory each job reserves), `lease`, `envelope` (bookkeeping and poison copies), `backoff` (the delay after platform
 //! failures, and the pause account-wide ones start), `job`, `echo` (producer text in logs), `error`, `io` (the blocking bridges).
 
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::storage::{
 };
 
 mod backoff;
+pub mod budget;
 mod check;
 pub mod echo;
 pub mod envelope;
@@ -38,9 +39,10 @@ mod receive_loop;
 pub mod settings;
 
 use backoff::PauseSignal;
+use budget::{Budget, Need, Reservation};
 pub use check::StartupError;
 use envelope::{Envelope, PoisonNote};
-use error::{Class, JobError};
+use error::{Class, JobError, Stop, StopReason};
 use job::JobRules;
 use lease::{Ack, Lease, LeaseParams};
 pub use outcome::Outcome;
@@ -93,6 +95,8 @@ struct Ctx {
     observer: Arc<Observer>,
     /// Where jobs report account-wide failures for the receive loop to pause on.
     pause: PauseSignal,
+    /// `--memory-budget`: every job reserves from it after its lease is held.
+    budget: Budget,
     reducer: ReduceFn,
 }
 
@@ -146,8 +150,16 @@ impl Worker {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
         });
+        let (total, reserved, waiting) = metrics.memory();
+        let budget = Budget::new(
+            settings.memory_budget,
+            total,
+            reserved.clone(),
+            waiting.clone(),
+        );
         Worker {
             ctx: Arc::new(Ctx {
+                budget,
                 queue: queues.queue(&settings.queue),
                 poison: queues.queue(&settings.poison_queue()),
                 rules,
@@ -214,7 +226,16 @@ impl Worker {
         };
         let result = match self.over_limits(msg.dequeue_count, attempts) {
             Some(e) => Err(e),
-            None => self.run_with_limits(&envelope, &lease, &interrupt).await,
+            None => match self.reserve(&lease, &interrupt).await {
+                // Held until the work ends, before the message's disposition: deleting or
+                // poisoning needs none of the job's buffers.
+                Ok(memory) => {
+                    memory
+                        .scope(self.run_with_limits(&envelope, &lease, &interrupt))
+                        .await
+                }
+                Err(e) => Err(e),
+            },
         };
         let outcome = match result {
             Ok(done) => self.complete(lease, done).await,
@@ -222,6 +243,26 @@ impl Worker {
         };
         outcome::record(&ctx.metrics, &msg, &outcome, started.elapsed(), attempts);
         outcome
+    }
+
+    /// Reserves the job's memory before it allocates any (see `budget` for the sizing). Called
+    /// with the lease held, so a message waiting for memory keeps renewing; a lost lease or
+    /// the drain deadline ends the wait as it would end the work.
+    async fn reserve(
+        &self,
+        lease: &Lease,
+        interrupt: &CancellationToken,
+    ) -> Result<Reservation, JobError> {
+        let need = Need::before_size(&self.ctx.settings);
+        let reason = tokio::select! {
+            biased;
+            reason = lease.ended() => reason,
+            _ = interrupt.cancelled() => StopReason::Shutdown,
+            r = self.ctx.budget.reserve(need.bytes()) => return Ok(r),
+        };
+        let stop = Stop::default();
+        stop.stop(reason);
+        Err(stop.error().expect("stopped above"))
     }
 
     /// A message received more often than the limits allow is poisoned before any work: this

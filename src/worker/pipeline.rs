@@ -80,6 +80,7 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
+        super::budget::fit_to_size(&ctx.settings, input.size);
         let output = contract::output_path(&job.input, ctx.settings.output_container.as_deref());
         let spec = &ctx.settings.spec;
         let is_current = |metadata: &[(String, String)]| {

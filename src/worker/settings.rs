@@ -31,6 +31,8 @@ pub struct Settings {
     pub message_encoding: MessageEncoding,
     pub visibility_timeout: Duration,
     pub max_in_flight: usize,
+    /// Bytes the jobs in flight may reserve together (`--memory-budget`, see `budget`).
+    pub memory_budget: u64,
     pub max_processing_time: Duration,
     pub max_dequeue_count: u64,
     /// Deliveries (the dequeue count, every failure and release included) after which a
@@ -90,9 +92,12 @@ impl Settings {
             output_container: args.output_container.clone(),
             message_encoding: args.message_encoding,
             visibility_timeout: args.visibility_timeout,
-            max_in_flight: args
-                .max_in_flight
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            max_in_flight: args.max_in_flight,
+            memory_budget: match args.memory_budget {
+                Some(b) => b as u64,
+                // No limit readable at all: the count (--max-in-flight) is the only bound.
+                None => super::budget::default_bytes().map_or(u64::MAX, |(b, _)| b),
+            },
             max_processing_time: args.max_processing_time,
             max_dequeue_count: args.max_dequeue_count,
             max_deliveries: (args.max_deliveries > 0).then_some(args.max_deliveries),
@@ -188,9 +193,16 @@ pub struct WorkerArgs {
     /// Visibility timeout of a received message; renewed at half of it while work runs.
     #[arg(long, env = "ROLLQ_VISIBILITY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub visibility_timeout: Duration,
-    /// Messages processed concurrently [default: the CPUs this process may use].
-    #[arg(long, env = "ROLLQ_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<usize>,
+    /// Most messages processed concurrently; the memory budget may allow fewer. The default
+    /// suits I/O-bound work: a one-day file spends most of its time waiting on storage, and
+    /// big jobs are bounded by --memory-budget, not by this count.
+    #[arg(long, env = "ROLLQ_MAX_IN_FLIGHT", default_value_t = 16)]
+    pub max_in_flight: usize,
+    /// Memory the jobs in flight may reserve together (e.g. 192MiB, 512Mi); each job reserves
+    /// its download buffers, output blocks and held-state bound before it allocates
+    /// [default: 3/4 of the cgroup's memory limit, or of physical memory without one].
+    #[arg(long, env = "ROLLQ_MEMORY_BUDGET", value_parser = parse_size)]
+    pub memory_budget: Option<usize>,
     /// Work on one message is cancelled after this long and the message retried.
     #[arg(long, env = "ROLLQ_MAX_PROCESSING_TIME", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_processing_time: Duration,
@@ -260,7 +272,8 @@ pub struct WorkerArgs {
     pub storage: StorageArgs,
 }
 
-/// Parses `4MiB`, `512KiB`, `1048576`, `4M` (binary units either way).
+/// Parses `4MiB`, `512KiB`, `1048576`, `4M`, `512Mi` (binary units either way; Kubernetes
+/// writes `Mi`). By hand: five suffixes do not justify a dependency.
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -270,9 +283,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("{s:?} is not a size like 4MiB"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
+        "k" | "kb" | "ki" | "kib" => 1 << 10,
+        "m" | "mb" | "mi" | "mib" => 1 << 20,
+        "g" | "gb" | "gi" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
     };
     let bytes = n
@@ -315,6 +328,8 @@ mod tests {
         assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
         assert_eq!(parse_size("512k").unwrap(), 512 << 10);
         assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("512Mi").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2Gi").unwrap(), 2 << 30);
         assert!(parse_size("0").is_err());
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("MiB").is_err());
@@ -366,7 +381,14 @@ mod tests {
         assert_eq!(s.drain_timeout, Duration::from_secs(25));
         assert_eq!(s.read.partition_bytes, 4 << 20);
         assert_eq!(s.upload_block_bytes, 4 << 20);
-        assert!(s.max_in_flight >= 1);
+        assert_eq!(s.max_in_flight, 16);
+        assert!(s.memory_budget > 0);
+        args = WorkerArgs::defaults("jobs", "in");
+        args.memory_budget = Some(64 << 20);
+        assert_eq!(
+            Settings::from_args(&args, "acct").unwrap().memory_budget,
+            64 << 20
+        );
         assert_eq!(s.spec.max_buckets, 1_000_000);
         let mut args = WorkerArgs::defaults("jobs", "in");
         args.reducer.bucket = "2h".into();
