@@ -214,7 +214,10 @@ impl Worker {
         };
         let result = match self.over_limits(msg.dequeue_count, attempts) {
             Some(e) => Err(e),
-            None => self.run_with_limits(&envelope, &lease, &interrupt).await,
+            None => {
+                self.run_with_limits(&envelope, msg.dequeue_count, &lease, &interrupt)
+                    .await
+            }
         };
         let outcome = match result {
             Ok(done) => self.complete(lease, done).await,

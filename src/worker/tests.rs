@@ -217,20 +217,33 @@ async fn output_container_setting_is_used() {
     );
 }
 
+/// Issue 14: a duplicate first delivery reads the input once (the GET that pins its ETag)
+/// and finds the output with its `If-None-Match: *` write: skipped, the output untouched.
+/// A new version of the input makes the output stale: it is rewritten (If-Match).
 #[tokio::test]
-async fn an_up_to_date_output_is_skipped_without_reading_and_a_stale_one_is_replaced() {
+async fn an_up_to_date_output_is_skipped_unchanged_and_a_stale_one_is_replaced() {
     let f = Fixture::new(|_| {}).await;
     f.put("t.csv", "h\n1\n").await;
     assert!(matches!(
         f.send_and_process("t.csv").await,
         Outcome::Completed { .. }
     ));
+    let out = BlobPath::new("in", "t_aggregated.csv");
+    let written = f.blobs.properties(&out).await.unwrap().etag;
     let reads = f.blobs.reads();
     let again = f.send_and_process("t.csv").await;
     assert!(matches!(again, Outcome::Skipped(_)), "{again:?}");
-    assert_eq!(f.blobs.reads(), reads, "the input was not read again");
+    assert_eq!(
+        f.blobs.reads(),
+        reads + 1,
+        "one GET, the one that gives the ETag"
+    );
+    assert_eq!(
+        f.blobs.properties(&out).await.unwrap().etag,
+        written,
+        "the current output is left as it is"
+    );
     assert!(f.queue.snapshot().is_empty());
-    // A new version of the input makes the output stale: it is rewritten (If-Match).
     f.put("t.csv", "h\n1\n2\n").await;
     assert!(matches!(
         f.send_and_process("t.csv").await,

@@ -55,8 +55,8 @@ use requests::{CountRequests, labelled};
 
 use super::connection::{Auth, ConnectError, ConnectionInfo, Resolved, StorageArgs, resolve};
 use super::{
-    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag,
-    ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
+    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, Download,
+    ETag, ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
     Received, StorageError,
 };
 use crate::metrics::StorageRequests;
@@ -625,6 +625,11 @@ fn etag_of(op: Op, target: &str, e: Option<Etag>) -> Result<ETag, StorageError> 
         .ok_or_else(|| other(op, target, "the service returned no ETag"))
 }
 
+/// The total of a `Content-Range` value (`bytes 0-1048575/10485760` → 10485760).
+fn range_total(value: &str) -> Option<u64> {
+    value.rsplit_once('/')?.1.trim().parse().ok()
+}
+
 /// If-Match / If-None-Match headers for a condition.
 fn condition_headers(c: &Condition) -> (Option<Etag>, Option<Etag>) {
     match c {
@@ -743,6 +748,60 @@ impl BlobStore for AzureBlobStore {
             .body
             .map_err(move |e| classify(&e, op, &target, false));
         Ok(stream.boxed())
+    }
+
+    async fn download(&self, path: &BlobPath, opts: ReadOptions) -> Result<Download, StorageError> {
+        let op = Op::Download;
+        let target = path.to_string();
+        // No If-Match on the first range: its answer is what pins the ETag, and the SDK sends
+        // every later range with If-Match on it, so a blob replaced mid-read ends the stream
+        // with 412 → PreconditionFailed, as with `open_read`.
+        let dl = BlobClientDownloadOptions {
+            parallel: NonZero::new(opts.parallel.max(1)),
+            partition_size: NonZero::new(opts.partition_bytes.max(1)),
+            method_options: labelled(op),
+            ..Default::default()
+        };
+        let result = bounded(
+            self.timeout,
+            op,
+            &target,
+            false,
+            self.blob(path).download(Some(dl)),
+        )
+        .await?;
+        let p = &result.properties;
+        let etag = etag_of(op, &target, p.etag.clone())?;
+        // The first response covers one partition: `Content-Length` is that range's length,
+        // the blob's size is the total of `Content-Range` (absent when the whole blob came
+        // back as a plain 200, e.g. an empty blob).
+        let size = result
+            .headers
+            .get_optional_string(&HeaderName::from_static("content-range"))
+            .and_then(|r| range_total(&r))
+            .or(p.content_length)
+            .unwrap_or(0);
+        // A ranged GET reports the whole blob's MD5 as x-ms-blob-content-md5; Content-MD5 is
+        // the whole blob's only when the response holds the whole blob.
+        let whole = p.content_length == Some(size);
+        let content_md5 = p
+            .blob_content_md5
+            .clone()
+            .or_else(|| p.content_md5.clone().filter(|_| whole))
+            .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok());
+        let mut metadata: Vec<(String, String)> = p.metadata.clone().into_iter().collect();
+        metadata.sort();
+        let properties = BlobProperties {
+            etag,
+            size,
+            content_md5,
+            metadata,
+        };
+        let stream = result
+            .body
+            .map_err(move |e| classify(&e, op, &target, false))
+            .boxed();
+        Ok(Download { properties, stream })
     }
 
     async fn put(
@@ -887,9 +946,14 @@ impl BlockUpload for AzureBlockUpload {
         self.content_md5 = Some(md5);
     }
 
-    async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
+    async fn commit(mut self: Box<Self>) -> Result<ETag, StorageError> {
+        let condition = self.opts.condition.clone();
+        self.commit_with(condition).await
+    }
+
+    async fn commit_with(&mut self, condition: Condition) -> Result<ETag, StorageError> {
         let op = Op::CommitBlockList;
-        let (if_match, if_none_match) = condition_headers(&self.opts.condition);
+        let (if_match, if_none_match) = condition_headers(&condition);
         let list: RequestContent<BlockLookupList, azure_core::http::XmlFormat> = BlockLookupList {
             latest: Some(self.ids.clone()),
             ..Default::default()
