@@ -104,7 +104,12 @@ impl Worker {
         }
         let held = state.held();
         let room = state.capacity.saturating_sub(held);
-        if room == 0 || held > state.threshold || quota_left == Some(0) {
+        // After a receive that came back short the queue had nothing more: polling again
+        // while every slot still has work only costs requests (a backlog's tail would be
+        // polled at the idle backoff's 50 ms once per freed slot). The next receive waits
+        // until a slot would otherwise idle.
+        let dry = state.queue_dry && held >= state.in_flight;
+        if room == 0 || held > state.threshold || quota_left == Some(0) || dry {
             // Enough is held: wait for a slot for the next waiting message.
             return self.wait(state, stop, None).await;
         }
@@ -152,6 +157,7 @@ impl Worker {
         let msgs = match r {
             Ok(msgs) if !msgs.is_empty() => msgs,
             Ok(_) => {
+                state.queue_dry = true;
                 if self.idle_long_enough(state).await {
                     return Step::End(RunEnd::Idle);
                 }
@@ -176,6 +182,7 @@ impl Worker {
         };
         state.poll.reset();
         state.idle_since = None;
+        state.queue_dry = msgs.len() < want;
         state.received += msgs.len() as u64;
         let now = Instant::now();
         state
@@ -553,6 +560,8 @@ struct LoopState {
     /// How long a message may wait locally before it is released: a quarter of
     /// `--visibility-timeout`.
     max_wait: Duration,
+    /// The last receive returned fewer messages than it asked for (or none).
+    queue_dry: bool,
     /// Every spawned message; the drain waits on it.
     tracker: TaskTracker,
     poll: PollBackoff,
@@ -573,6 +582,7 @@ impl LoopState {
             capacity: s.max_held(),
             threshold: s.max_in_flight + s.prefetch / 2,
             max_wait: s.visibility_timeout / 4,
+            queue_dry: false,
             tracker: TaskTracker::new(),
             poll: PollBackoff::new(s.max_poll_interval),
             received: 0,

@@ -219,7 +219,7 @@ pub struct WorkerArgs {
     /// when running + waiting drops to --max-in-flight + half of this. A message waiting
     /// longer than a quarter of --visibility-timeout is released. One worker holds at most
     /// --max-in-flight + --prefetch messages (KEDA counts them all). 0 turns it off.
-    #[arg(long, env = "ROLLQ_PREFETCH", default_value_t = 16)]
+    #[arg(long, env = "ROLLQ_PREFETCH", default_value_t = 32)]
     pub prefetch: usize,
     /// Exit 0 once the queue has stayed empty this long (batch jobs, demos, tests).
     #[arg(long, env = "ROLLQ_EXIT_WHEN_IDLE", value_parser = humantime::parse_duration)]

@@ -167,6 +167,62 @@ async fn requests_counted_equal_requests_sent() {
     run_and_compare("reqs", 20, Vec::new(), Vec::new()).await;
 }
 
+/// The most storage requests one completed one-day file may cost while a backlog drains:
+/// one GET, one conditional Put Blob, one Delete Message, and receives of up to 32 messages
+/// amortised over their batch (issue 14).
+const MAX_REQUESTS_PER_FILE: f64 = 3.2;
+
+/// Issue 14: a backlog of one-day files (all queued before the worker starts) drains at no
+/// more than [`MAX_REQUESTS_PER_FILE`] requests per file, counted by the proxies, not by the
+/// worker. The window is the drain: from the first Get Messages to the last Delete Message,
+/// every request of either proxy in it (the queue gauges' samples included); the start-up
+/// checks before it and the idle polls after it are once per process, not per file, and are
+/// printed as the whole run's figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_at_most_3_2_requests_per_file() {
+    // Two receives' worth at the default prefetch: the fixed costs of a drain (the gauges'
+    // first sample, the receives of its tail) weigh as they would in a longer backlog.
+    let n = 64;
+    let (_, completed, mut seen) = run_and_compare("backlog", n, Vec::new(), Vec::new()).await;
+    assert_eq!(completed, n);
+    seen.sort_by_key(|s| s.at);
+    let first = seen
+        .iter()
+        .position(|s| s.kind == Kind::Receive)
+        .expect("a receive");
+    let last = seen
+        .iter()
+        .rposition(|s| s.kind == Kind::Delete)
+        .expect("a delete");
+    let window = &seen[first..=last];
+    let per_file = window.len() as f64 / n as f64;
+    let mut kinds: Vec<String> = [
+        Kind::Receive,
+        Kind::BlobGet,
+        Kind::Head,
+        Kind::Other,
+        Kind::Delete,
+        Kind::Peek,
+        Kind::Update,
+    ]
+    .iter()
+    .map(|k| format!("{k:?}={}", of_kind(window, *k)))
+    .collect();
+    kinds.retain(|k| !k.ends_with("=0"));
+    println!(
+        "drain: {} requests for {n} files = {per_file:.2} per file ({}); whole run {} = {:.2} per file",
+        window.len(),
+        kinds.join(", "),
+        seen.len(),
+        seen.len() as f64 / n as f64
+    );
+    assert!(
+        per_file <= MAX_REQUESTS_PER_FILE,
+        "{per_file:.2} requests per file while draining ({}), more than {MAX_REQUESTS_PER_FILE}",
+        kinds.join(", ")
+    );
+}
+
 /// The same with the proxies answering some requests 503 themselves: the SDK retries them,
 /// and every try is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

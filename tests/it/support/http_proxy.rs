@@ -131,6 +131,8 @@ pub struct Seen {
     pub kind: Kind,
     pub target: String,
     pub action: Option<Action>,
+    /// When it arrived, so the lists of two proxies can be put in one order.
+    pub at: std::time::Instant,
 }
 
 struct State {
@@ -160,6 +162,7 @@ impl State {
             kind,
             target: target.to_owned(),
             action,
+            at: std::time::Instant::now(),
         });
         action
     }
