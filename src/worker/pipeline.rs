@@ -114,6 +114,10 @@ impl Worker {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut download = download;
+        if download.properties.content_md5.is_none() {
+            self.pin_size(&job.input, &mut download.properties).await?;
+        }
         let input = download.properties.clone();
         let output = contract::output_path(&job.input, ctx.settings.output_container.as_deref());
         let spec = &ctx.settings.spec;
@@ -157,6 +161,28 @@ impl Worker {
         }
     }
 
+    /// A blob without a Content-MD5 has only its size to check a read against, and the GET's
+    /// own `Content-Range` is the claim of the very response being checked: a response cut
+    /// short but framed as a whole (a faulty middlebox) would agree with itself. So for such
+    /// blobs the size comes from a HEAD, a second answer, as before issue 14; a blob with an
+    /// MD5 (every Put Blob, `rollq submit`'s block uploads) needs none, the hash catches it.
+    async fn pin_size(&self, input: &BlobPath, props: &mut BlobProperties) -> Result<(), JobError> {
+        let r = self.ctx.blobs.properties(input).await;
+        self.ctx.observer.record(Op::BlobProperties, &r);
+        match r {
+            Ok(head) if head.etag == props.etag => {
+                props.size = head.size;
+                Ok(())
+            }
+            // Replaced since the GET: its later ranges fail their If-Match anyway.
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound && !e.is_missing_container() => {
+                Err(JobError::InputNotFound(input.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The `If-None-Match: *` write met an output already there. Current (same input
     /// version and options) → the work was done: skipped, the output untouched. Stale → write
     /// over it with `If-Match` on the ETag just seen, so an output that changes meanwhile is
@@ -174,7 +200,9 @@ impl Worker {
     ) -> Result<Done, JobError> {
         let condition = match self.existing_output(output).await? {
             Some(existing) if is_current(&existing.metadata) => {
-                return Ok(Done::Skipped(format!("output {output} is up to date")));
+                return Ok(Done::Skipped(format!(
+                    "output {output} is up to date: written by another replica or an earlier delivery"
+                )));
             }
             Some(existing) => {
                 let r = self.ctx.blobs.properties(input_path).await;
