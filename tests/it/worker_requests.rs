@@ -245,3 +245,143 @@ async fn sdk_retries_are_counted_per_try() {
     let answered = seen.iter().filter(|s| s.action.is_some()).count();
     assert_eq!(answered, 9, "every injected 503 was sent, and so counted");
 }
+
+/// The blob requests the proxy saw for one blob, in order, as `(kind, is_output)` pairs
+/// where a Put Blob shows as `Kind::Other` (the proxy has no kind of its own for it).
+fn requests_for(seen: &[Seen], input: &str) -> Vec<(Kind, bool)> {
+    let output = input.replace(".csv", "_aggregated.csv");
+    seen.iter()
+        .filter_map(|s| {
+            let path = s.target.split('?').next().unwrap_or("");
+            if path.ends_with(&format!("/{output}")) {
+                Some((s.kind, true))
+            } else if path.ends_with(&format!("/{input}")) {
+                Some((s.kind, false))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Issue 14, the request pattern around an existing output, against Azurite, with the
+/// proxy's record of each blob's requests:
+/// - a first delivery whose output is already current (a duplicate message): one GET, the
+///   `If-None-Match: *` Put Blob refused, one HEAD of the output, skipped, its ETag unchanged;
+/// - a first delivery whose output is stale (made from another input version): the refused
+///   Put Blob, a HEAD of the output, a HEAD of the input (still the version read), then the
+///   Put Blob with If-Match on the stale output's ETag: replaced, current;
+/// - a redelivery (dequeue count 2) whose output is current: the output HEAD right after
+///   the first GET, before any work, and no Put Blob at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_outputs_are_settled_by_the_conditional_write_or_checked_on_redelivery() {
+    use rollq::aggregate::Spec;
+    use rollq::contract;
+    use rollq::storage::{BlobPath, PutOptions};
+
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let prefix = unique_name("exist");
+    let [current, stale, redelivered] =
+        ["current", "stale", "redelivered"].map(|k| format!("{prefix}-{k}.csv"));
+    let mut outputs = Vec::new();
+    for (i, name) in [&current, &stale, &redelivered].into_iter().enumerate() {
+        let body = seed_csv(40 + i as u64, ROWS);
+        let input = BlobPath::new(&container, name.as_str());
+        upload(&conn.blobs, &container, name, body.clone()).await;
+        let etag = conn.blobs.properties(&input).await.unwrap().etag;
+        // The stale output records another version of the input.
+        let recorded = if name == &stale {
+            rollq::storage::ETag("\"0x8D0000000000000\"".into())
+        } else {
+            etag
+        };
+        let out = contract::output_path(&input, None);
+        let opts = PutOptions {
+            metadata: contract::output_metadata(&input, &recorded, &Spec::default()),
+            content_type: Some("text/csv".into()),
+            ..Default::default()
+        };
+        conn.blobs
+            .put(&out, expected_output(&body).into(), opts)
+            .await
+            .unwrap();
+        let before = conn.blobs.properties(&out).await.unwrap().etag;
+        outputs.push((input, out, before, expected_output(&body)));
+    }
+    // The redelivery: received once and let go (its lease lapses), so the worker's receive
+    // is its second.
+    queue.send(&redelivered).await.unwrap();
+    let taken = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    eventually("the first receive's lease lapsed", PATIENCE, || async {
+        let peeked = queue.peek(1).await.unwrap();
+        (!peeked.is_empty()).then_some(())
+    })
+    .await;
+    queue.send(&current).await.unwrap();
+    queue.send(&stale).await.unwrap();
+
+    let blob_proxy = HttpProxy::start(az.blob_addr(), 41, Vec::new());
+    let worker = WorkerProc::spawn_with(
+        az.rollq_via(blob_proxy.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &[],
+    );
+    eventually("two skipped, one completed", PATIENCE, || async {
+        let m = worker.metrics().await;
+        let get = |o: &str| sample(&m, "rollq_messages_total", &[("outcome", o)]).unwrap_or(0.0);
+        (get("skipped") == 2.0 && get("completed") == 1.0).then_some(())
+    })
+    .await;
+    let seen = blob_proxy.seen();
+    let (get, head, put) = (Kind::BlobGet, Kind::Head, Kind::Other);
+
+    assert_eq!(
+        requests_for(&seen, &current),
+        [(get, false), (put, true), (head, true)],
+        "current output, first delivery"
+    );
+    assert_eq!(
+        requests_for(&seen, &stale),
+        [
+            (get, false),
+            (put, true),
+            (head, true),
+            (head, false),
+            (put, true)
+        ],
+        "stale output"
+    );
+    assert_eq!(
+        requests_for(&seen, &redelivered),
+        [(get, false), (head, true)],
+        "current output, redelivery"
+    );
+    for (i, (input, out, before, want)) in outputs.iter().enumerate() {
+        let now = conn.blobs.properties(out).await.unwrap();
+        let got = download(&conn.blobs, &container, &out.name).await.unwrap();
+        assert_eq!(&got, want, "output {i}");
+        let input_etag = conn.blobs.properties(input).await.unwrap().etag;
+        assert!(
+            contract::is_current(&now.metadata, input, &input_etag, &Spec::default()),
+            "output {i} is current: {:?}",
+            now.metadata
+        );
+        if input.name == stale {
+            assert_ne!(&now.etag, before, "the stale output was replaced");
+        } else {
+            assert_eq!(&now.etag, before, "a current output is left as it is");
+        }
+    }
+    assert!(
+        worker
+            .log()
+            .matches("written by another replica or an earlier delivery")
+            .count()
+            == 1,
+        "the duplicate took the conflict path"
+    );
+}
