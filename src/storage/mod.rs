@@ -92,6 +92,16 @@ pub trait Queue: Send + Sync + fmt::Debug {
         visibility: Duration,
         new_text: Option<&str>,
     ) -> Result<PopReceipt, StorageError>;
+    /// [`Queue::update`] to extend a lease while work runs (no new text): the same request,
+    /// counted as `renew` in `rollq_storage_requests_total` like the error counter's label.
+    async fn renew(
+        &self,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+    ) -> Result<PopReceipt, StorageError> {
+        self.update(id, receipt, visibility, None).await
+    }
     /// Deletes a message; a stale receipt gives `ErrorKind::LeaseLost`.
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError>;
     /// Peeks up to `max` (1..=32) visible messages without leasing them.

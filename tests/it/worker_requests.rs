@@ -385,3 +385,54 @@ async fn existing_outputs_are_settled_by_the_conditional_write_or_checked_on_red
         "the duplicate took the conflict path"
     );
 }
+
+/// Issue 14: lease renewals are Update Message requests labelled `renew`, the op name the
+/// error counter uses for them, not `update` (retries and releases). A slow input keeps one
+/// job running through several renewals; every Update Message the queue proxy saw is one of
+/// the worker's `renew` requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_are_counted_as_renew() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let body = seed_csv(50, 3000);
+    let name = unique_name("renew") + ".csv";
+    upload(&conn.blobs, &container, &name, body.clone()).await;
+    queue.send(&name).await.unwrap();
+    // About 5 s of download at this rate: renewals every second (half of 2 s).
+    let rate = body.len() / 5;
+    let queue_proxy = HttpProxy::start(az.queue_addr(), 51, Vec::new());
+    let slow = crate::support::TcpProxy::throttled(az.blob_addr(), rate);
+    let worker = WorkerProc::spawn_with(
+        az.rollq_via(slow.addr(), queue_proxy.addr()),
+        queue.name(),
+        &container,
+        &[
+            "--visibility-timeout",
+            "2s",
+            "--download-block-size",
+            "256KiB",
+            "--download-parallel",
+            "1",
+        ],
+    );
+    eventually("the file completed", PATIENCE, || async {
+        let m = worker.metrics().await;
+        let done = sample(&m, "rollq_messages_total", &[("outcome", "completed")])?;
+        (done == 1.0).then_some(())
+    })
+    .await;
+    let m = worker.metrics().await;
+    let updates = of_kind(&queue_proxy.seen(), Kind::Update);
+    assert!(updates >= 2, "the job ran through renewals: {updates}");
+    assert_eq!(
+        requests(&m, Op::Renew.as_str()),
+        updates,
+        "each renewal is renew"
+    );
+    assert_eq!(
+        requests(&m, Op::Update.as_str()),
+        0,
+        "no retry or release happened"
+    );
+}

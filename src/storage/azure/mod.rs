@@ -388,6 +388,61 @@ fn check_max(op: Op, target: &str, max: u8) -> Result<i32, StorageError> {
     }
 }
 
+impl AzureQueue {
+    /// Update Message, labelled `op` (a retry or release is `update`, a lease extension
+    /// `renew`, as the error counter names them), retried by hand (see [`UPDATE_TRIES`]).
+    async fn update_message(
+        &self,
+        op: Op,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+        new_text: Option<&str>,
+    ) -> Result<PopReceipt, StorageError> {
+        let target = format!("{}/{}", self.name, id);
+        let mut opts = QueueClientUpdateMessageOptions {
+            method_options: labelled(op),
+            ..Default::default()
+        };
+        if let Some(t) = new_text {
+            opts.queue_message =
+                Some(message_body(t).map_err(|e| classify(&e, op, &target, true))?);
+        }
+        // One deadline for every try, like the SDK's retries under `bounded` elsewhere.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = UPDATE_PAUSE;
+        let mut tries = 0;
+        let rsp = loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = bounded(left, op, &target, true, async {
+                self.update_client
+                    .update_message(&id.0, &receipt.0, secs_ceil(visibility), Some(opts.clone()))
+                    .await
+            })
+            .await;
+            match r {
+                Ok(rsp) => break rsp,
+                Err(e) if tries < UPDATE_TRIES && update_is_safe_to_retry(&e) => {
+                    let wait = e.retry_after.unwrap_or(pause);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error.message = %e, tries, "update message refused; retrying");
+                    tokio::time::sleep(wait).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The new receipt only comes back as a header (no typed accessor in the 1.1 crate).
+        rsp.headers()
+            .get_optional_string(&HeaderName::from_static("x-ms-popreceipt"))
+            .map(PopReceipt)
+            .ok_or_else(|| other(op, &target, "the service returned no new pop receipt"))
+    }
+}
+
 #[async_trait]
 impl Queue for AzureQueue {
     fn name(&self) -> &str {
@@ -478,48 +533,18 @@ impl Queue for AzureQueue {
         visibility: Duration,
         new_text: Option<&str>,
     ) -> Result<PopReceipt, StorageError> {
-        let op = Op::Update;
-        let target = format!("{}/{}", self.name, id);
-        let mut opts = QueueClientUpdateMessageOptions {
-            method_options: labelled(op),
-            ..Default::default()
-        };
-        if let Some(t) = new_text {
-            opts.queue_message =
-                Some(message_body(t).map_err(|e| classify(&e, op, &target, true))?);
-        }
-        // One deadline for every try, like the SDK's retries under `bounded` elsewhere.
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut pause = UPDATE_PAUSE;
-        let mut tries = 0;
-        let rsp = loop {
-            tries += 1;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let r = bounded(left, op, &target, true, async {
-                self.update_client
-                    .update_message(&id.0, &receipt.0, secs_ceil(visibility), Some(opts.clone()))
-                    .await
-            })
-            .await;
-            match r {
-                Ok(rsp) => break rsp,
-                Err(e) if tries < UPDATE_TRIES && update_is_safe_to_retry(&e) => {
-                    let wait = e.retry_after.unwrap_or(pause);
-                    if tokio::time::Instant::now() + wait >= deadline {
-                        return Err(e);
-                    }
-                    tracing::debug!(error.message = %e, tries, "update message refused; retrying");
-                    tokio::time::sleep(wait).await;
-                    pause *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        // The new receipt only comes back as a header (no typed accessor in the 1.1 crate).
-        rsp.headers()
-            .get_optional_string(&HeaderName::from_static("x-ms-popreceipt"))
-            .map(PopReceipt)
-            .ok_or_else(|| other(op, &target, "the service returned no new pop receipt"))
+        self.update_message(Op::Update, id, receipt, visibility, new_text)
+            .await
+    }
+
+    async fn renew(
+        &self,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+    ) -> Result<PopReceipt, StorageError> {
+        self.update_message(Op::Renew, id, receipt, visibility, None)
+            .await
     }
 
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
