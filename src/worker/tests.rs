@@ -1375,3 +1375,51 @@ async fn a_missing_allowed_container_defers_the_message_until_it_returns() {
         "{outcome:?}"
     );
 }
+
+/// Issue 14: a prefetched message that waits for a slot longer than a quarter of the
+/// visibility timeout is released while the worker runs (not only at shutdown), recorded as a
+/// release and not an attempt, so another replica can take it.
+#[tokio::test]
+async fn a_prefetched_message_that_waits_too_long_is_released() {
+    let f = Fixture::new(|s| {
+        s.max_in_flight = 1;
+        s.prefetch = 4;
+        s.visibility_timeout = Duration::from_secs(2);
+        s.max_poll_interval = Duration::from_millis(50);
+        s.drain_timeout = Duration::from_millis(300);
+    })
+    .await;
+    f.put("slow.csv", "SPIN\n").await;
+    f.put("b.csv", "h\n1\n").await;
+    f.queue.send("slow.csv").await.unwrap();
+    f.queue.send("b.csv").await.unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (worker, shutdown) = (f.worker.clone(), shutdown.clone());
+        async move { worker.run(shutdown).await }
+    });
+    // The slow job holds the only slot; b.csv waits locally, then goes back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let released = f.queue.snapshot().iter().any(|m| {
+            let e = Envelope::open(&m.text);
+            e.original == "b.csv" && e.released >= 1 && e.attempts(m.dequeue_count) == 0
+        });
+        if released {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiting message was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(f.metrics.outcome_count(OutcomeLabel::Released) >= 1);
+    assert!(f.output("b_aggregated.csv").is_none(), "never started");
+    shutdown.trigger();
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped);
+    let snap = f.queue.snapshot();
+    assert_eq!(snap.len(), 2, "nothing deleted: {snap:?}");
+    assert!(snap.iter().all(|m| m.visible), "all released: {snap:?}");
+}
