@@ -1408,7 +1408,10 @@ async fn a_prefetched_message_that_waits_too_long_is_released() {
         if released {
             break;
         }
-        assert!(Instant::now() < deadline, "the waiting message was never released");
+        assert!(
+            Instant::now() < deadline,
+            "the waiting message was never released"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(f.metrics.outcome_count(OutcomeLabel::Released) >= 1);
