@@ -60,6 +60,8 @@ RESERVATION_DEFAULTS = {
     "ROLLQ_UPLOAD_BLOCK_SIZE": "4MiB",
     "ROLLQ_MAX_HELD_CELLS": "1000000",
 }
+# The worker's --prefetch default (rollq worker --help): counted when a variant leaves it unset.
+PREFETCH_DEFAULT = "32"
 
 
 def parse_size(text: str) -> int:
@@ -466,7 +468,8 @@ def cmd_manifests(args: argparse.Namespace) -> int:
                                  "their pods)")
                     else:
                         check_scaledjob_strategy(pr, so, md)
-                    prefetch = env.get("ROLLQ_PREFETCH") or "0"
+                    # Unset, the worker prefetches its default (`rollq worker --help`).
+                    prefetch = env.get("ROLLQ_PREFETCH") or PREFETCH_DEFAULT
                     if in_flight and str(in_flight).isdigit() and str(prefetch).isdigit():
                         held = int(in_flight) + int(prefetch)
                         pr.check(md.get("queueLength") == str(held),

@@ -148,6 +148,16 @@ impl StorageError {
         }
     }
 
+    /// Whether a conditional write was refused because of the blob already there: 409
+    /// (`If-None-Match: *` on Put Blob, `BlobAlreadyExists`) or 412 (a condition not met, as
+    /// Put Block List answers too).
+    pub fn is_existing_blob(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Conflict | ErrorKind::PreconditionFailed
+        )
+    }
+
     /// Whether a blob call failed because its container does not exist (404
     /// `ContainerNotFound`), not the blob: configuration that can come back, unlike a missing
     /// input blob.

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
-    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag,
-    ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
+    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, Download,
+    ETag, ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
     Received, StorageError,
 };
 use crate::storage::Op;
@@ -567,6 +567,19 @@ impl BlobStore for MemoryBlobStore {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
+    /// One snapshot for properties and bytes, as one GET gives both.
+    async fn download(&self, path: &BlobPath, opts: ReadOptions) -> Result<Download, StorageError> {
+        let blob = self.blob(Op::Download, path)?;
+        let properties = BlobProperties {
+            etag: blob.etag.clone(),
+            size: blob.size,
+            content_md5: blob.content_md5,
+            metadata: blob.metadata.clone(),
+        };
+        let stream = self.open_read(path, Some(&blob.etag), opts).await?;
+        Ok(Download { properties, stream })
+    }
+
     async fn put(
         &self,
         path: &BlobPath,
@@ -657,14 +670,23 @@ impl BlockUpload for MemoryUpload {
         self.content_md5 = Some(md5);
     }
 
-    async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
+    async fn commit(mut self: Box<Self>) -> Result<ETag, StorageError> {
+        let condition = self.opts.condition.clone();
+        self.commit_with(condition).await
+    }
+
+    async fn commit_with(&mut self, condition: Condition) -> Result<ETag, StorageError> {
         let data: Vec<u8> = self.blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        let opts = PutOptions {
+            condition,
+            ..self.opts.clone()
+        };
         self.store.write(
             Op::CommitBlockList,
             &self.path,
             Bytes::from(data),
             self.content_md5,
-            &self.opts,
+            &opts,
         )
     }
 }

@@ -92,6 +92,16 @@ pub trait Queue: Send + Sync + fmt::Debug {
         visibility: Duration,
         new_text: Option<&str>,
     ) -> Result<PopReceipt, StorageError>;
+    /// [`Queue::update`] to extend a lease while work runs (no new text): the same request,
+    /// counted as `renew` in `rollq_storage_requests_total` like the error counter's label.
+    async fn renew(
+        &self,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+    ) -> Result<PopReceipt, StorageError> {
+        self.update(id, receipt, visibility, None).await
+    }
     /// Deletes a message; a stale receipt gives `ErrorKind::LeaseLost`.
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError>;
     /// Peeks up to `max` (1..=32) visible messages without leasing them.
@@ -192,6 +202,26 @@ pub trait BlockUpload: Send {
     fn set_content_md5(&mut self, _md5: [u8; 16]) {}
     /// Commits every staged block, in order, under the upload's options; returns the new ETag.
     async fn commit(self: Box<Self>) -> Result<ETag, StorageError>;
+    /// Commits the staged blocks under `condition` instead of the upload's own, keeping the
+    /// upload for another try: a commit refused by its condition leaves the blocks staged, so
+    /// the worker can decide about the existing blob and commit again without restaging.
+    async fn commit_with(&mut self, condition: Condition) -> Result<ETag, StorageError>;
+}
+
+/// The first response of a download: the blob's properties (from that GET's own headers)
+/// and its bytes, every later range pinned to `properties.etag`.
+pub struct Download {
+    /// ETag, full size, Content-MD5 of the whole blob and metadata, as of this read.
+    pub properties: BlobProperties,
+    pub stream: ByteStream,
+}
+
+impl fmt::Debug for Download {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Download")
+            .field("properties", &self.properties)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Download tuning: memory held is bounded by about `2 × parallel × partition_bytes`.
@@ -227,6 +257,15 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         if_match: Option<&ETag>,
         opts: ReadOptions,
     ) -> Result<ByteStream, StorageError>;
+    /// Streams a blob and returns its properties from the first GET's headers: one request
+    /// where `properties` + `open_read` take two. Later ranges are pinned to the first
+    /// response's ETag. The default makes the two calls (for wrappers and stores that cannot
+    /// do better); the Azure adapter and the fake override it.
+    async fn download(&self, path: &BlobPath, opts: ReadOptions) -> Result<Download, StorageError> {
+        let properties = self.properties(path).await?;
+        let stream = self.open_read(path, Some(&properties.etag), opts).await?;
+        Ok(Download { properties, stream })
+    }
     /// Writes a small blob in one request.
     async fn put(
         &self,

@@ -25,8 +25,8 @@ use md5::{Digest, Md5};
 use crate::aggregate::{Sink, Source, maybe_gunzip};
 use crate::storage::Op;
 use crate::storage::{
-    BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, ETag, ErrorKind, PutOptions,
-    ReadOptions, StorageError,
+    BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag, ErrorKind,
+    PutOptions, ReadOptions, StorageError,
 };
 
 /// Reports storage failures (metrics, readiness) from the blocking thread.
@@ -95,9 +95,8 @@ pub struct Expected {
 }
 
 impl Expected {
-    /// From Get Blob Properties, the call that also pinned the ETag. This is the seam for
-    /// taking the size from the download's own `Content-Range` total (or `Content-Length`)
-    /// once the separate properties call goes: only the constructor changes.
+    /// From the properties of the read that pinned the ETag: the first GET's own headers
+    /// (`Content-Range` total, `x-ms-blob-content-md5`), see [`BlobStore::download`].
     pub fn from_properties(p: &BlobProperties) -> Self {
         Expected {
             size: p.size,
@@ -210,6 +209,10 @@ pub struct BlobSource {
     /// before its end (an input error, or a streaming pass giving way to holding mode), so
     /// [`BlobSource::verify_rest`] can finish the check. Replaced by every `open`.
     pub rest: Mutex<Option<(ByteStream, ReadCheck)>>,
+    /// The stream of the GET that pinned `etag` (the pipeline's first request for the job),
+    /// used by the first `open` so the input's first bytes are not asked for twice; later
+    /// opens (a re-read) send a new GET with If-Match on `etag`.
+    pub first: Option<ByteStream>,
 }
 
 impl BlobSource {
@@ -243,7 +246,11 @@ impl BlobSource {
 impl Source for BlobSource {
     fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
         *self.rest.lock().unwrap() = None;
+        let first = self.first.take();
         let stream = block_on_cancellable(&self.handle, &self.cancel, async {
+            if let Some(stream) = first {
+                return Ok(stream);
+            }
             let r = self
                 .blobs
                 .open_read(&self.path, Some(&self.etag), self.opts)
@@ -409,30 +416,97 @@ impl BlobSink {
     }
 
     /// Writes what is left and makes the output visible: one Put Blob when it all fit in
-    /// the buffer, else the last block and Put Block List. Returns the output's ETag.
-    pub fn finish(mut self) -> io::Result<ETag> {
+    /// the buffer, else the last block and Put Block List. Returns the output's ETag, or,
+    /// when the write was `IfNotExists` and an output is already there, the unwritten output
+    /// ([`Finish::Exists`]) for the caller to decide about.
+    pub fn finish(mut self) -> io::Result<Finish> {
         let blobs = self.blobs.clone();
         let observe = self.observe.clone();
-        match self.upload.take() {
-            None => {
-                let body = Bytes::from(std::mem::take(&mut self.buf));
-                block_on_cancellable(&self.handle, &self.cancel, async {
-                    let r = blobs.put(&self.path, body, self.opts.clone()).await;
-                    observe.storage_result(Op::Upload, r.as_ref().err());
-                    r
-                })
-            }
+        let pending = match self.upload.take() {
+            None => Unwritten::Body(Bytes::from(std::mem::take(&mut self.buf))),
             Some(up) => {
                 self.upload = Some(up);
                 if !self.buf.is_empty() {
                     self.stage_buffer()?;
                 }
-                let up = self.upload.take().expect("staged above");
-                block_on_cancellable(&self.handle, &self.cancel, async {
-                    let r = up.commit().await;
-                    observe.storage_result(Op::CommitBlockList, r.as_ref().err());
-                    r
-                })
+                Unwritten::Staged(self.upload.take().expect("staged above"))
+            }
+        };
+        let mut pending = Pending {
+            blobs,
+            path: self.path.clone(),
+            opts: self.opts.clone(),
+            observe,
+            unwritten: pending,
+        };
+        let condition = self.opts.condition.clone();
+        let r = block_on_cancellable(&self.handle, &self.cancel, async {
+            match pending.write(condition.clone()).await {
+                Err(e) if condition == Condition::IfNotExists && e.is_existing_blob() => Ok(None),
+                r => r.map(Some),
+            }
+        })?;
+        Ok(match r {
+            Some(etag) => Finish::Written(etag),
+            None => Finish::Exists(pending),
+        })
+    }
+}
+
+/// How [`BlobSink::finish`] ended.
+#[derive(Debug)]
+pub enum Finish {
+    /// The output is committed with this ETag.
+    Written(ETag),
+    /// `IfNotExists` found an output already there; nothing was written. The caller looks at
+    /// the existing output and either leaves it or writes over it with [`Pending::write`].
+    Exists(Pending),
+}
+
+/// An output produced but not committed because its `IfNotExists` write met an existing
+/// blob: the whole body (small outputs) or the staged blocks (large ones), so writing it
+/// over the existing output is one request, without redoing the work.
+pub struct Pending {
+    blobs: Arc<dyn BlobStore>,
+    path: BlobPath,
+    opts: PutOptions,
+    observe: Arc<dyn Observe>,
+    unwritten: Unwritten,
+}
+
+enum Unwritten {
+    Body(Bytes),
+    /// Dropping it leaves the blocks uncommitted (collected by the service).
+    Staged(Box<dyn BlockUpload>),
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Writes the output under `condition` (one Put Blob or one Put Block List); may be
+    /// called again after a refusal.
+    pub async fn write(&mut self, condition: Condition) -> Result<ETag, StorageError> {
+        match &mut self.unwritten {
+            Unwritten::Body(body) => {
+                let opts = PutOptions {
+                    condition,
+                    ..self.opts.clone()
+                };
+                let r = self.blobs.put(&self.path, body.clone(), opts).await;
+                self.observe.storage_result(Op::Upload, r.as_ref().err());
+                r
+            }
+            Unwritten::Staged(up) => {
+                let r = up.commit_with(condition).await;
+                self.observe
+                    .storage_result(Op::CommitBlockList, r.as_ref().err());
+                r
             }
         }
     }
@@ -521,6 +595,7 @@ mod tests {
                 cancel: CancellationToken::new(),
                 observe: c2.clone(),
                 rest: Mutex::default(),
+                first: None,
             };
             let mut text = String::new();
             src.open().unwrap().read_to_string(&mut text).unwrap();
@@ -536,7 +611,10 @@ mod tests {
             sink.write_all(b"discarded output").unwrap();
             sink.restart().unwrap();
             sink.write_all(b"abcdefghij").unwrap();
-            sink.finish().unwrap()
+            match sink.finish().unwrap() {
+                Finish::Written(etag) => etag,
+                other => panic!("expected a write, got {other:?}"),
+            }
         })
         .await
         .unwrap();
@@ -618,6 +696,7 @@ mod tests {
                 cancel: CancellationToken::new(),
                 observe: observe.clone(),
                 rest: Mutex::default(),
+                first: None,
             };
             // Small blocks: the output is staged while the input is read, so "nothing
             // committed" is about the commit, not about nothing having been written.
@@ -739,7 +818,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cancellation_stops_a_read_and_a_conflict_surfaces_as_storage_error() {
+    async fn cancellation_stops_a_read_and_an_existing_output_comes_back_unwritten() {
         let store = MemoryBlobStore::new();
         store.create_container_if_missing("c").await.unwrap();
         let input = BlobPath::new("c", "in.csv");
@@ -772,6 +851,7 @@ mod tests {
                 cancel,
                 observe: o.clone(),
                 rest: Mutex::default(),
+                first: None,
             };
             let err = src.open().err().unwrap();
             assert!(matches!(BridgeError::take(err), Ok(BridgeError::Cancelled)));
@@ -779,12 +859,41 @@ mod tests {
                 condition: Condition::IfNotExists,
                 ..Default::default()
             };
-            let mut sink = BlobSink::new(b, p, opts, 1024, h, CancellationToken::new(), o);
-            sink.write_all(b"x").unwrap();
-            let err = sink.finish().unwrap_err();
-            match BridgeError::take(err) {
-                Ok(BridgeError::Storage(se)) => assert_eq!(se.kind, ErrorKind::Conflict),
-                other => panic!("expected a storage error, got {other:?}"),
+            // One Put Blob (1 KiB blocks) and one staged upload (2-byte blocks), each
+            // `IfNotExists` over the existing input: nothing is written, the output comes back
+            // unwritten, and it can be written over the existing blob with its ETag only.
+            for (block_bytes, body) in [(1024, &b"x"[..]), (2, &b"xyz"[..])] {
+                let before = h.block_on(b.properties(&p)).unwrap();
+                let mut sink = BlobSink::new(
+                    b.clone(),
+                    p.clone(),
+                    opts.clone(),
+                    block_bytes,
+                    h.clone(),
+                    CancellationToken::new(),
+                    o.clone(),
+                );
+                sink.write_all(body).unwrap();
+                let Finish::Exists(mut pending) = sink.finish().unwrap() else {
+                    panic!("an existing blob must not be written over by IfNotExists");
+                };
+                let after = h.block_on(b.properties(&p)).unwrap();
+                assert_eq!(after.etag, before.etag, "nothing written");
+                let stale = Condition::IfMatch(ETag("\"stale\"".into()));
+                let err = h.block_on(pending.write(stale)).unwrap_err();
+                assert_eq!(err.kind, ErrorKind::PreconditionFailed);
+                let etag = h
+                    .block_on(pending.write(Condition::IfMatch(before.etag.clone())))
+                    .unwrap();
+                assert_ne!(etag, before.etag);
+                let mut got = Vec::new();
+                let mut stream = h
+                    .block_on(b.open_read(&p, Some(&etag), ReadOptions::default()))
+                    .unwrap();
+                while let Some(chunk) = h.block_on(stream.next()) {
+                    got.extend_from_slice(&chunk.unwrap());
+                }
+                assert_eq!(got, body, "block size {block_bytes}");
             }
         })
         .await

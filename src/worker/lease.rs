@@ -280,11 +280,7 @@ async fn renew(r: Renewal, stop: CancellationToken) {
         // final call finds the lease uncertain.
         let sent = Instant::now();
         held.uncertain = true;
-        let e = match r
-            .queue
-            .update(id, &held.receipt, params.visibility, None)
-            .await
-        {
+        let e = match r.queue.renew(id, &held.receipt, params.visibility).await {
             Ok(fresh) => {
                 held.uncertain = false;
                 held.receipt = fresh;

@@ -231,7 +231,12 @@ impl Worker {
                 // poisoning needs none of the job's buffers.
                 Ok(memory) => {
                     memory
-                        .scope(self.run_with_limits(&envelope, &lease, &interrupt))
+                        .scope(self.run_with_limits(
+                            &envelope,
+                            msg.dequeue_count,
+                            &lease,
+                            &interrupt,
+                        ))
                         .await
                 }
                 Err(e) => Err(e),

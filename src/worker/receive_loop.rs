@@ -5,6 +5,7 @@
 //! `startup::App` calls [`Worker::run`]; the loop selects on waiting (a slot, a receive, a
 //! sleep), never on working: in-flight messages get the drain deadline instead.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -81,35 +82,48 @@ impl Worker {
                 Step::End(end) => break end,
             }
         };
+        self.release_waiting(&mut state).await;
         self.drain(end, &state, &shutdown).await;
         stats.stop().await;
         tracing::info!(reason = ?end, "worker stopped");
         end
     }
 
-    /// One turn of the loop: a free slot, then a receive of up to the free slots. An empty
-    /// or failed receive sleeps the poll backoff (and may end the run when idle).
+    /// One turn of the loop. Messages waiting locally start as slots free up; a receive is
+    /// sent when what this worker holds (running + waiting) has dropped to the prefetch
+    /// threshold, sized to the room left under `--max-in-flight` + `--prefetch` (at most 32).
+    /// An empty or failed receive sleeps the poll backoff (and may end the run when idle).
     async fn next_batch(&self, state: &mut LoopState, stop: &CancellationToken) -> Step {
         let s = &self.ctx.settings;
-        if s.max_messages.is_some_and(|max| state.received >= max) {
+        let quota_left = s.max_messages.map(|max| max.saturating_sub(state.received));
+        if quota_left == Some(0) && state.waiting.is_empty() {
             return Step::End(RunEnd::MaxMessages);
         }
-        // Select on waiting, never on working: a slot, then a receive.
-        let first = tokio::select! {
-            _ = stop.cancelled() => return Step::End(RunEnd::Stopped),
-            p = state.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
+        if let Some(batch) = state.start_waiting() {
+            return Step::Batch(batch);
+        }
+        let held = state.held();
+        let room = state.capacity.saturating_sub(held);
+        // After a receive that came back short the queue had nothing more: polling again
+        // while every slot still has work only costs requests (a backlog's tail would be
+        // polled at the idle backoff's 50 ms once per freed slot). The next receive waits
+        // until a slot would otherwise idle.
+        let dry = state.queue_dry && held >= state.in_flight;
+        if room == 0 || held > state.threshold || quota_left == Some(0) || dry {
+            // Enough is held: wait for a slot for the next waiting message.
+            return self.wait(state, stop, None).await;
+        }
         // A job met a failure that stops every message: do not receive more only to defer
-        // them. Checked after the slot: a failing job reports before it frees its slot.
+        // them. Checked with a slot free or the threshold reached: a failing job reports
+        // before it frees its slot.
         if let Some(suspect) = self.ctx.pause.take()
             && let Some(step) = self.pause(state, stop, suspect).await
         {
-            drop(first);
             return step;
         }
-        let mut want = (1 + state.slots.available_permits()).min(MAX_BATCH);
-        if let Some(max) = s.max_messages {
-            want = want.min((max - state.received) as usize);
+        let mut want = room.min(MAX_BATCH);
+        if let Some(left) = quota_left {
+            want = want.min(usize::try_from(left).unwrap_or(usize::MAX));
         }
         let receive = self.ctx.queue.receive(want as u8, s.visibility_timeout);
         tokio::pin!(receive);
@@ -143,14 +157,13 @@ impl Worker {
         let msgs = match r {
             Ok(msgs) if !msgs.is_empty() => msgs,
             Ok(_) => {
-                drop(first);
+                state.queue_dry = true;
                 if self.idle_long_enough(state).await {
                     return Step::End(RunEnd::Idle);
                 }
                 return self.sleep(state, stop).await;
             }
             Err(e) if e.is_account_wide() => {
-                drop(first);
                 let suspect = Suspect {
                     service: Service::Queue,
                     error: e,
@@ -164,29 +177,94 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error.message = %e, "receive failed; backing off");
-                drop(first);
                 return self.sleep(state, stop).await;
             }
         };
         state.poll.reset();
         state.idle_since = None;
+        state.queue_dry = msgs.len() < want;
         state.received += msgs.len() as u64;
-        let mut permits = vec![first];
-        for _ in 1..msgs.len() {
-            // Only this loop takes permits, and it asked for at most the free ones.
-            permits.push(
-                state
-                    .slots
-                    .clone()
-                    .try_acquire_owned()
-                    .expect("receive returned at most the free slots"),
-            );
+        let now = Instant::now();
+        state
+            .waiting
+            .extend(msgs.into_iter().map(|msg| Waiting { msg, since: now }));
+        match state.start_waiting() {
+            Some(batch) => Step::Batch(batch),
+            None => Step::Wait,
         }
-        Step::Batch(msgs.into_iter().zip(permits).collect())
+    }
+
+    /// Waits for a slot for the oldest waiting message, the stop, the moment a waiting
+    /// message has waited too long (it is released), or `until` (the poll backoff).
+    async fn wait(
+        &self,
+        state: &mut LoopState,
+        stop: &CancellationToken,
+        until: Option<Instant>,
+    ) -> Step {
+        let oldest = state.waiting.front().map(|w| w.since + state.max_wait);
+        let slots = state.slots.clone();
+        // A freed slot matters when a message waits for it, or when everything is running
+        // and there is no other reason to wake up (then the next turn may receive). During
+        // a poll backoff with nothing waiting it must not end the sleep.
+        let wants_slot = !state.waiting.is_empty() || until.is_none();
+        let slot = async move {
+            if wants_slot {
+                slots.acquire_owned().await.ok()
+            } else {
+                std::future::pending().await
+            }
+        };
+        let at = |t: Option<Instant>| async move {
+            match t {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => {
+                state.stopped_at = Some(Instant::now());
+                Step::End(RunEnd::Stopped)
+            }
+            Some(permit) = slot => match state.waiting.pop_front() {
+                Some(w) => Step::Batch(vec![(w.msg, permit)]),
+                // A slot is free: the next turn decides whether to receive.
+                None => Step::Wait,
+            },
+            _ = at(oldest) => {
+                self.release_stale(state).await;
+                Step::Wait
+            }
+            _ = at(until) => Step::Wait,
+        }
+    }
+
+    /// Releases the messages that have waited locally longer than [`LoopState::max_wait`]
+    /// (a quarter of the visibility timeout): another replica with a free slot takes them at
+    /// once, and none starts with less than three quarters of its lease left, so its first
+    /// renewal (at half the timeout after the start) still comes before the receive's expiry.
+    async fn release_stale(&self, state: &mut LoopState) {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        while state
+            .waiting
+            .front()
+            .is_some_and(|w| now >= w.since + state.max_wait)
+        {
+            stale.push(state.waiting.pop_front().expect("checked").msg);
+        }
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "prefetched messages waited too long for a slot; releasing them"
+            );
+            let release_by = now + RELEASE_GRACE;
+            self.release_unstarted(stale, release_by).await;
+        }
     }
 
     /// Releases messages received but never started (a receive that returned after the stop
-    /// signal): visible again at once, each release recorded so it is not an attempt. Gives
+    /// signal, prefetched messages at shutdown or after waiting too long): visible again at once, each release recorded so it is not an attempt. Gives
     /// up at `release_by`: an unsent release only means the message reappears after its
     /// visibility timeout.
     async fn release_unstarted(&self, msgs: Vec<Received>, release_by: Instant) {
@@ -221,6 +299,17 @@ impl Worker {
                 "releases of messages received during shutdown did not finish; they reappear when their timeout lapses"
             );
         }
+    }
+
+    /// At the end of the loop, prefetched messages that never got a slot go back at once
+    /// (recorded as releases, not attempts), within the shutdown's bound.
+    async fn release_waiting(&self, state: &mut LoopState) {
+        let waiting: Vec<Received> = state.waiting.drain(..).map(|w| w.msg).collect();
+        let release_by = match state.stopped_at {
+            Some(at) => release_deadline(at, self.ctx.settings.drain_timeout),
+            None => Instant::now() + RELEASE_GRACE,
+        };
+        self.release_unstarted(waiting, release_by).await;
     }
 
     /// An account-wide failure was met: confirm it with a probe, and if storage is unusable
@@ -341,12 +430,11 @@ impl Worker {
         }
     }
 
-    /// Sleeps the next poll backoff, unless a stop comes first.
+    /// Sleeps the next poll backoff, unless a stop comes first; a slot freed meanwhile
+    /// starts the next waiting message (the sleep is about the queue, not about them).
     async fn sleep(&self, state: &mut LoopState, stop: &CancellationToken) -> Step {
-        tokio::select! {
-            _ = stop.cancelled() => Step::End(RunEnd::Stopped),
-            _ = tokio::time::sleep(state.poll.next()) => Step::Wait,
-        }
+        let until = Instant::now() + state.poll.next();
+        self.wait(state, stop, Some(until)).await
     }
 
     /// `--exit-when-idle`: nothing in flight, nothing received for that long, and the queue
@@ -355,7 +443,7 @@ impl Worker {
         let Some(limit) = self.ctx.settings.exit_when_idle else {
             return false;
         };
-        if !state.tracker.is_empty() {
+        if !state.tracker.is_empty() || !state.waiting.is_empty() {
             state.idle_since = None;
             return false;
         }
@@ -497,10 +585,32 @@ enum Step {
     End(RunEnd),
 }
 
+/// A prefetched message waiting locally for a slot.
+struct Waiting {
+    msg: Received,
+    /// When the receive returned it (its lease runs from about then).
+    since: Instant,
+}
+
 /// The loop's state across turns.
 struct LoopState {
     /// One permit per message in flight: `--max-in-flight` of them.
     slots: Arc<Semaphore>,
+    /// `--max-in-flight`, the number of permits.
+    in_flight: usize,
+    /// Received ahead (`--prefetch`), oldest first; they start as slots free up.
+    waiting: VecDeque<Waiting>,
+    /// The most messages held at once, running and waiting: `--max-in-flight` + `--prefetch`.
+    capacity: usize,
+    /// The next receive is sent once held messages drop to this: `--max-in-flight` plus half
+    /// of `--prefetch` (Azure Functions' `newBatchThreshold` is half its `batchSize`), so a
+    /// receive goes out while half the prefetch is still there to keep the slots busy.
+    threshold: usize,
+    /// How long a message may wait locally before it is released: a quarter of
+    /// `--visibility-timeout`.
+    max_wait: Duration,
+    /// The last receive returned fewer messages than it asked for (or none).
+    queue_dry: bool,
     /// Every spawned message; the drain waits on it.
     tracker: TaskTracker,
     poll: PollBackoff,
@@ -516,12 +626,38 @@ impl LoopState {
     fn new(s: &super::Settings) -> Self {
         LoopState {
             slots: Arc::new(Semaphore::new(s.max_in_flight)),
+            in_flight: s.max_in_flight,
+            waiting: VecDeque::new(),
+            capacity: s.max_held(),
+            threshold: s.max_in_flight + s.prefetch / 2,
+            max_wait: s.visibility_timeout / 4,
+            queue_dry: false,
             tracker: TaskTracker::new(),
             poll: PollBackoff::new(s.max_poll_interval),
             received: 0,
             idle_since: None,
             stopped_at: None,
         }
+    }
+}
+
+impl LoopState {
+    /// Messages held: running (slots taken) and waiting.
+    fn held(&self) -> usize {
+        (self.in_flight - self.slots.available_permits()) + self.waiting.len()
+    }
+
+    /// Starts as many waiting messages as there are free slots, oldest first.
+    fn start_waiting(&mut self) -> Option<Batch> {
+        let mut batch = Vec::new();
+        while !self.waiting.is_empty() {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let w = self.waiting.pop_front().expect("checked");
+            batch.push((w.msg, permit));
+        }
+        (!batch.is_empty()).then_some(batch)
     }
 }
 

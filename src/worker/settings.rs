@@ -33,6 +33,8 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Bytes the jobs in flight may reserve together (`--memory-budget`, see `budget`).
     pub memory_budget: u64,
+    /// Messages received ahead and waiting locally for a slot (`--prefetch`).
+    pub prefetch: usize,
     pub max_processing_time: Duration,
     pub max_dequeue_count: u64,
     /// Deliveries (the dequeue count, every failure and release included) after which a
@@ -98,6 +100,7 @@ impl Settings {
                 // No limit readable at all: the count (--max-in-flight) is the only bound.
                 None => super::budget::default_bytes().map_or(u64::MAX, |(b, _)| b),
             },
+            prefetch: args.prefetch,
             max_processing_time: args.max_processing_time,
             max_dequeue_count: args.max_dequeue_count,
             max_deliveries: (args.max_deliveries > 0).then_some(args.max_deliveries),
@@ -125,6 +128,12 @@ impl Settings {
     /// reading any `ROLLQ_*` variable (tests start here and change fields as they need).
     pub fn with_defaults(queue: &str, account: &str, container: &str) -> Result<Settings, String> {
         Settings::from_args(&WorkerArgs::defaults(queue, container), account)
+    }
+
+    /// The most messages this worker holds leased at once, running and prefetched: what
+    /// KEDA's `queueLength` per replica should be measured against.
+    pub fn max_held(&self) -> usize {
+        self.max_in_flight + self.prefetch
     }
 
     /// The poison queue's name.
@@ -217,6 +226,13 @@ pub struct WorkerArgs {
     /// Longest sleep between polls of an empty queue (exponential backoff with jitter).
     #[arg(long, env = "ROLLQ_MAX_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_poll_interval: Duration,
+    /// Messages received ahead and waiting locally for a slot, as Azure Functions' queue
+    /// trigger prefetches: receives are batched (up to 32) and the next batch is fetched
+    /// when running + waiting drops to --max-in-flight + half of this. A message waiting
+    /// longer than a quarter of --visibility-timeout is released. One worker holds at most
+    /// --max-in-flight + --prefetch messages (KEDA counts them all). 0 turns it off.
+    #[arg(long, env = "ROLLQ_PREFETCH", default_value_t = 32)]
+    pub prefetch: usize,
     /// Exit 0 once the queue has stayed empty this long (batch jobs, demos, tests).
     #[arg(long, env = "ROLLQ_EXIT_WHEN_IDLE", value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,

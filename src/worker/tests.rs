@@ -217,20 +217,33 @@ async fn output_container_setting_is_used() {
     );
 }
 
+/// Issue 14: a duplicate first delivery reads the input once (the GET that pins its ETag)
+/// and finds the output with its `If-None-Match: *` write: skipped, the output untouched.
+/// A new version of the input makes the output stale: it is rewritten (If-Match).
 #[tokio::test]
-async fn an_up_to_date_output_is_skipped_without_reading_and_a_stale_one_is_replaced() {
+async fn an_up_to_date_output_is_skipped_unchanged_and_a_stale_one_is_replaced() {
     let f = Fixture::new(|_| {}).await;
     f.put("t.csv", "h\n1\n").await;
     assert!(matches!(
         f.send_and_process("t.csv").await,
         Outcome::Completed { .. }
     ));
+    let out = BlobPath::new("in", "t_aggregated.csv");
+    let written = f.blobs.properties(&out).await.unwrap().etag;
     let reads = f.blobs.reads();
     let again = f.send_and_process("t.csv").await;
     assert!(matches!(again, Outcome::Skipped(_)), "{again:?}");
-    assert_eq!(f.blobs.reads(), reads, "the input was not read again");
+    assert_eq!(
+        f.blobs.reads(),
+        reads + 1,
+        "one GET, the one that gives the ETag"
+    );
+    assert_eq!(
+        f.blobs.properties(&out).await.unwrap().etag,
+        written,
+        "the current output is left as it is"
+    );
     assert!(f.queue.snapshot().is_empty());
-    // A new version of the input makes the output stale: it is rewritten (If-Match).
     f.put("t.csv", "h\n1\n2\n").await;
     assert!(matches!(
         f.send_and_process("t.csv").await,
@@ -1426,4 +1439,55 @@ async fn a_missing_input_container_pauses_until_it_exists_again() {
     assert_eq!(f.output("t_aggregated.csv").unwrap(), "H\n1\n");
     assert!(f.readiness.is_ready(), "ready again after the pause");
     assert!(f.poison_texts().is_empty());
+}
+
+/// Issue 14: a prefetched message that waits for a slot longer than a quarter of the
+/// visibility timeout is released while the worker runs (not only at shutdown), recorded as a
+/// release and not an attempt, so another replica can take it.
+#[tokio::test]
+async fn a_prefetched_message_that_waits_too_long_is_released() {
+    let f = Fixture::new(|s| {
+        s.max_in_flight = 1;
+        s.prefetch = 4;
+        s.visibility_timeout = Duration::from_secs(2);
+        s.max_poll_interval = Duration::from_millis(50);
+        s.drain_timeout = Duration::from_millis(300);
+    })
+    .await;
+    f.put("slow.csv", "SPIN\n").await;
+    f.put("b.csv", "h\n1\n").await;
+    f.queue.send("slow.csv").await.unwrap();
+    f.queue.send("b.csv").await.unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (worker, shutdown) = (f.worker.clone(), shutdown.clone());
+        async move { worker.run(shutdown).await }
+    });
+    // The slow job holds the only slot; b.csv waits locally, then goes back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let released = f.queue.snapshot().iter().any(|m| {
+            let e = Envelope::open(&m.text);
+            e.original == "b.csv" && e.released >= 1 && e.attempts(m.dequeue_count) == 0
+        });
+        if released {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiting message was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(f.metrics.outcome_count(OutcomeLabel::Released) >= 1);
+    assert!(f.output("b_aggregated.csv").is_none(), "never started");
+    shutdown.trigger();
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped);
+    let snap = f.queue.snapshot();
+    assert_eq!(snap.len(), 2, "nothing deleted: {snap:?}");
+    assert!(snap.iter().all(|m| m.visible), "all released: {snap:?}");
 }

@@ -62,6 +62,10 @@ async fn three_workers_racing_on_one_input_write_one_output() {
                 &[
                     "--max-in-flight",
                     "1",
+                    // One message per replica: with a prefetch, the first replica to poll
+                    // would take all three and run them one after another.
+                    "--prefetch",
+                    "0",
                     "--upload-block-size",
                     "1KiB",
                     "--visibility-timeout",
@@ -99,7 +103,8 @@ async fn three_workers_racing_on_one_input_write_one_output() {
     })
     .await;
 
-    // The race was real: each replica checked, found no output and committed.
+    // The race was real: each replica reached its `If-None-Match: *` commit (a first
+    // delivery of a small input sends no output check before the work).
     for (i, p) in proxies.iter().enumerate() {
         assert_eq!(
             p.count(Kind::PutBlockList),

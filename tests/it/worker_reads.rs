@@ -10,12 +10,44 @@ use crate::worker_support::*;
 /// `--max-dequeue-count 1` that poisons at the first failure counted as an attempt: the
 /// message must complete without any. Returns the worker's log and the proxy's record.
 async fn run_behind(proxy_rules: Vec<Rule>, name: &str, body: Vec<u8>) -> (String, Vec<Seen>) {
+    run_behind_with(proxy_rules, name, body, Md5::Stored).await
+}
+
+/// Whether the input blob carries a Content-MD5.
+#[derive(Clone, Copy, PartialEq)]
+enum Md5 {
+    /// Put Blob: the service stores the body's MD5.
+    Stored,
+    /// Staged blocks committed without `x-ms-blob-content-md5`: the blob has none.
+    None,
+}
+
+async fn run_behind_with(
+    proxy_rules: Vec<Rule>,
+    name: &str,
+    body: Vec<u8>,
+    md5: Md5,
+) -> (String, Vec<Seen>) {
     let az = crate::support::Azurite::start();
     let conn = az.connect().await;
     let (queue, container) = fresh_queue_and_container(&conn).await;
     let proxy = HttpProxy::start(az.blob_addr(), 11, proxy_rules);
     let expected = expected_output(&body);
-    upload(&conn.blobs, &container, name, body).await;
+    match md5 {
+        Md5::Stored => upload(&conn.blobs, &container, name, body).await,
+        Md5::None => {
+            let path = rollq::storage::BlobPath::new(&container, name);
+            let mut up = conn
+                .blobs
+                .start_upload(&path, Default::default())
+                .await
+                .unwrap();
+            up.stage(bytes::Bytes::from(body)).await.unwrap();
+            up.commit().await.unwrap();
+            let props = conn.blobs.properties(&path).await.unwrap();
+            assert_eq!(props.content_md5, None, "the input must have no MD5");
+        }
+    }
     queue.send(name).await.unwrap();
     let mut worker = WorkerProc::spawn_with(
         az.rollq_via(proxy.addr(), az.queue_addr()),
@@ -89,13 +121,39 @@ async fn short_blob_gets_are_retried_and_commit_nothing_until_a_full_read() {
     }];
     let (log, seen) = run_behind(rules, "short.csv", body).await;
     assert_eq!(committed_only_after_the_faults(&seen), 2);
-    let text = format!("short read: expected {len} bytes, received {}", len / 2);
+    // Issue 14: the size comes from the GET's own Content-Range, which the cut response
+    // rewrites to agree with itself; the blob's MD5 (x-ms-blob-content-md5 on the same GET)
+    // is what catches it. A blob without an MD5 gets its size from a HEAD instead.
+    let text = format!("over {} bytes", len / 2);
+    assert_eq!(
+        retries_with(&log, "content-md5 mismatch"),
+        2,
+        "two MD5 failures in:\n{log}"
+    );
     assert_eq!(retries_with(&log, &text), 2, "{text:?} twice in:\n{log}");
     assert_eq!(
         seen.iter().filter(|s| s.kind == Kind::BlobGet).count(),
         3,
         "one GET per read: two cut, one whole"
     );
+}
+
+/// Issue 14: the same cut GETs of a blob without a Content-MD5. The response's own
+/// Content-Range agrees with its cut body, so only a second answer can tell: the worker takes
+/// such a blob's size from a HEAD, and the count catches both short reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_gets_of_a_blob_without_md5_are_caught_by_the_size_from_a_head() {
+    let body = seed_csv(34, 6000);
+    let len = body.len();
+    let rules = vec![Rule {
+        kind: Kind::BlobGet,
+        when: When::FirstN(2),
+        action: Action::ShortBody(Cut::Blob),
+    }];
+    let (log, seen) = run_behind_with(rules, "nomd5.csv", body, Md5::None).await;
+    assert_eq!(committed_only_after_the_faults(&seen), 2);
+    let text = format!("short read: expected {len} bytes, received {}", len / 2);
+    assert_eq!(retries_with(&log, &text), 2, "{text:?} twice in:\n{log}");
 }
 
 /// The first blob GET comes back as a valid but shorter range of the same blob. The SDK

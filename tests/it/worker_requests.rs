@@ -167,6 +167,62 @@ async fn requests_counted_equal_requests_sent() {
     run_and_compare("reqs", 20, Vec::new(), Vec::new()).await;
 }
 
+/// The most storage requests one completed one-day file may cost while a backlog drains:
+/// one GET, one conditional Put Blob, one Delete Message, and receives of up to 32 messages
+/// amortised over their batch (issue 14).
+const MAX_REQUESTS_PER_FILE: f64 = 3.2;
+
+/// Issue 14: a backlog of one-day files (all queued before the worker starts) drains at no
+/// more than [`MAX_REQUESTS_PER_FILE`] requests per file, counted by the proxies, not by the
+/// worker. The window is the drain: from the first Get Messages to the last Delete Message,
+/// every request of either proxy in it (the queue gauges' samples included); the start-up
+/// checks before it and the idle polls after it are once per process, not per file, and are
+/// printed as the whole run's figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_at_most_3_2_requests_per_file() {
+    // Two receives' worth at the default prefetch: the fixed costs of a drain (the gauges'
+    // first sample, the receives of its tail) weigh as they would in a longer backlog.
+    let n = 64;
+    let (_, completed, mut seen) = run_and_compare("backlog", n, Vec::new(), Vec::new()).await;
+    assert_eq!(completed, n);
+    seen.sort_by_key(|s| s.at);
+    let first = seen
+        .iter()
+        .position(|s| s.kind == Kind::Receive)
+        .expect("a receive");
+    let last = seen
+        .iter()
+        .rposition(|s| s.kind == Kind::Delete)
+        .expect("a delete");
+    let window = &seen[first..=last];
+    let per_file = window.len() as f64 / n as f64;
+    let mut kinds: Vec<String> = [
+        Kind::Receive,
+        Kind::BlobGet,
+        Kind::Head,
+        Kind::Other,
+        Kind::Delete,
+        Kind::Peek,
+        Kind::Update,
+    ]
+    .iter()
+    .map(|k| format!("{k:?}={}", of_kind(window, *k)))
+    .collect();
+    kinds.retain(|k| !k.ends_with("=0"));
+    println!(
+        "drain: {} requests for {n} files = {per_file:.2} per file ({}); whole run {} = {:.2} per file",
+        window.len(),
+        kinds.join(", "),
+        seen.len(),
+        seen.len() as f64 / n as f64
+    );
+    assert!(
+        per_file <= MAX_REQUESTS_PER_FILE,
+        "{per_file:.2} requests per file while draining ({}), more than {MAX_REQUESTS_PER_FILE}",
+        kinds.join(", ")
+    );
+}
+
 /// The same with the proxies answering some requests 503 themselves: the SDK retries them,
 /// and every try is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,4 +244,195 @@ async fn sdk_retries_are_counted_per_try() {
     .await;
     let answered = seen.iter().filter(|s| s.action.is_some()).count();
     assert_eq!(answered, 9, "every injected 503 was sent, and so counted");
+}
+
+/// The blob requests the proxy saw for one blob, in order, as `(kind, is_output)` pairs
+/// where a Put Blob shows as `Kind::Other` (the proxy has no kind of its own for it).
+fn requests_for(seen: &[Seen], input: &str) -> Vec<(Kind, bool)> {
+    let output = input.replace(".csv", "_aggregated.csv");
+    seen.iter()
+        .filter_map(|s| {
+            let path = s.target.split('?').next().unwrap_or("");
+            if path.ends_with(&format!("/{output}")) {
+                Some((s.kind, true))
+            } else if path.ends_with(&format!("/{input}")) {
+                Some((s.kind, false))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Issue 14, the request pattern around an existing output, against Azurite, with the
+/// proxy's record of each blob's requests:
+/// - a first delivery whose output is already current (a duplicate message): one GET, the
+///   `If-None-Match: *` Put Blob refused, one HEAD of the output, skipped, its ETag unchanged;
+/// - a first delivery whose output is stale (made from another input version): the refused
+///   Put Blob, a HEAD of the output, a HEAD of the input (still the version read), then the
+///   Put Blob with If-Match on the stale output's ETag: replaced, current;
+/// - a redelivery (dequeue count 2) whose output is current: the output HEAD right after
+///   the first GET, before any work, and no Put Blob at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_outputs_are_settled_by_the_conditional_write_or_checked_on_redelivery() {
+    use rollq::aggregate::Spec;
+    use rollq::contract;
+    use rollq::storage::{BlobPath, PutOptions};
+
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let prefix = unique_name("exist");
+    let [current, stale, redelivered] =
+        ["current", "stale", "redelivered"].map(|k| format!("{prefix}-{k}.csv"));
+    let mut outputs = Vec::new();
+    for (i, name) in [&current, &stale, &redelivered].into_iter().enumerate() {
+        let body = seed_csv(40 + i as u64, ROWS);
+        let input = BlobPath::new(&container, name.as_str());
+        upload(&conn.blobs, &container, name, body.clone()).await;
+        let etag = conn.blobs.properties(&input).await.unwrap().etag;
+        // The stale output records another version of the input.
+        let recorded = if name == &stale {
+            rollq::storage::ETag("\"0x8D0000000000000\"".into())
+        } else {
+            etag
+        };
+        let out = contract::output_path(&input, None);
+        let opts = PutOptions {
+            metadata: contract::output_metadata(&input, &recorded, &Spec::default()),
+            content_type: Some("text/csv".into()),
+            ..Default::default()
+        };
+        conn.blobs
+            .put(&out, expected_output(&body).into(), opts)
+            .await
+            .unwrap();
+        let before = conn.blobs.properties(&out).await.unwrap().etag;
+        outputs.push((input, out, before, expected_output(&body)));
+    }
+    // The redelivery: received once and let go (its lease lapses), so the worker's receive
+    // is its second.
+    queue.send(&redelivered).await.unwrap();
+    let taken = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    eventually("the first receive's lease lapsed", PATIENCE, || async {
+        let peeked = queue.peek(1).await.unwrap();
+        (!peeked.is_empty()).then_some(())
+    })
+    .await;
+    queue.send(&current).await.unwrap();
+    queue.send(&stale).await.unwrap();
+
+    let blob_proxy = HttpProxy::start(az.blob_addr(), 41, Vec::new());
+    let worker = WorkerProc::spawn_with(
+        az.rollq_via(blob_proxy.addr(), az.queue_addr()),
+        queue.name(),
+        &container,
+        &[],
+    );
+    eventually("two skipped, one completed", PATIENCE, || async {
+        let m = worker.metrics().await;
+        let get = |o: &str| sample(&m, "rollq_messages_total", &[("outcome", o)]).unwrap_or(0.0);
+        (get("skipped") == 2.0 && get("completed") == 1.0).then_some(())
+    })
+    .await;
+    let seen = blob_proxy.seen();
+    let (get, head, put) = (Kind::BlobGet, Kind::Head, Kind::Other);
+
+    assert_eq!(
+        requests_for(&seen, &current),
+        [(get, false), (put, true), (head, true)],
+        "current output, first delivery"
+    );
+    assert_eq!(
+        requests_for(&seen, &stale),
+        [
+            (get, false),
+            (put, true),
+            (head, true),
+            (head, false),
+            (put, true)
+        ],
+        "stale output"
+    );
+    assert_eq!(
+        requests_for(&seen, &redelivered),
+        [(get, false), (head, true)],
+        "current output, redelivery"
+    );
+    for (i, (input, out, before, want)) in outputs.iter().enumerate() {
+        let now = conn.blobs.properties(out).await.unwrap();
+        let got = download(&conn.blobs, &container, &out.name).await.unwrap();
+        assert_eq!(&got, want, "output {i}");
+        let input_etag = conn.blobs.properties(input).await.unwrap().etag;
+        assert!(
+            contract::is_current(&now.metadata, input, &input_etag, &Spec::default()),
+            "output {i} is current: {:?}",
+            now.metadata
+        );
+        if input.name == stale {
+            assert_ne!(&now.etag, before, "the stale output was replaced");
+        } else {
+            assert_eq!(&now.etag, before, "a current output is left as it is");
+        }
+    }
+    assert!(
+        worker
+            .log()
+            .matches("written by another replica or an earlier delivery")
+            .count()
+            == 1,
+        "the duplicate took the conflict path"
+    );
+}
+
+/// Issue 14: lease renewals are Update Message requests labelled `renew`, the op name the
+/// error counter uses for them, not `update` (retries and releases). A slow input keeps one
+/// job running through several renewals; every Update Message the queue proxy saw is one of
+/// the worker's `renew` requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_are_counted_as_renew() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    let body = seed_csv(50, 3000);
+    let name = unique_name("renew") + ".csv";
+    upload(&conn.blobs, &container, &name, body.clone()).await;
+    queue.send(&name).await.unwrap();
+    // About 5 s of download at this rate: renewals every second (half of 2 s).
+    let rate = body.len() / 5;
+    let queue_proxy = HttpProxy::start(az.queue_addr(), 51, Vec::new());
+    let slow = crate::support::TcpProxy::throttled(az.blob_addr(), rate);
+    let worker = WorkerProc::spawn_with(
+        az.rollq_via(slow.addr(), queue_proxy.addr()),
+        queue.name(),
+        &container,
+        &[
+            "--visibility-timeout",
+            "2s",
+            "--download-block-size",
+            "256KiB",
+            "--download-parallel",
+            "1",
+        ],
+    );
+    eventually("the file completed", PATIENCE, || async {
+        let m = worker.metrics().await;
+        let done = sample(&m, "rollq_messages_total", &[("outcome", "completed")])?;
+        (done == 1.0).then_some(())
+    })
+    .await;
+    let m = worker.metrics().await;
+    let updates = of_kind(&queue_proxy.seen(), Kind::Update);
+    assert!(updates >= 2, "the job ran through renewals: {updates}");
+    assert_eq!(
+        requests(&m, Op::Renew.as_str()),
+        updates,
+        "each renewal is renew"
+    );
+    assert_eq!(
+        requests(&m, Op::Update.as_str()),
+        0,
+        "no retry or release happened"
+    );
 }

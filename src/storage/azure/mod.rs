@@ -55,8 +55,8 @@ use requests::{CountRequests, labelled};
 
 use super::connection::{Auth, ConnectError, ConnectionInfo, Resolved, StorageArgs, resolve};
 use super::{
-    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, ETag,
-    ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
+    BlobItem, BlobPath, BlobProperties, BlobStore, BlockUpload, ByteStream, Condition, Download,
+    ETag, ErrorKind, MessageId, Peeked, PopReceipt, PutOptions, Queue, QueueService, ReadOptions,
     Received, StorageError,
 };
 use crate::metrics::StorageRequests;
@@ -388,6 +388,61 @@ fn check_max(op: Op, target: &str, max: u8) -> Result<i32, StorageError> {
     }
 }
 
+impl AzureQueue {
+    /// Update Message, labelled `op` (a retry or release is `update`, a lease extension
+    /// `renew`, as the error counter names them), retried by hand (see [`UPDATE_TRIES`]).
+    async fn update_message(
+        &self,
+        op: Op,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+        new_text: Option<&str>,
+    ) -> Result<PopReceipt, StorageError> {
+        let target = format!("{}/{}", self.name, id);
+        let mut opts = QueueClientUpdateMessageOptions {
+            method_options: labelled(op),
+            ..Default::default()
+        };
+        if let Some(t) = new_text {
+            opts.queue_message =
+                Some(message_body(t).map_err(|e| classify(&e, op, &target, true))?);
+        }
+        // One deadline for every try, like the SDK's retries under `bounded` elsewhere.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = UPDATE_PAUSE;
+        let mut tries = 0;
+        let rsp = loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = bounded(left, op, &target, true, async {
+                self.update_client
+                    .update_message(&id.0, &receipt.0, secs_ceil(visibility), Some(opts.clone()))
+                    .await
+            })
+            .await;
+            match r {
+                Ok(rsp) => break rsp,
+                Err(e) if tries < UPDATE_TRIES && update_is_safe_to_retry(&e) => {
+                    let wait = e.retry_after.unwrap_or(pause);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error.message = %e, tries, "update message refused; retrying");
+                    tokio::time::sleep(wait).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The new receipt only comes back as a header (no typed accessor in the 1.1 crate).
+        rsp.headers()
+            .get_optional_string(&HeaderName::from_static("x-ms-popreceipt"))
+            .map(PopReceipt)
+            .ok_or_else(|| other(op, &target, "the service returned no new pop receipt"))
+    }
+}
+
 #[async_trait]
 impl Queue for AzureQueue {
     fn name(&self) -> &str {
@@ -478,48 +533,18 @@ impl Queue for AzureQueue {
         visibility: Duration,
         new_text: Option<&str>,
     ) -> Result<PopReceipt, StorageError> {
-        let op = Op::Update;
-        let target = format!("{}/{}", self.name, id);
-        let mut opts = QueueClientUpdateMessageOptions {
-            method_options: labelled(op),
-            ..Default::default()
-        };
-        if let Some(t) = new_text {
-            opts.queue_message =
-                Some(message_body(t).map_err(|e| classify(&e, op, &target, true))?);
-        }
-        // One deadline for every try, like the SDK's retries under `bounded` elsewhere.
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut pause = UPDATE_PAUSE;
-        let mut tries = 0;
-        let rsp = loop {
-            tries += 1;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let r = bounded(left, op, &target, true, async {
-                self.update_client
-                    .update_message(&id.0, &receipt.0, secs_ceil(visibility), Some(opts.clone()))
-                    .await
-            })
-            .await;
-            match r {
-                Ok(rsp) => break rsp,
-                Err(e) if tries < UPDATE_TRIES && update_is_safe_to_retry(&e) => {
-                    let wait = e.retry_after.unwrap_or(pause);
-                    if tokio::time::Instant::now() + wait >= deadline {
-                        return Err(e);
-                    }
-                    tracing::debug!(error.message = %e, tries, "update message refused; retrying");
-                    tokio::time::sleep(wait).await;
-                    pause *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        // The new receipt only comes back as a header (no typed accessor in the 1.1 crate).
-        rsp.headers()
-            .get_optional_string(&HeaderName::from_static("x-ms-popreceipt"))
-            .map(PopReceipt)
-            .ok_or_else(|| other(op, &target, "the service returned no new pop receipt"))
+        self.update_message(Op::Update, id, receipt, visibility, new_text)
+            .await
+    }
+
+    async fn renew(
+        &self,
+        id: &MessageId,
+        receipt: &PopReceipt,
+        visibility: Duration,
+    ) -> Result<PopReceipt, StorageError> {
+        self.update_message(Op::Renew, id, receipt, visibility, None)
+            .await
     }
 
     async fn delete(&self, id: &MessageId, receipt: &PopReceipt) -> Result<(), StorageError> {
@@ -623,6 +648,11 @@ fn quoted_etag(s: String) -> ETag {
 fn etag_of(op: Op, target: &str, e: Option<Etag>) -> Result<ETag, StorageError> {
     e.map(|e| quoted_etag(e.to_string()))
         .ok_or_else(|| other(op, target, "the service returned no ETag"))
+}
+
+/// The total of a `Content-Range` value (`bytes 0-1048575/10485760` → 10485760).
+fn range_total(value: &str) -> Option<u64> {
+    value.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 /// If-Match / If-None-Match headers for a condition.
@@ -743,6 +773,60 @@ impl BlobStore for AzureBlobStore {
             .body
             .map_err(move |e| classify(&e, op, &target, false));
         Ok(stream.boxed())
+    }
+
+    async fn download(&self, path: &BlobPath, opts: ReadOptions) -> Result<Download, StorageError> {
+        let op = Op::Download;
+        let target = path.to_string();
+        // No If-Match on the first range: its answer is what pins the ETag, and the SDK sends
+        // every later range with If-Match on it, so a blob replaced mid-read ends the stream
+        // with 412 → PreconditionFailed, as with `open_read`.
+        let dl = BlobClientDownloadOptions {
+            parallel: NonZero::new(opts.parallel.max(1)),
+            partition_size: NonZero::new(opts.partition_bytes.max(1)),
+            method_options: labelled(op),
+            ..Default::default()
+        };
+        let result = bounded(
+            self.timeout,
+            op,
+            &target,
+            false,
+            self.blob(path).download(Some(dl)),
+        )
+        .await?;
+        let p = &result.properties;
+        let etag = etag_of(op, &target, p.etag.clone())?;
+        // The first response covers one partition: `Content-Length` is that range's length,
+        // the blob's size is the total of `Content-Range` (absent when the whole blob came
+        // back as a plain 200, e.g. an empty blob).
+        let size = result
+            .headers
+            .get_optional_string(&HeaderName::from_static("content-range"))
+            .and_then(|r| range_total(&r))
+            .or(p.content_length)
+            .unwrap_or(0);
+        // A ranged GET reports the whole blob's MD5 as x-ms-blob-content-md5; Content-MD5 is
+        // the whole blob's only when the response holds the whole blob.
+        let whole = p.content_length == Some(size);
+        let content_md5 = p
+            .blob_content_md5
+            .clone()
+            .or_else(|| p.content_md5.clone().filter(|_| whole))
+            .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok());
+        let mut metadata: Vec<(String, String)> = p.metadata.clone().into_iter().collect();
+        metadata.sort();
+        let properties = BlobProperties {
+            etag,
+            size,
+            content_md5,
+            metadata,
+        };
+        let stream = result
+            .body
+            .map_err(move |e| classify(&e, op, &target, false))
+            .boxed();
+        Ok(Download { properties, stream })
     }
 
     async fn put(
@@ -887,9 +971,14 @@ impl BlockUpload for AzureBlockUpload {
         self.content_md5 = Some(md5);
     }
 
-    async fn commit(self: Box<Self>) -> Result<ETag, StorageError> {
+    async fn commit(mut self: Box<Self>) -> Result<ETag, StorageError> {
+        let condition = self.opts.condition.clone();
+        self.commit_with(condition).await
+    }
+
+    async fn commit_with(&mut self, condition: Condition) -> Result<ETag, StorageError> {
         let op = Op::CommitBlockList;
-        let (if_match, if_none_match) = condition_headers(&self.opts.condition);
+        let (if_match, if_none_match) = condition_headers(&condition);
         let list: RequestContent<BlockLookupList, azure_core::http::XmlFormat> = BlockLookupList {
             latest: Some(self.ids.clone()),
             ..Default::default()

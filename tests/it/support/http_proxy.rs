@@ -169,6 +169,8 @@ pub struct Seen {
     pub kind: Kind,
     pub target: String,
     pub action: Option<Action>,
+    /// When it arrived, so the lists of two proxies can be put in one order.
+    pub at: std::time::Instant,
 }
 
 /// What the proxy counted: faults actually injected, and Azurite's own error answers.
@@ -218,6 +220,7 @@ impl State {
             kind,
             target: target.to_owned(),
             action,
+            at: std::time::Instant::now(),
         });
         action
     }
