@@ -344,8 +344,7 @@ async fn storage_outage_flips_readiness_and_loses_nothing() {
 
 /// Issue 10: blob storage answering 503 for longer than `--max-dequeue-count` attempts is a
 /// platform failure: nothing is poisoned, every message completes once it passes. The HTTP
-/// proxy answers the first 24 HEAD requests (Get Blob Properties, every job's first blob call)
-/// with 503 itself.
+/// proxy answers the first 24 Get Blob requests (every job's first blob call) with 503 itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_503s_longer_than_max_dequeue_count_poison_nothing() {
     let az = Azurite::start();
@@ -356,7 +355,7 @@ async fn blob_503s_longer_than_max_dequeue_count_poison_nothing() {
         az.blob_addr(),
         10,
         vec![Rule {
-            kind: Kind::Head,
+            kind: Kind::BlobGet,
             when: When::FirstN(busy),
             action: Action::Answer {
                 status: 503,
@@ -397,6 +396,6 @@ async fn blob_503s_longer_than_max_dequeue_count_poison_nothing() {
     assert_queue_and_poison_empty(&conn, &queue).await;
     let log = worker.log();
     assert!(!log.contains("message poisoned"), "{log}");
-    let (_, answered) = blob_proxy.count(Kind::Head);
+    let (_, answered) = blob_proxy.count(Kind::BlobGet);
     assert_eq!(answered, busy, "every injected 503 was served");
 }

@@ -154,7 +154,6 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
     assert_eq!(outputs.len() as u64, 2 * MESSAGES, "{outputs:?}");
 
     let mut total = 0.0;
-    let mut lost_deletes = 0.0;
     for (w, pid) in workers.iter_mut().zip(pids) {
         assert!(w.alive(), "worker {pid} died in the restart");
         eventually("ready again", PATIENCE, || async {
@@ -180,15 +179,14 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
             errors(None) > 0.0,
             "worker {pid} saw no storage error: {log}"
         );
-        lost_deletes += errors(Some("delete"));
         total += finished(w).await;
     }
-    // Every message ended completed or skipped, except one whose Delete failed in the restart
-    // after its output was committed: Azurite may have applied that delete before SIGTERM
-    // (then the message never returns, and its output is checked above).
+    // Every message ended completed or skipped: a Delete that failed in the restart after its
+    // output was committed counts the message completed (Azurite may have applied it before
+    // SIGTERM, and then the message never returns).
     assert!(
-        total + lost_deletes >= MESSAGES as f64,
-        "completed + skipped = {total}, failed deletes {lost_deletes}, < {MESSAGES} submitted"
+        total >= MESSAGES as f64,
+        "completed + skipped = {total} < {MESSAGES} submitted"
     );
     drop(az2);
     drop(az);
