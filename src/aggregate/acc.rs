@@ -36,6 +36,18 @@ pub struct Acc {
 }
 
 impl Acc {
+    /// Adds one row's values to its bucket's accumulators, one per value column; a missing
+    /// value (NaN) is skipped, as pandas' count and mean skip it. The one place that rule lives
+    /// for every reducer mode.
+    #[inline(always)]
+    pub fn push_row(accs: &mut [Acc], values: &[f64]) {
+        for (acc, &v) in accs.iter_mut().zip(values) {
+            if !v.is_nan() {
+                acc.push(v);
+            }
+        }
+    }
+
     /// Adds one value.
     #[inline(always)]
     pub fn push(&mut self, x: f64) {

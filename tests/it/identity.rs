@@ -346,11 +346,7 @@ async fn a_token_for_the_wrong_audience_is_a_platform_failure() {
             "1",
         ],
     );
-    eventually("the worker reading the input", PATIENCE, || async {
-        let m = worker.metrics().await;
-        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    worker.wait_reading("the worker reading the input").await;
     assert_eq!(worker.status("/readyz").await, 200);
     world.tokens.set_policy(TokenPolicy {
         audience: Some("https://vault.azure.net".into()),

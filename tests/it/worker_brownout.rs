@@ -72,11 +72,7 @@ async fn sigterm_during_a_brownout_exits_within_the_drain_bound() {
             "1",
         ],
     );
-    eventually("the worker reading the input", PATIENCE, || async {
-        let m = worker.metrics().await;
-        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    worker.wait_reading("the worker reading the input").await;
     // A renewal has left and is held for 8 s: it is in flight when the signal arrives, and
     // so is the stats task's first Peek (held 30 s, sent at start).
     eventually("a renewal in flight", PATIENCE, || async {
@@ -166,11 +162,7 @@ async fn a_release_held_past_the_drain_deadline_does_not_hold_the_exit() {
             "1",
         ],
     );
-    eventually("the worker reading the input", PATIENCE, || async {
-        let m = worker.metrics().await;
-        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    worker.wait_reading("the worker reading the input").await;
     assert_eq!(
         queue_proxy.count(Kind::Update).0,
         0,

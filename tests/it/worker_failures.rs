@@ -213,11 +213,9 @@ async fn kill_9_mid_file_is_finished_by_another_worker() {
         &container,
         &["--visibility-timeout", "5s"],
     );
-    eventually("the first worker reading the input", PATIENCE, || async {
-        let m = first.metrics().await;
-        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    first
+        .wait_reading("the first worker reading the input")
+        .await;
     first.kill9();
     assert!(
         download(&conn.blobs, &container, "big_aggregated.csv")

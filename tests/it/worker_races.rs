@@ -399,11 +399,9 @@ async fn a_sas_expiring_mid_job_is_a_platform_failure_naming_the_expiry() {
             "1",
         ],
     );
-    eventually("the first worker reading the input", PATIENCE, || async {
-        let m = first.metrics().await;
-        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    first
+        .wait_reading("the first worker reading the input")
+        .await;
     let retried = eventually("the job failing once the SAS expired", PATIENCE, || async {
         let m = first.metrics().await;
         let n = sample(&m, "rollq_messages_total", &[("outcome", "retried")]);

@@ -28,11 +28,7 @@ async fn sigterm_mid_file_releases_and_exits_zero() {
         &container,
         &["--drain-timeout", "2s", "--max-in-flight", "1"],
     );
-    eventually("the worker reading the input", PATIENCE, || async {
-        let m = worker.metrics().await;
-        (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    worker.wait_reading("the worker reading the input").await;
     // Submitted after the work began: must stay in the queue for someone else.
     queue.send("short.csv").await.unwrap();
     worker.sigterm();

@@ -174,6 +174,15 @@ impl WorkerProc {
         let lines = body.lines().map(|l| Ok(l.to_owned()));
         prometheus_parse::Scrape::parse(lines).expect("parse /metrics")
     }
+
+    /// Waits (up to [`PATIENCE`]) until the worker has read input bytes: a job is under way.
+    pub async fn wait_reading(&self, what: &str) {
+        eventually(what, PATIENCE, || async {
+            let m = self.metrics().await;
+            (sample(&m, "rollq_bytes_read_total", &[]).unwrap_or(0.0) > 0.0).then_some(())
+        })
+        .await;
+    }
 }
 
 impl Drop for WorkerProc {

@@ -70,11 +70,7 @@ impl Buckets for Holding<'_> {
     ) -> Result<Option<PassEnd>, AggregateError> {
         self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
         let accs = self.held.slot(key, self.limit)?;
-        for (acc, &v) in accs.iter_mut().zip(values) {
-            if !v.is_nan() {
-                acc.push(v);
-            }
-        }
+        Acc::push_row(accs, values);
         Ok(None)
     }
 

@@ -512,11 +512,7 @@ impl Buckets for Part<'_, '_> {
                 self.current = Some(key);
             }
         }
-        for (acc, &v) in self.open.iter_mut().zip(values) {
-            if !v.is_nan() {
-                acc.push(v);
-            }
-        }
+        Acc::push_row(&mut self.open, values);
         Ok(None)
     }
 
@@ -563,11 +559,7 @@ impl Buckets for Continue<'_> {
         if key != self.key {
             return Ok(Some(PassEnd::Done));
         }
-        for (acc, &v) in self.accs.iter_mut().zip(values) {
-            if !v.is_nan() {
-                acc.push(v);
-            }
-        }
+        Acc::push_row(self.accs, values);
         Ok(None)
     }
 

@@ -84,11 +84,7 @@ impl Buckets for Streaming<'_> {
                 self.current = Some(key);
             }
         }
-        for (acc, &v) in self.open.iter_mut().zip(values) {
-            if !v.is_nan() {
-                acc.push(v);
-            }
-        }
+        Acc::push_row(&mut self.open, values);
         Ok(None)
     }
 
