@@ -148,7 +148,18 @@ async fn a_deleted_input_container_turns_readiness_503_and_no_message_is_lost() 
     );
     assert!(worker.alive());
 
-    // The container comes back with its inputs: every message completes.
+    // The container comes back with its inputs: every message completes. The worker is
+    // stopped (SIGSTOP, by its own pid) while the container is recreated and filled, so no
+    // message is received between the two: a blob still missing is poisoned at once, as it
+    // should be, and would fail this test for a reason it is not about.
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &worker.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    };
+    signal("-STOP");
     conn.blobs
         .create_container_if_missing(&container)
         .await
@@ -159,6 +170,7 @@ async fn a_deleted_input_container_turns_readiness_503_and_no_message_is_lost() 
         upload(&conn.blobs, &container, &format!("c{i}.csv"), body.clone()).await;
         inputs.push(body);
     }
+    signal("-CONT");
     wait_ready(&worker, 200, "ready again once the container exists").await;
     for (i, input) in inputs.iter().enumerate() {
         let name = format!("c{i}_aggregated.csv");
