@@ -36,6 +36,9 @@ What each column means:
 - peak RSS: the largest "Maximum resident set size" `/usr/bin/time -v` reports for a consumer
   process (per process, not summed).
 - Azurite CPU ms/file: the emulator's user + system CPU time during the run, per file.
+- consumer CPU ms/file: the consumer's own user + system CPU time (`/usr/bin/time -v`, summed
+  over its processes, start-up and idle tail included), per file. On 2 cores the emulator takes
+  more than one of them, so what a consumer burns itself is taken from the emulator's share.
 """
 
 import argparse
@@ -280,6 +283,13 @@ def max_rss_kib(stderr_text):
     return max(map(int, m)) if m else None
 
 
+def cpu_seconds_of(stderr_text):
+    """User + system CPU seconds `/usr/bin/time -v` reports for one consumer process."""
+    user = re.findall(r"User time \(seconds\): ([\d.]+)", stderr_text)
+    system = re.findall(r"System time \(seconds\): ([\d.]+)", stderr_text)
+    return float(user[-1]) + float(system[-1]) if user and system else None
+
+
 def run_rollq(az, bins, st, procs, worker_args, idle="2s"):
     cmd = [
         "/usr/bin/time", "-v", str(bins["rollq"]), "worker",
@@ -322,6 +332,7 @@ def run_rollq(az, bins, st, procs, worker_args, idle="2s"):
         "t1": max(done.values()),
         "deletes": done,
         "rss_kib": max(max_rss_kib(e) or 0 for e in outs),
+        "cpu_s": sum(cpu_seconds_of(e) or 0 for e in outs),
         "warnings": failures,
     }
 
@@ -348,6 +359,7 @@ def run_listed(az, cmd, st, workdir):
         "t1": t1,
         "deletes": done,
         "rss_kib": max_rss_kib(r.stderr),
+        "cpu_s": cpu_seconds_of(r.stderr),
         "warnings": 0,
     }
 
@@ -451,6 +463,9 @@ def run_scenario(name, args, bins, inputs, workdir, venv):
             "age_p95": pct(ages, 0.95),
             "rss_mib": max((x["rss_kib"] or 0) for x in r["runs"]) / 1024,
             "azurite_cpu_ms_per_file": statistics.median(x["azurite_cpu_s"] * 1000 / x["files"] for x in r["runs"]),
+            "consumer_cpu_ms_per_file": statistics.median(
+                (x["cpu_s"] or 0) * 1000 / x["files"] for x in r["runs"]
+            ),
             "warnings": sum(x["warnings"] for x in r["runs"]),
         })  # fmt: skip
     return out
@@ -506,8 +521,8 @@ def fmt(v, spec):
 
 def markdown(rows, latencies, args):
     lines = [
-        "| scenario | consumer | files | runs | files/s (median) | vs bare ceiling | input MB/s | req/file | age p50 / p95 s | peak RSS MiB | Azurite CPU ms/file |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | consumer | files | runs | files/s (median) | vs bare ceiling | input MB/s | req/file | age p50 / p95 s | peak RSS MiB | Azurite CPU ms/file | consumer CPU ms/file |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -515,7 +530,7 @@ def markdown(rows, latencies, args):
             f"| {fmt(r['vs_ceiling'] and 100 * r['vs_ceiling'], '.0f')}{'' if r['vs_ceiling'] is None else ' %'} "
             f"| {fmt(r['mb_per_s'], '.1f')} | {fmt(r['req_per_file'], '.2f')} "
             f"| {fmt(r['age_p50'], '.2f')} / {fmt(r['age_p95'], '.2f')} | {fmt(r['rss_mib'], '.0f')} "
-            f"| {fmt(r['azurite_cpu_ms_per_file'], '.1f')} |"
+            f"| {fmt(r['azurite_cpu_ms_per_file'], '.1f')} | {fmt(r['consumer_cpu_ms_per_file'], '.1f')} |"
         )
     if latencies is not None:
         lines.append("")

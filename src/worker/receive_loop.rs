@@ -77,7 +77,10 @@ impl Worker {
         let mut state = LoopState::new(&self.ctx.settings);
         let end = loop {
             match self.next_batch(&mut state, &shutdown.stop).await {
-                Step::Batch(batch) => self.spawn(&state.tracker, batch, &shutdown.interrupt),
+                Step::Batch(batch) => {
+                    state.note_starts(batch.len(), Instant::now());
+                    self.spawn(&state.tracker, batch, &shutdown.interrupt)
+                }
                 Step::Wait => {}
                 Step::End(end) => break end,
             }
@@ -91,7 +94,8 @@ impl Worker {
 
     /// One turn of the loop. Messages waiting locally start as slots free up; a receive is
     /// sent when what this worker holds (running + waiting) has dropped to the prefetch
-    /// threshold, sized to the room left under `--max-in-flight` + `--prefetch` (at most 32).
+    /// threshold, sized to the room left under `--max-in-flight` + the prefetch the recent
+    /// start rate allows ([`LoopState::prefetch_now`], at most `--prefetch`), at most 32.
     /// An empty or failed receive sleeps the poll backoff (and may end the run when idle).
     async fn next_batch(&self, state: &mut LoopState, stop: &CancellationToken) -> Step {
         let s = &self.ctx.settings;
@@ -103,13 +107,17 @@ impl Worker {
             return Step::Batch(batch);
         }
         let held = state.held();
-        let room = state.capacity.saturating_sub(held);
+        let prefetch = state.prefetch_now(Instant::now());
+        let room = (state.in_flight + prefetch).saturating_sub(held);
         // After a receive that came back short the queue had nothing more: polling again
         // while every slot still has work only costs requests (a backlog's tail would be
         // polled at the idle backoff's 50 ms once per freed slot). The next receive waits
         // until a slot would otherwise idle.
         let dry = state.queue_dry && held >= state.in_flight;
-        if room == 0 || held > state.threshold || quota_left == Some(0) || dry {
+        // Azure Functions' `newBatchThreshold` is half its `batchSize`: a receive goes out
+        // while half the prefetch is still there to keep the slots busy.
+        let threshold = state.in_flight + prefetch / 2;
+        if room == 0 || held > threshold || quota_left == Some(0) || dry {
             // Enough is held: wait for a slot for the next waiting message.
             return self.wait(state, stop, None).await;
         }
@@ -143,7 +151,7 @@ impl Worker {
                 if let Ok(r) = tokio::time::timeout_at(answered_by, &mut receive).await {
                     self.ctx.observer.record(Op::Receive, &r);
                     if let Ok(msgs) = r {
-                        self.release_unstarted(msgs, release_by).await;
+                        self.release_unstarted(msgs, release_by, "received during shutdown").await;
                     }
                 }
                 return Step::End(RunEnd::Stopped);
@@ -254,12 +262,9 @@ impl Worker {
             stale.push(state.waiting.pop_front().expect("checked").msg);
         }
         if !stale.is_empty() {
-            tracing::info!(
-                count = stale.len(),
-                "prefetched messages waited too long for a slot; releasing them"
-            );
             let release_by = now + RELEASE_GRACE;
-            self.release_unstarted(stale, release_by).await;
+            self.release_unstarted(stale, release_by, "prefetched, waited too long for a slot")
+                .await;
         }
     }
 
@@ -267,14 +272,11 @@ impl Worker {
     /// signal, prefetched messages at shutdown or after waiting too long): visible again at once, each release recorded so it is not an attempt. Gives
     /// up at `release_by`: an unsent release only means the message reappears after its
     /// visibility timeout.
-    async fn release_unstarted(&self, msgs: Vec<Received>, release_by: Instant) {
+    async fn release_unstarted(&self, msgs: Vec<Received>, release_by: Instant, why: &str) {
         if msgs.is_empty() {
             return;
         }
-        tracing::info!(
-            count = msgs.len(),
-            "releasing messages received during shutdown"
-        );
+        tracing::info!(count = msgs.len(), why, "releasing messages never started");
         let releases = msgs.iter().map(|msg| async move {
             let mut envelope = Envelope::open(&msg.text);
             envelope.clamp(msg.dequeue_count);
@@ -296,7 +298,7 @@ impl Worker {
             .is_err()
         {
             tracing::warn!(
-                "releases of messages received during shutdown did not finish; they reappear when their timeout lapses"
+                "releases of messages never started did not finish; they reappear when their timeout lapses"
             );
         }
     }
@@ -309,7 +311,8 @@ impl Worker {
             Some(at) => release_deadline(at, self.ctx.settings.drain_timeout),
             None => Instant::now() + RELEASE_GRACE,
         };
-        self.release_unstarted(waiting, release_by).await;
+        self.release_unstarted(waiting, release_by, "prefetched, the run is over")
+            .await;
     }
 
     /// An account-wide failure was met: confirm it with a probe, and if storage is unusable
@@ -600,12 +603,11 @@ struct LoopState {
     in_flight: usize,
     /// Received ahead (`--prefetch`), oldest first; they start as slots free up.
     waiting: VecDeque<Waiting>,
-    /// The most messages held at once, running and waiting: `--max-in-flight` + `--prefetch`.
-    capacity: usize,
-    /// The next receive is sent once held messages drop to this: `--max-in-flight` plus half
-    /// of `--prefetch` (Azure Functions' `newBatchThreshold` is half its `batchSize`), so a
-    /// receive goes out while half the prefetch is still there to keep the slots busy.
-    threshold: usize,
+    /// `--prefetch`: the most messages waiting locally, whatever the start rate.
+    prefetch: usize,
+    /// When the latest messages started, oldest first: at most `2 × --prefetch` kept, those
+    /// younger than `max_wait` count (see [`LoopState::prefetch_now`]).
+    starts: VecDeque<Instant>,
     /// How long a message may wait locally before it is released: a quarter of
     /// `--visibility-timeout`.
     max_wait: Duration,
@@ -628,8 +630,8 @@ impl LoopState {
             slots: Arc::new(Semaphore::new(s.max_in_flight)),
             in_flight: s.max_in_flight,
             waiting: VecDeque::new(),
-            capacity: s.max_held(),
-            threshold: s.max_in_flight + s.prefetch / 2,
+            prefetch: s.prefetch,
+            starts: VecDeque::with_capacity(2 * s.prefetch),
             max_wait: s.visibility_timeout / 4,
             queue_dry: false,
             tracker: TaskTracker::new(),
@@ -645,6 +647,40 @@ impl LoopState {
     /// Messages held: running (slots taken) and waiting.
     fn held(&self) -> usize {
         (self.in_flight - self.slots.available_permits()) + self.waiting.len()
+    }
+
+    /// Records `n` messages started at `now`, for the start rate.
+    fn note_starts(&mut self, n: usize, now: Instant) {
+        let keep = 2 * self.prefetch;
+        for _ in 0..n.min(keep) {
+            if self.starts.len() == keep {
+                self.starts.pop_front();
+            }
+            self.starts.push_back(now);
+        }
+    }
+
+    /// How many messages may wait locally now: half the messages that started within the
+    /// last `max_wait`, at most `--prefetch`.
+    ///
+    /// A fixed prefetch hoards when jobs are slow: with large inputs, or a storage brownout
+    /// stretching every job, the waiting messages outlast `max_wait` and are released, each
+    /// release an Update request, a delivery on the dequeue count, and an attempt if the
+    /// release itself fails (the 1,000-message fault soak poisoned messages that way). As
+    /// many starts as in the last `max_wait` are to be expected in the next one, so a
+    /// message at position `p` in the waiting line starts after about `p × max_wait /
+    /// starts`; at most `starts / 2` waiting means each starts within half of `max_wait`.
+    /// With no recent starts (an idle worker, or every slot held by long jobs) nothing is
+    /// prefetched: receives are sized to the free slots, as with `--prefetch 0`.
+    fn prefetch_now(&mut self, now: Instant) -> usize {
+        while self
+            .starts
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= self.max_wait)
+        {
+            self.starts.pop_front();
+        }
+        (self.starts.len() / 2).min(self.prefetch)
     }
 
     /// Starts as many waiting messages as there are free slots, oldest first.
@@ -715,5 +751,52 @@ impl PollBackoff {
         let d = self.current;
         let low = d / 2;
         low + self.rng.random_range(Duration::ZERO..=d - low)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(in_flight: usize, prefetch: usize, visibility: Duration) -> LoopState {
+        let mut s = super::super::Settings::with_defaults("q", "acct", "in").unwrap();
+        s.max_in_flight = in_flight;
+        s.prefetch = prefetch;
+        s.visibility_timeout = visibility;
+        LoopState::new(&s)
+    }
+
+    #[test]
+    fn prefetch_follows_the_recent_start_rate_up_to_the_setting() {
+        let mut st = state(4, 32, Duration::from_secs(40));
+        let t0 = Instant::now();
+        assert_eq!(
+            st.prefetch_now(t0),
+            0,
+            "no starts yet: receives fill the slots"
+        );
+        st.note_starts(10, t0);
+        assert_eq!(
+            st.prefetch_now(t0),
+            5,
+            "half the starts of the last max_wait"
+        );
+        st.note_starts(200, t0 + Duration::from_secs(1));
+        assert_eq!(
+            st.prefetch_now(t0 + Duration::from_secs(1)),
+            32,
+            "at most --prefetch"
+        );
+        assert!(st.starts.len() <= 64, "the history stays bounded");
+        // max_wait is 10 s: the starts at t0 + 1 s no longer count at t0 + 11 s.
+        assert_eq!(st.prefetch_now(t0 + Duration::from_secs(11)), 0);
+    }
+
+    #[test]
+    fn no_prefetch_setting_means_none_whatever_the_rate() {
+        let mut st = state(4, 0, Duration::from_secs(40));
+        let t0 = Instant::now();
+        st.note_starts(100, t0);
+        assert_eq!(st.prefetch_now(t0), 0);
     }
 }

@@ -16,7 +16,7 @@ use crate::aggregate::{AggregateError, Sink, Source};
 use crate::contract::{META_FORMAT, META_SOURCE, META_SOURCE_ETAG, OUTPUT_FORMAT_VERSION};
 use crate::metrics::OutcomeLabel;
 use crate::shutdown::Shutdown;
-use crate::storage::memory::{MemoryBlobStore, MemoryQueue, MemoryQueueService};
+use crate::storage::memory::{MemoryBlobStore, MemoryQueue, MemoryQueueService, MessageSnapshot};
 use crate::storage::{BlobPath, ErrorKind, PutOptions};
 
 const ACCOUNT: &str = "devstoreaccount1";
@@ -1443,7 +1443,11 @@ async fn a_missing_input_container_pauses_until_it_exists_again() {
 
 /// Issue 14: a prefetched message that waits for a slot longer than a quarter of the
 /// visibility timeout is released while the worker runs (not only at shutdown), recorded as a
-/// release and not an attempt, so another replica can take it.
+/// release and not an attempt, so another replica can take it. Fast jobs first, so the start
+/// rate lets the worker prefetch; once the slow job holds the only slot nothing starts, the
+/// prefetch shrinks to nothing, and the backlog behind it is not received (and released)
+/// over and over: each such round trip is an Update request and a delivery on the dequeue
+/// count.
 #[tokio::test]
 async fn a_prefetched_message_that_waits_too_long_is_released() {
     let f = Fixture::new(|s| {
@@ -1454,33 +1458,45 @@ async fn a_prefetched_message_that_waits_too_long_is_released() {
         s.drain_timeout = Duration::from_millis(300);
     })
     .await;
+    for i in 0..8 {
+        let name = format!("fast{i}.csv");
+        f.put(&name, "h\n1\n").await;
+        f.queue.send(&name).await.unwrap();
+    }
     f.put("slow.csv", "SPIN\n").await;
-    f.put("b.csv", "h\n1\n").await;
     f.queue.send("slow.csv").await.unwrap();
-    f.queue.send("b.csv").await.unwrap();
+    for i in 0..8 {
+        let name = format!("b{i}.csv");
+        f.put(&name, "h\n1\n").await;
+        f.queue.send(&name).await.unwrap();
+    }
     let shutdown = Shutdown::new();
     let run = tokio::spawn({
         let (worker, shutdown) = (f.worker.clone(), shutdown.clone());
         async move { worker.run(shutdown).await }
     });
-    // The slow job holds the only slot; b.csv waits locally, then goes back.
+    // The slow job holds the only slot; the prefetched messages wait locally, then go back.
+    let released = |snap: &[MessageSnapshot]| -> usize {
+        snap.iter()
+            .filter(|m| {
+                let e = Envelope::open(&m.text);
+                e.original.starts_with('b') && e.released >= 1 && e.attempts(m.dequeue_count) == 0
+            })
+            .count()
+    };
+    // However many the start rate let it prefetch (at most 4), all of them go back. The stop
+    // comes before any assertion: the slow job only ends when it is cancelled.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let released = f.queue.snapshot().iter().any(|m| {
-            let e = Envelope::open(&m.text);
-            e.original == "b.csv" && e.released >= 1 && e.attempts(m.dequeue_count) == 0
-        });
-        if released {
-            break;
+    let n = loop {
+        let n = f.metrics.outcome_count(OutcomeLabel::Released);
+        if n >= 1 && released(&f.queue.snapshot()) as u64 == n {
+            break Some(n);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the waiting message was never released"
-        );
+        if Instant::now() >= deadline {
+            break None;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(f.metrics.outcome_count(OutcomeLabel::Released) >= 1);
-    assert!(f.output("b_aggregated.csv").is_none(), "never started");
+    };
     shutdown.trigger();
     let end = tokio::time::timeout(Duration::from_secs(30), run)
         .await
@@ -1488,6 +1504,23 @@ async fn a_prefetched_message_that_waits_too_long_is_released() {
         .unwrap();
     assert_eq!(end, RunEnd::Stopped);
     let snap = f.queue.snapshot();
-    assert_eq!(snap.len(), 2, "nothing deleted: {snap:?}");
+    let n = n.unwrap_or_else(|| panic!("the waiting messages were never released: {snap:?}"));
+    assert!(n <= 4, "at most --prefetch waited: {n}");
+    assert_eq!(snap.len(), 9, "only the fast ones deleted: {snap:?}");
     assert!(snap.iter().all(|m| m.visible), "all released: {snap:?}");
+    let deliveries: u64 = snap
+        .iter()
+        .filter(|m| Envelope::open(&m.text).original.starts_with('b'))
+        .map(|m| m.dequeue_count)
+        .sum();
+    assert_eq!(
+        deliveries, n,
+        "with no job starting, nothing more was received after the release: {snap:?}"
+    );
+    // The slow job, still running at the drain deadline, is released too.
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Released), n + 1);
+    assert!(
+        (0..8).all(|i| f.output(&format!("b{i}_aggregated.csv")).is_none()),
+        "none of them started"
+    );
 }
