@@ -2,9 +2,10 @@
 //! it can need before it allocates, so concurrency is bounded by memory as well as by count.
 //!
 //! `Worker::process` reserves [`Need::before_size`] right after the message's lease is held
-//! (a message waiting for memory keeps renewing its lease), runs the job inside
-//! [`Reservation::scope`], and the pipeline calls [`fit_to_size`] once it knows the input's
-//! size. Dropping the [`Reservation`] gives the bytes back.
+//! (a message waiting for memory keeps renewing its lease, and is released if the stop
+//! signal comes first), runs the job inside [`Reservation::scope`], and the pipeline calls
+//! [`fit_to_size`] once it knows the input's size. Dropping the [`Reservation`] gives the
+//! bytes back.
 //!
 //! # Sizing
 //!

@@ -2,7 +2,7 @@
 //! input many times larger than the download and upload buffers must not raise the peak by
 //! more than those buffers (plus slack), whatever the input's size. And `--memory-budget` in a
 //! real worker: a budget for one large job runs large jobs one at a time (read from the
-//! worker's JSON log).
+//! worker's JSON log), and a message waiting for memory at SIGTERM is released at once.
 
 use std::time::{Duration, Instant};
 
@@ -242,4 +242,101 @@ async fn a_budget_for_one_large_job_runs_large_jobs_one_at_a_time() {
         "with room for four, large jobs should have run at once"
     );
     assert_eq!(most_waiting, 0.0, "nothing waits under a budget for four");
+}
+
+/// Issue 14: a message waiting for memory at SIGTERM is released at once (a release, not an
+/// attempt) instead of being held through the drain, and never starts its work after the
+/// signal; the job holding the budget drains and completes; the worker exits 0 within
+/// `--drain-timeout` + 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_a_message_waiting_for_memory() {
+    let az = Azurite::start();
+    let conn = az.connect().await;
+    let (queue, container) = fresh_queue_and_container(&conn).await;
+    // Through the slow link (256 KiB blocks, one at a time) at 128 KiB/s, 1.5 MiB takes
+    // about 12 s: still running at the signal, finished well inside the drain.
+    let rate = 128 * 1024;
+    let first = seed_csv(30, 60_000);
+    let second = seed_csv(31, 60_000);
+    let (want_first, want_second) = (expected_output(&first), expected_output(&second));
+    upload(&conn.blobs, &container, "first.csv", first).await;
+    upload(&conn.blobs, &container, "second.csv", second).await;
+    queue.send("first.csv").await.unwrap();
+    // Reservation under these flags: download 2 × 256 KiB, output 2 × 1 MiB, held state
+    // 768 KiB = 3,328 KiB; a 4 MiB budget holds one, not two.
+    let drain = Duration::from_secs(30);
+    let (_slow, mut worker) = spawn_slow_worker(
+        &az,
+        rate,
+        queue.name(),
+        &container,
+        &[
+            "--max-in-flight",
+            "2",
+            "--memory-budget",
+            "4MiB",
+            "--upload-block-size",
+            "1MiB",
+            "--max-held-cells",
+            "16384",
+            "--drain-timeout",
+            "30s",
+        ],
+    );
+    worker.wait_reading("first.csv under way").await;
+    queue.send("second.csv").await.unwrap();
+    eventually("second.csv waiting for memory", PATIENCE, || async {
+        let m = worker.metrics().await;
+        (sample(&m, "rollq_worker_memory_waiting", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    worker.sigterm();
+    let signalled = Instant::now();
+
+    // Released at once: visible again while first.csv is still draining. (Before the fix it
+    // stayed leased until first.csv finished, then started its own work after the signal.)
+    eventually(
+        "second.csv visible again",
+        Duration::from_secs(5),
+        || async {
+            let texts = peek_texts(&queue).await;
+            texts.iter().any(|t| t.contains("second.csv")).then_some(())
+        },
+    )
+    .await;
+    assert!(worker.alive(), "still draining first.csv");
+    let status = worker.wait_exit(drain + Duration::from_secs(10)).await;
+    assert!(status.success(), "exit {status}; log:\n{}", worker.log());
+    assert!(
+        signalled.elapsed() < drain + Duration::from_secs(10),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    let got = download(&conn.blobs, &container, "first_aggregated.csv").await;
+    assert!(
+        got.as_ref() == Some(&want_first),
+        "first.csv drained and completed"
+    );
+    assert!(
+        download(&conn.blobs, &container, "second_aggregated.csv")
+            .await
+            .is_none(),
+        "second.csv never started"
+    );
+
+    // The release was not an attempt: a `--max-dequeue-count 1` worker still completes it.
+    let mut finisher = WorkerProc::spawn(
+        &az,
+        queue.name(),
+        &container,
+        &["--exit-when-idle", "2s", "--max-dequeue-count", "1"],
+    );
+    let status = finisher.wait_exit(PATIENCE).await;
+    assert!(status.success(), "exit {status}");
+    let got = download(&conn.blobs, &container, "second_aggregated.csv").await;
+    assert!(
+        got.as_ref() == Some(&want_second),
+        "second.csv output missing or wrong"
+    );
+    assert_queue_and_poison_empty(&conn, &queue).await;
 }
