@@ -2,9 +2,10 @@
 //! it can need before it allocates, so concurrency is bounded by memory as well as by count.
 //!
 //! `Worker::process` reserves [`Need::before_size`] right after the message's lease is held
-//! (a message waiting for memory keeps renewing its lease), runs the job inside
-//! [`Reservation::scope`], and the pipeline calls [`fit_to_size`] once it knows the input's
-//! size. Dropping the [`Reservation`] gives the bytes back.
+//! (a message waiting for memory keeps renewing its lease, and is released if the stop
+//! signal comes first), runs the job inside [`Reservation::scope`], and the pipeline calls
+//! [`fit_to_size`] once it knows the input's size. Dropping the [`Reservation`] gives the
+//! bytes back.
 //!
 //! # Sizing
 //!
@@ -129,6 +130,7 @@ impl Budget {
             );
         }
         let n = want.min(self.total) as u32;
+        let asked = tokio::time::Instant::now();
         // Counted as waiting only when it has to: most reservations are granted at once.
         let permit = match self.sem.clone().try_acquire_many_owned(n) {
             Ok(p) => p,
@@ -143,6 +145,15 @@ impl Budget {
             }
         };
         self.reserved.inc_by(i64::from(n) * UNIT as i64);
+        // With `Reservation`'s "memory returned" these bracket the time a job holds memory,
+        // in the message's span: how long it waited, and (for the tests) which jobs ran at
+        // once. Logged after the permits are taken, and the return before they are given
+        // back, so the log's order never shows two holders the semaphore did not allow.
+        tracing::debug!(
+            bytes = u64::from(n) * UNIT,
+            waited_seconds = asked.elapsed().as_secs_f64(),
+            "memory reserved"
+        );
         Reservation {
             permit,
             reserved: self.reserved.clone(),
@@ -201,8 +212,11 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.reserved
-            .dec_by((self.permit.num_permits() as u64 * UNIT) as i64);
+        let bytes = self.permit.num_permits() as u64 * UNIT;
+        // Runs before the permit field is dropped, so this line precedes any reservation
+        // the returned bytes make possible.
+        tracing::debug!(bytes, "memory returned");
+        self.reserved.dec_by(bytes as i64);
     }
 }
 

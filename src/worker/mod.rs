@@ -193,18 +193,37 @@ impl Worker {
     /// Processes one received message to its outcome; `interrupt` (the drain deadline or a
     /// second signal) cancels the work and releases the message.
     pub async fn process_one(&self, msg: Received, interrupt: CancellationToken) -> Outcome {
+        self.process_until(msg, CancellationToken::new(), interrupt)
+            .await
+    }
+
+    /// [`Worker::process_one`] as the receive loop runs it: `stop` (the first signal) also
+    /// releases the message if it is still waiting for its memory reservation, since a
+    /// message that has not started by the stop signal is released rather than started,
+    /// like a prefetched one.
+    pub(crate) async fn process_until(
+        &self,
+        msg: Received,
+        stop: CancellationToken,
+        interrupt: CancellationToken,
+    ) -> Outcome {
         let span = tracing::info_span!(
             "message",
             message_id = %msg.id,
             dequeue_count = msg.dequeue_count,
             blob = tracing::field::Empty,
         );
-        self.process(msg, interrupt).instrument(span).await
+        self.process(msg, stop, interrupt).instrument(span).await
     }
 
     /// The recipe: lease, run the job under its limits, then dispose of the message by the
     /// result (delete, poison, retry later or release), and record the one outcome.
-    async fn process(&self, msg: Received, interrupt: CancellationToken) -> Outcome {
+    async fn process(
+        &self,
+        msg: Received,
+        stop: CancellationToken,
+        interrupt: CancellationToken,
+    ) -> Outcome {
         let ctx = &self.ctx;
         let s = &ctx.settings;
         let started = Instant::now();
@@ -226,7 +245,7 @@ impl Worker {
         };
         let result = match self.over_limits(msg.dequeue_count, attempts) {
             Some(e) => Err(e),
-            None => match self.reserve(&lease, &interrupt).await {
+            None => match self.reserve(&lease, &stop, &interrupt).await {
                 // Held until the work ends, before the message's disposition: deleting or
                 // poisoning needs none of the job's buffers.
                 Ok(memory) => {
@@ -253,9 +272,17 @@ impl Worker {
     /// Reserves the job's memory before it allocates any (see `budget` for the sizing). Called
     /// with the lease held, so a message waiting for memory keeps renewing; a lost lease or
     /// the drain deadline ends the wait as it would end the work.
+    ///
+    /// The stop signal ends the wait too, and the message is released at once (a release,
+    /// not an attempt). Waiting on only the drain deadline, as before, held such a message
+    /// for the whole drain while the job ahead of it ran, invisible to the replicas that
+    /// could take it, and if that job finished first the message started its work after the
+    /// signal, only to be interrupted at the deadline or to stretch the drain to it: with
+    /// several large jobs queued behind one budget, every stop took the full drain timeout.
     async fn reserve(
         &self,
         lease: &Lease,
+        stop: &CancellationToken,
         interrupt: &CancellationToken,
     ) -> Result<Reservation, JobError> {
         let need = Need::before_size(&self.ctx.settings);
@@ -263,7 +290,10 @@ impl Worker {
             biased;
             reason = lease.ended() => reason,
             _ = interrupt.cancelled() => StopReason::Shutdown,
+            // Before the stop: memory that is free when the stop arrives is still taken (the
+            // job was started before the signal and runs inside the drain like any other).
             r = self.ctx.budget.reserve(need.bytes()) => return Ok(r),
+            _ = stop.cancelled() => StopReason::Shutdown,
         };
         let stop = Stop::default();
         stop.stop(reason);

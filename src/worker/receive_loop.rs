@@ -79,7 +79,7 @@ impl Worker {
             match self.next_batch(&mut state, &shutdown.stop).await {
                 Step::Batch(batch) => {
                     state.note_starts(batch.len(), Instant::now());
-                    self.spawn(&state.tracker, batch, &shutdown.interrupt)
+                    self.spawn(&state.tracker, batch, &shutdown)
                 }
                 Step::Wait => {}
                 Step::End(end) => break end,
@@ -455,13 +455,13 @@ impl Worker {
     }
 
     /// Starts each message of the batch on its own task, holding its slot until its outcome.
-    fn spawn(&self, tracker: &TaskTracker, batch: Batch, interrupt: &CancellationToken) {
+    fn spawn(&self, tracker: &TaskTracker, batch: Batch, shutdown: &Shutdown) {
         for (msg, permit) in batch {
             let worker = self.clone();
-            let interrupt = interrupt.clone();
+            let (stop, interrupt) = (shutdown.stop.clone(), shutdown.interrupt.clone());
             tracker.spawn(async move {
                 let _slot = permit; // freed when the message reaches its outcome
-                worker.process_one(msg, interrupt).await;
+                worker.process_until(msg, stop, interrupt).await;
             });
         }
     }

@@ -1524,3 +1524,72 @@ async fn a_prefetched_message_that_waits_too_long_is_released() {
         "none of them started"
     );
 }
+
+/// Issue 14: a message waiting for its memory reservation at the stop signal is released at
+/// once, recorded as a release and not an attempt, while the job holding the budget goes on
+/// draining; before, it stayed leased until that job ended and then started after the signal.
+#[tokio::test]
+async fn a_message_waiting_for_memory_is_released_at_the_stop_signal() {
+    let f = Fixture::new(|s| {
+        // Room for one job's reservation, not two.
+        s.memory_budget = budget::Need::before_size(s).bytes();
+        s.max_in_flight = 2;
+        s.max_poll_interval = Duration::from_millis(50);
+        s.drain_timeout = Duration::from_secs(60);
+    })
+    .await;
+    f.put("slow.csv", "SPIN\n").await;
+    f.put("b.csv", "h\n1\n").await;
+    f.queue.send("slow.csv").await.unwrap();
+    let shutdown = Shutdown::new();
+    let run = tokio::spawn({
+        let (worker, shutdown) = (f.worker.clone(), shutdown.clone());
+        async move { worker.run(shutdown).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.blobs.reads() < 2 {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.queue.send("b.csv").await.unwrap();
+    let (_, _, waiting) = f.metrics.memory();
+    while waiting.get() != 1 {
+        assert!(Instant::now() < deadline, "b.csv never waited for memory");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.trigger();
+    // Released long before the 60 s drain deadline, with slow.csv still running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let released = loop {
+        let released = f.queue.snapshot().iter().any(|m| {
+            let e = Envelope::open(&m.text);
+            m.visible
+                && e.original == "b.csv"
+                && e.released == 1
+                && e.attempts(m.dequeue_count) == 0
+        });
+        if released || Instant::now() >= deadline {
+            break released;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let draining = !run.is_finished();
+    let (still_waiting, started) = (waiting.get(), f.output("b_aggregated.csv").is_some());
+    let snap = f.queue.snapshot();
+    // The second signal releases slow.csv, whose spinning reducer would otherwise keep the
+    // runtime from shutting down after a failed assertion below.
+    shutdown.trigger();
+    let end = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        released,
+        "the message waiting for memory was not released at the stop: {snap:?}"
+    );
+    assert!(draining, "slow.csv was still draining");
+    assert_eq!(still_waiting, 0);
+    assert!(!started, "b.csv never started");
+    assert_eq!(end, RunEnd::Stopped);
+    assert_eq!(f.metrics.outcome_count(OutcomeLabel::Released), 2);
+}
