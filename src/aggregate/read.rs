@@ -416,6 +416,161 @@ pub fn parse_simple(s: &[u8]) -> Option<(f64, usize)> {
     Some((if neg { -v } else { v }, i))
 }
 
+/// The value and line break of a fast-lane line: `-?digits[.digits]` at `AT`, then `\n` or
+/// `\r\n`. Returns the value, where the value ends (the line break's index) and where the
+/// next line starts; `None` exactly when [`parse_simple`] on `line[AT..]` is `None` or the
+/// byte after what it used is no line break (the property tests hold the two to that).
+///
+/// SWAR, as in the One Billion Row Challenge. The common value (sign, digits and point in at
+/// most 7 bytes, like `-12.5`) and its line break sit in one 8-byte word: a byte-mask trick
+/// finds the point and the value's end, the point is squeezed out, and three multiplies
+/// combine the digits. Longer values take [`parse_line_value_wide`]. The value is the same
+/// formula on the same mantissa as [`parse_simple`]'s, `mantissa / 10^frac_digits`, so the
+/// same bits.
+#[inline(always)]
+pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
+    let w = line_word(line, AT);
+    let x = w ^ ZEROS;
+    let neg = w as u8 == b'-';
+    // The sign's byte: skipped by the search, a leading zero for the digits.
+    let sign = u64::from(neg) * 0xFF;
+    let non_digits = non_digits(x) & !(sign & 0x80);
+    if non_digits == 0 {
+        return parse_line_value_wide::<AT>(line);
+    }
+    let first = (non_digits.trailing_zeros() / 8) as usize;
+    // The digits (the sign's byte among them) with the point squeezed out, how many bytes
+    // they take (at most 7), where the value ends, and how many follow the point.
+    let (digits, len, end, frac_len) = if (w >> (8 * first)) as u8 == b'.' {
+        // Bytes before the point (`first` is at most 7, so no shift overflows).
+        let before = (1u64 << (8 * first)) - 1;
+        let after = non_digits & !(before << 8 | 0xFF);
+        if after == 0 {
+            return parse_line_value_wide::<AT>(line);
+        }
+        let end = (after.trailing_zeros() / 8) as usize;
+        // The fraction's digits moved down one byte, over the point.
+        let digits = (x & before) | ((x >> 8) & !before);
+        (digits, end - 1, end, end - first - 1)
+    } else {
+        (x, first, first, 0)
+    };
+    if len == usize::from(neg) {
+        return None;
+    }
+    let next = match (w >> (8 * end)) as u8 {
+        b'\n' => AT + end + 1,
+        b'\r' if line[AT + end + 1] == b'\n' => AT + end + 2,
+        _ => return None,
+    };
+    let mantissa = digits_value(digits & !sign, len);
+    Some((scaled(mantissa, frac_len, neg), AT + end, next))
+}
+
+/// `mantissa / 10^frac_len`, negated for `neg`: [`parse_simple`]'s formula. The mantissa
+/// has at most 15 digits, so it converts to f64 exactly through i64 (one instruction,
+/// where u64 takes several).
+#[inline(always)]
+fn scaled(mantissa: u64, frac_len: usize, neg: bool) -> f64 {
+    let m = mantissa as i64 as f64;
+    let v = if frac_len == 0 {
+        m
+    } else {
+        m / POW10[frac_len]
+    };
+    if neg { -v } else { v }
+}
+
+/// [`parse_line_value`] for values longer than one word: one word for the integer part
+/// and one for the fraction, or [`parse_simple`] for parts of 8 digits or more. Not inlined,
+/// so the common case's loop keeps its registers.
+#[inline(never)]
+fn parse_line_value_wide<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
+    let neg = line[AT] == b'-';
+    let int_at = AT + usize::from(neg);
+    let int = line_word(line, int_at) ^ ZEROS;
+    let int_len = first_non_digit(int);
+    if int_len == 8 {
+        return parse_line_value_slow::<AT>(line);
+    }
+    let (mantissa, frac_len, end) = if line[int_at + int_len] == b'.' {
+        let frac_at = int_at + int_len + 1;
+        let frac = line_word(line, frac_at) ^ ZEROS;
+        let frac_len = first_non_digit(frac);
+        if frac_len == 8 {
+            return parse_line_value_slow::<AT>(line);
+        }
+        let m = digits_value(int, int_len) * POW10_U64[frac_len] + digits_value(frac, frac_len);
+        (m, frac_len, frac_at + frac_len)
+    } else {
+        (digits_value(int, int_len), 0, int_at + int_len)
+    };
+    if int_len + frac_len == 0 {
+        return None;
+    }
+    let next = match line[end] {
+        b'\n' => end + 1,
+        b'\r' if line[end + 1] == b'\n' => end + 2,
+        _ => return None,
+    };
+    Some((scaled(mantissa, frac_len, neg), end, next))
+}
+
+/// [`parse_line_value`] for values with a part of 8 digits or more: [`parse_simple`] and a
+/// byte check of the line break.
+#[cold]
+fn parse_line_value_slow<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
+    let (v, len) = parse_simple(&line[AT..])?;
+    let end = AT + len;
+    // `end` is below 64 - 1: at most a sign, 15 digits and a point after `AT` (at most 21).
+    let next = match line[end] {
+        b'\n' => end + 1,
+        b'\r' if line[end + 1] == b'\n' => end + 2,
+        _ => return None,
+    };
+    Some((v, end, next))
+}
+
+/// `b'0'` in every byte: XOR maps digits to 0..=9 and every other byte above 9.
+const ZEROS: u64 = 0x3030_3030_3030_3030;
+
+const POW10_U64: [u64; 8] = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// Bytes `at..at + 8` of a line window as one little-endian word (the first byte lowest).
+#[inline(always)]
+fn line_word(line: &[u8; 64], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&line[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Bit 7 of every byte of `x` (a word XOR [`ZEROS`]) that is no digit. Adding 0x76 to a
+/// byte's low seven bits sets bit 7 when they exceed 9 (no carry into the next byte); OR-ing
+/// the byte itself catches bytes with bit 7 already set.
+#[inline(always)]
+fn non_digits(x: u64) -> u64 {
+    (((x & 0x7F7F_7F7F_7F7F_7F7F) + 0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080
+}
+
+/// How many leading bytes of `x` (a word XOR [`ZEROS`]) are digits, 0..=8.
+#[inline(always)]
+fn first_non_digit(x: u64) -> usize {
+    (non_digits(x).trailing_zeros() / 8) as usize
+}
+
+/// The number written by the first `len` (0..=7) bytes of `x`, digits 0..=9 each, first
+/// byte most significant. Shifting them to the top leaves zero bytes below as leading
+/// zeros; then pairs, quads and the halves are combined (Lemire's 8-digit multiply trick).
+#[inline(always)]
+fn digits_value(x: u64, len: usize) -> u64 {
+    let Some(v) = x.checked_shl(64 - 8 * len as u32) else {
+        return 0;
+    };
+    let v = (v.wrapping_mul(10 << 8 | 1) >> 8) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100 << 16 | 1) >> 16) & 0x0000_FFFF_0000_FFFF;
+    v.wrapping_mul(10_000 << 32 | 1) >> 32
+}
+
 #[cold]
 fn slow_value(s: &[u8]) -> Value {
     if MISSING.contains(&s) {

@@ -842,3 +842,179 @@ fn python_repr_reference(x: f64) -> String {
         )
     }
 }
+
+// === The fast lane's word-at-a-time parsers against the byte-at-a-time ones ===
+
+/// What the fast lane took from a line before its word-at-a-time value parser: the value
+/// by `read::parse_simple` from byte `at`, then a `\n` or `\r\n` right after it. Returns the
+/// value's bits, the line break's index and the next line's start.
+fn line_value_reference(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize)> {
+    let (v, len) = read::parse_simple(&line[at..])?;
+    let end = at + len;
+    let next = match line[end] {
+        b'\n' => end + 1,
+        b'\r' if line[end + 1] == b'\n' => end + 2,
+        _ => return None,
+    };
+    Some((v.to_bits(), end, next))
+}
+
+/// The word-at-a-time parser for a value at byte `at` (20 or 21, the lane's two offsets).
+fn line_value_swar(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize)> {
+    let got = match at {
+        20 => read::parse_line_value::<20>(line),
+        21 => read::parse_line_value::<21>(line),
+        _ => unreachable!("the lane's values start at 20 or 21"),
+    };
+    got.map(|(v, end, next)| (v.to_bits(), end, next))
+}
+
+/// A 64-byte line window: `prefix` (a timestamp and delimiter, or filler), then `body`,
+/// then `fill` repeated.
+fn window(prefix: &[u8], body: &[u8], fill: u8) -> [u8; 64] {
+    let mut line = [fill; 64];
+    let n = (prefix.len() + body.len()).min(64);
+    let joined: Vec<u8> = prefix.iter().chain(body).copied().take(n).collect();
+    line[..n].copy_from_slice(&joined);
+    line
+}
+
+/// Value texts built to hit every branch: a sign or not, 0 to 17 integer digits (leading
+/// zeros likely), a point or not, 0 to 17 fraction digits, then a line break, a broken one,
+/// or junk.
+fn value_text() -> impl Strategy<Value = Vec<u8>> {
+    let digits = |max| prop::collection::vec(prop_oneof![Just(b'0'), b'0'..=b'9'], 0..=max);
+    let sign = prop_oneof![
+        Just(&b""[..]),
+        Just(&b"-"[..]),
+        Just(&b"+"[..]),
+        Just(&b"--"[..])
+    ];
+    let tail = prop_oneof![
+        Just(&b"\n"[..]),
+        Just(&b"\r\n"[..]),
+        Just(&b"\r"[..]),
+        Just(&b"\rx"[..]),
+        Just(&b"\n\n"[..]),
+        Just(&b","[..]),
+        Just(&b" \n"[..]),
+        Just(&b".\n"[..]),
+        Just(&b"e5\n"[..]),
+        Just(&b"x"[..]),
+        Just(&b"\"\n"[..]),
+        Just(&b"\xff\n"[..]),
+        Just(&b"/\n"[..]),
+        Just(&b":\n"[..]),
+    ];
+    (sign, digits(17), any::<bool>(), digits(17), tail).prop_map(|(s, int, point, frac, t)| {
+        let mut v = s.to_vec();
+        v.extend(int);
+        if point {
+            v.push(b'.');
+        }
+        v.extend(frac);
+        v.extend_from_slice(t);
+        v
+    })
+}
+
+/// Bytes that matter to the parsers, and some that do not.
+fn lane_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => prop::sample::select(b"0123456789".to_vec()),
+        2 => prop::sample::select(b"-.\n\r".to_vec()),
+        1 => prop::sample::select(b"+,;:Z T/\t\"e\x00\x7f\x80\xb0\xba\xff".to_vec()),
+        1 => any::<u8>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn swar_value_parse_matches_the_byte_loop(
+        body in value_text(),
+        at in prop::sample::select(vec![20usize, 21]),
+        fill in prop::sample::select(b"\n0.x-\r".to_vec()),
+    ) {
+        let line = window(&[b'x'; 21][..at], &body, fill);
+        prop_assert_eq!(line_value_swar(&line, at), line_value_reference(&line, at), "{:?}", String::from_utf8_lossy(&body));
+    }
+
+    #[test]
+    fn swar_value_parse_matches_the_byte_loop_on_random_bytes(
+        body in prop::collection::vec(lane_byte(), 0..43),
+        at in prop::sample::select(vec![20usize, 21]),
+        fill in lane_byte(),
+    ) {
+        let line = window(&[b'x'; 21][..at], &body, fill);
+        prop_assert_eq!(line_value_swar(&line, at), line_value_reference(&line, at), "{:?}", body);
+    }
+
+    #[test]
+    fn swar_value_parse_handles_the_point_at_every_byte(
+        int in 0usize..17,
+        frac in 0usize..17,
+        neg in any::<bool>(),
+        crlf in any::<bool>(),
+        d in b'0'..=b'9',
+        at in prop::sample::select(vec![20usize, 21]),
+    ) {
+        // Every split of up to 16 digits around the point, with and without a sign.
+        let mut body = if neg { b"-".to_vec() } else { Vec::new() };
+        body.extend(std::iter::repeat_n(d, int));
+        body.push(b'.');
+        body.extend((0..frac).map(|i| b'0' + (i as u8 * 7 + d) % 10));
+        body.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+        let line = window(&[b'x'; 21][..at], &body, b'7');
+        let want = line_value_reference(&line, at);
+        prop_assert_eq!(line_value_swar(&line, at), want);
+        // At most 15 digits in all is a number, more is not (the general path's to parse).
+        prop_assert_eq!(want.is_some(), (1..=15).contains(&(int + frac)));
+    }
+
+    #[test]
+    fn word_stamp_lookup_matches_the_byte_lookup(
+        hour in -40_000i64..600_000,
+        zulu in any::<bool>(),
+        minute in 0i64..60,
+        second in 0i64..60,
+        other_hour in any::<bool>(),
+        edits in prop::collection::vec((0usize..24, lane_byte()), 0..3),
+        delim in prop::sample::select(b",;\t|".to_vec()),
+        zone in prop::sample::select(vec!["UTC", "Europe/Berlin"]),
+    ) {
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let stamp = |secs: i64| {
+            let mut s = Vec::new();
+            time::push_datetime(&mut s, secs);
+            if zulu {
+                s[10] = b'T';
+                s.push(b'Z');
+            }
+            s
+        };
+        let cached = stamp(hour * 3600);
+        let mut cache = time::HourCache::default();
+        cache.remember(&cached, time::parse_default(&cached).unwrap(), tz);
+        // A stamp of the cached hour (or the next), then the delimiter and a value; some
+        // bytes overwritten with anything.
+        let secs = (hour + i64::from(other_hour)) * 3600 + minute * 60 + second;
+        let mut text = stamp(secs);
+        text.push(delim);
+        text.extend_from_slice(b"12.5\n");
+        for (i, b) in edits {
+            if i < text.len() {
+                text[i] = b;
+            }
+        }
+        let line = window(&text, b"", b'\n');
+        let ts = cache.stamp_len();
+        let want = cache.lookup(&line[..ts]).filter(|_| line[ts] == delim);
+        let got = cache.key().and_then(|(key, z)| {
+            assert_eq!(z, ts == 20);
+            if z { key.lookup_line::<true>(&line, delim) } else { key.lookup_line::<false>(&line, delim) }
+        });
+        prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&text));
+    }
+}

@@ -319,6 +319,84 @@ impl HourCache {
     }
 }
 
+/// A valid [`HourCache`] entry, copied out for the fast lane: the lane reads whole 64-byte
+/// line windows, so it checks the timestamp, its delimiter and (for `…Z`) the `Z` with three
+/// word loads instead of byte by byte. Copied so the loop keeps it in registers.
+#[derive(Clone, Copy, Debug)]
+pub struct HourKey {
+    head: u64,
+    tail: u64,
+    base: i64,
+}
+
+impl HourCache {
+    /// The cached hour for the fast lane, and whether it is a `…Z` hour (20-byte stamps);
+    /// `None` when nothing is cached (then [`HourCache::lookup`] matches nothing either).
+    #[inline(always)]
+    pub fn key(&self) -> Option<(HourKey, bool)> {
+        self.valid.then_some((
+            HourKey {
+                head: self.head,
+                tail: self.tail,
+                base: self.base,
+            },
+            self.zulu,
+        ))
+    }
+}
+
+impl HourKey {
+    /// The UTC second of the line's leading timestamp when its hour is this one and
+    /// `delim` follows it: exactly when `lookup(&line[..ts])` is `Some` and
+    /// `line[ts] == delim`, for `ts` 19 (naive, `ZULU` false) or 20 (`…Z`, `ZULU` true).
+    ///
+    /// Bytes 13..21 hold `:MM:SS` and then the delimiter (naive: `:MM:SS,x`) or `Z` and the
+    /// delimiter (`:MM:SSZ,`), so one word checks both colons, the four digits with their
+    /// ranges (`M` and `S` tens at most 5) and what follows the stamp.
+    #[inline(always)]
+    pub fn lookup_line<const ZULU: bool>(&self, line: &[u8; 64], delim: u8) -> Option<i64> {
+        if line_word(line, 0) != self.head || line_word(line, 5) != self.tail {
+            return None;
+        }
+        // XOR with the expected bytes (digits as `0`) leaves 0 in every separator byte, the
+        // digit's value in every digit byte, and something larger wherever a byte is wrong.
+        let expected = u64::from_le_bytes(if ZULU {
+            [b':', b'0', b'0', b':', b'0', b'0', b'Z', delim]
+        } else {
+            [b':', b'0', b'0', b':', b'0', b'0', delim, 0]
+        });
+        let x = line_word(line, 13) ^ expected;
+        // Per byte, adding `0x7F - limit` to the low seven bits sets bit 7 exactly when they
+        // exceed the limit (0 for separators, 5 for tens, 9 for units), with no carry into
+        // the next byte (at most 0x7F + 0x7F); OR-ing the byte itself catches those with bit
+        // 7 set. A naive stamp's byte 7 is the value's first byte: not checked.
+        let (low7, high) = if ZULU {
+            (0x7F7F_7F7F_7F7F_7F7F_u64, 0x8080_8080_8080_8080_u64)
+        } else {
+            (0x007F_7F7F_7F7F_7F7F, 0x0080_8080_8080_8080)
+        };
+        let limits = u64::from_le_bytes([0x7F, 0x7A, 0x76, 0x7F, 0x7A, 0x76, 0x7F, 0x7F]) & low7;
+        if (((x & low7) + limits) | x) & high != 0 {
+            return None;
+        }
+        // Now every checked byte is 0 but the four digits. Tens times ten plus units lands
+        // in bytes 1 (minutes) and 4 (seconds); every byte stays below 100, so no carries.
+        let d = x & 0x00FF_FFFF_FFFF_FFFF;
+        let pairs = d * 10 + (d >> 8);
+        let minutes = (pairs >> 8) & 0xFF;
+        let seconds = (pairs >> 32) & 0xFF;
+        Some(self.base + (minutes * 60 + seconds) as i64)
+    }
+}
+
+/// Bytes `at..at + 8` of a line window as one little-endian word.
+#[inline(always)]
+fn line_word(line: &[u8; 64], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&line[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
 /// Bytes `at..at + 8` of a timestamp as one little-endian word.
 #[inline(always)]
 fn word(s: &[u8; 19], at: usize) -> u64 {
