@@ -418,35 +418,37 @@ pub fn parse_simple(s: &[u8]) -> Option<(f64, usize)> {
 
 /// The value and line break of a fast-lane line: `-?digits[.digits]` at `AT`, then `\n` or
 /// `\r\n`. Returns the value, where the value ends (the line break's index) and where the
-/// next line starts; `None` exactly when [`parse_simple`] on `line[AT..]` is `None` or the
-/// byte after what it used is no line break (the property tests hold the two to that).
+/// next line starts, or says that the value needs [`parse_line_value_wide`]. Together they
+/// give `None` exactly when [`parse_simple`] on `line[AT..]` is `None` or the byte after what
+/// it used is no line break (the property tests hold them to that).
 ///
 /// SWAR, as in the One Billion Row Challenge. The common value (sign, digits and point in at
 /// most 7 bytes, like `-12.5`) and its line break sit in one 8-byte word: a byte-mask trick
 /// finds the point and the value's end, the point is squeezed out, and three multiplies
-/// combine the digits. Longer values take [`parse_line_value_wide`]. The value is the same
+/// combine the digits. Longer values are left to the caller, so that the loop around
+/// this one calls nothing (a call would cost it the accumulator's registers). The value is the same
 /// formula on the same mantissa as [`parse_simple`]'s, `mantissa / 10^frac_digits`, so the
 /// same bits.
 #[inline(always)]
-pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
-    let w = line_word(line, AT);
+pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> LineValue {
+    // A sign moves the word one byte on: one more load for negative values only.
+    let neg = line[AT] == b'-';
+    let at = AT + usize::from(neg);
+    let w = line_word(line, at);
     let x = w ^ ZEROS;
-    let neg = w as u8 == b'-';
-    // The sign's byte: skipped by the search, a leading zero for the digits.
-    let sign = u64::from(neg) * 0xFF;
-    let non_digits = non_digits(x) & !(sign & 0x80);
+    let non_digits = non_digits(x);
     if non_digits == 0 {
-        return parse_line_value_wide::<AT>(line);
+        return LineValue::Wide;
     }
     let first = (non_digits.trailing_zeros() / 8) as usize;
-    // The digits (the sign's byte among them) with the point squeezed out, how many bytes
-    // they take (at most 7), where the value ends, and how many follow the point.
+    // The digits with the point squeezed out, how many bytes they take (at most 7), where
+    // the value ends, and how many digits follow the point.
     let (digits, len, end, frac_len) = if (w >> (8 * first)) as u8 == b'.' {
         // Bytes before the point (`first` is at most 7, so no shift overflows).
         let before = (1u64 << (8 * first)) - 1;
         let after = non_digits & !(before << 8 | 0xFF);
         if after == 0 {
-            return parse_line_value_wide::<AT>(line);
+            return LineValue::Wide;
         }
         let end = (after.trailing_zeros() / 8) as usize;
         // The fraction's digits moved down one byte, over the point.
@@ -455,16 +457,35 @@ pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize,
     } else {
         (x, first, first, 0)
     };
-    if len == usize::from(neg) {
-        return None;
+    if len == 0 {
+        return LineValue::Invalid;
     }
     let next = match (w >> (8 * end)) as u8 {
-        b'\n' => AT + end + 1,
-        b'\r' if line[AT + end + 1] == b'\n' => AT + end + 2,
-        _ => return None,
+        b'\n' => at + end + 1,
+        b'\r' if line[at + end + 1] == b'\n' => at + end + 2,
+        _ => return LineValue::Invalid,
     };
-    let mantissa = digits_value(digits & !sign, len);
-    Some((scaled(mantissa, frac_len, neg), AT + end, next))
+    // `len` is 1..=7 here, so the shift is 8..=56.
+    let mantissa = digits_value_at_top(digits << (64 - 8 * len));
+    let m = mantissa as i64 as f64;
+    // At most 6 digits after the point in one word.
+    let v = if frac_len == 0 {
+        m
+    } else {
+        m / POW10[frac_len & 7]
+    };
+    LineValue::Parsed(if neg { -v } else { v }, at + end, next)
+}
+
+/// What [`parse_line_value`] found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LineValue {
+    /// The value, the line break's index and the next line's start.
+    Parsed(f64, usize, usize),
+    /// More than one word to look at: [`parse_line_value_wide`] decides.
+    Wide,
+    /// No value followed by a line break.
+    Invalid,
 }
 
 /// `mantissa / 10^frac_len`, negated for `neg`: [`parse_simple`]'s formula. The mantissa
@@ -482,10 +503,10 @@ fn scaled(mantissa: u64, frac_len: usize, neg: bool) -> f64 {
 }
 
 /// [`parse_line_value`] for values longer than one word: one word for the integer part
-/// and one for the fraction, or [`parse_simple`] for parts of 8 digits or more. Not inlined,
-/// so the common case's loop keeps its registers.
+/// and one for the fraction, or [`parse_simple`] for parts of 8 digits or more. The same
+/// contract for any line (`None`: no value and line break).
 #[inline(never)]
-fn parse_line_value_wide<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
+pub fn parse_line_value_wide<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
     let neg = line[AT] == b'-';
     let int_at = AT + usize::from(neg);
     let int = line_word(line, int_at) ^ ZEROS;
@@ -563,9 +584,13 @@ fn first_non_digit(x: u64) -> usize {
 /// zeros; then pairs, quads and the halves are combined (Lemire's 8-digit multiply trick).
 #[inline(always)]
 fn digits_value(x: u64, len: usize) -> u64 {
-    let Some(v) = x.checked_shl(64 - 8 * len as u32) else {
-        return 0;
-    };
+    x.checked_shl(64 - 8 * len as u32)
+        .map_or(0, digits_value_at_top)
+}
+
+/// The 8-digit number in `v`, one digit 0..=9 a byte, first byte most significant.
+#[inline(always)]
+fn digits_value_at_top(v: u64) -> u64 {
     let v = (v.wrapping_mul(10 << 8 | 1) >> 8) & 0x00FF_00FF_00FF_00FF;
     let v = (v.wrapping_mul(100 << 16 | 1) >> 16) & 0x0000_FFFF_0000_FFFF;
     v.wrapping_mul(10_000 << 32 | 1) >> 32

@@ -861,10 +861,22 @@ fn line_value_reference(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize
 
 /// The word-at-a-time parser for a value at byte `at` (20 or 21, the lane's two offsets).
 fn line_value_swar(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize)> {
-    let got = match at {
-        20 => read::parse_line_value::<20>(line),
-        21 => read::parse_line_value::<21>(line),
+    let (first, wide) = match at {
+        20 => (read::parse_line_value::<20>(line), read::parse_line_value_wide::<20>(line)),
+        21 => (read::parse_line_value::<21>(line), read::parse_line_value_wide::<21>(line)),
         _ => unreachable!("the lane's values start at 20 or 21"),
+    };
+    let got = match first {
+        read::LineValue::Parsed(v, end, next) => {
+            // The wide parser agrees wherever the one-word one answers.
+            assert_eq!(wide.map(|(w, e, n)| (w.to_bits(), e, n)), Some((v.to_bits(), end, next)));
+            Some((v, end, next))
+        }
+        read::LineValue::Wide => wide,
+        read::LineValue::Invalid => {
+            assert_eq!(wide, None);
+            None
+        }
     };
     got.map(|(v, end, next)| (v.to_bits(), end, next))
 }

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use super::super::acc::Acc;
-use super::super::read::{self, Records};
+use super::super::read::{self, LineValue, Records};
 use super::super::time::{HourCache, HourKey};
 
 thread_local! {
@@ -130,9 +130,9 @@ pub(super) fn run(
 /// stamp's length plus the delimiter). Returns the bytes and lines taken.
 ///
 /// Walks a local slice and lets [`run`] consume the lines once, at the end: the per-line
-/// bookkeeping is then an index into a slice rather than stores through `records`. Each line
-/// is seen as a `&[u8; 64]` window, so the timestamp and value parsers index and load
-/// without bounds checks.
+/// bookkeeping is then an index into a slice rather than stores through `records`. The
+/// accumulator is a local copy for the same reason. Each line is seen as a `&[u8; 64]`
+/// window, so the timestamp and value parsers index and load without bounds checks.
 #[inline(always)]
 fn lines<const ZULU: bool, const AT: usize, L: Lane>(
     rest: &[u8],
@@ -142,33 +142,76 @@ fn lines<const ZULU: bool, const AT: usize, L: Lane>(
     max_line: usize,
     lane: &mut L,
 ) -> (usize, u64) {
-    let mut at = 0;
-    let mut taken = 0;
-    let mut acc = *lane.acc();
-    let mut earliest = i64::MAX;
-    while let Some(line) = rest.get(at..).and_then(<[u8]>::first_chunk::<64>) {
-        let Some(t) = hour.lookup_line::<ZULU>(line, delim) else {
+    let mut stint = Stint {
+        at: 0,
+        taken: 0,
+        acc: *lane.acc(),
+        earliest: i64::MAX,
+    };
+    // The inner loop takes the lines whose value fits one word and calls nothing; a longer
+    // value stops it, is parsed here, and the inner loop resumes after it.
+    while let Some(t) = stint.run::<ZULU, AT, L>(rest, hour, window, delim, max_line) {
+        let Some(line) = rest.get(stint.at..).and_then(<[u8]>::first_chunk::<64>) else {
             break;
         };
-        if !window.contains(t) {
-            break;
+        match read::parse_line_value_wide::<AT>(line) {
+            Some((v, end, next)) if end <= max_line => stint.take::<L>(t, v, next),
+            _ => break,
         }
-        let Some((v, end, next)) = read::parse_line_value::<AT>(line) else {
-            break;
-        };
-        if end > max_line {
-            break;
-        }
-        at += next;
-        taken += 1;
-        acc.push(v);
+    }
+    *lane.acc() = stint.acc;
+    if L::NOTES_TIME && stint.taken > 0 {
+        lane.note(stint.earliest);
+    }
+    (stint.at, stint.taken)
+}
+
+/// What [`lines`] has taken so far: bytes, lines, their values and earliest time.
+struct Stint {
+    at: usize,
+    taken: u64,
+    acc: Acc,
+    earliest: i64,
+}
+
+impl Stint {
+    /// Takes one line: the value `v` at time `t`, the next line at `next` bytes on.
+    #[inline(always)]
+    fn take<L: Lane>(&mut self, t: i64, v: f64, next: usize) {
+        self.at += next;
+        self.taken += 1;
+        self.acc.push(v);
         if L::NOTES_TIME {
-            earliest = earliest.min(t);
+            self.earliest = self.earliest.min(t);
         }
     }
-    *lane.acc() = acc;
-    if L::NOTES_TIME && taken > 0 {
-        lane.note(earliest);
+
+    /// Takes lines while they are the lane's and their values fit one word. Returns the time
+    /// of the line it stopped at when only the value's length stopped it (the caller parses
+    /// that value), `None` for anything else.
+    ///
+    /// Not inlined: on its own, with no call inside, its loop keeps the accumulator and the
+    /// position in registers and stores them once, on the way out.
+    #[inline(never)]
+    fn run<const ZULU: bool, const AT: usize, L: Lane>(
+        &mut self,
+        rest: &[u8],
+        hour: HourKey,
+        window: Window,
+        delim: u8,
+        max_line: usize,
+    ) -> Option<i64> {
+        while let Some(line) = rest.get(self.at..).and_then(<[u8]>::first_chunk::<64>) {
+            let t = hour.lookup_line::<ZULU>(line, delim)?;
+            if !window.contains(t) {
+                return None;
+            }
+            match read::parse_line_value::<AT>(line) {
+                LineValue::Parsed(v, end, next) if end <= max_line => self.take::<L>(t, v, next),
+                LineValue::Wide => return Some(t),
+                _ => return None,
+            }
+        }
+        None
     }
-    (at, taken)
 }
