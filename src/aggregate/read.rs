@@ -435,6 +435,20 @@ pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> LineValue {
     let neg = line[AT] == b'-';
     let at = AT + usize::from(neg);
     let w = line_word(line, at);
+    let mut unused = ValueShape::NONE;
+    parse_line_value_at::<AT>(line, neg, at, w, &mut unused)
+}
+
+/// [`parse_line_value`] from the word `w` at `at` (after the sign, if `neg`); notes the
+/// value's shape in `shape` when it and its line break fit the word.
+#[inline(always)]
+fn parse_line_value_at<const AT: usize>(
+    line: &[u8; 64],
+    neg: bool,
+    at: usize,
+    w: u64,
+    shape: &mut ValueShape,
+) -> LineValue {
     let x = w ^ ZEROS;
     let non_digits = non_digits(x);
     if non_digits == 0 {
@@ -461,12 +475,13 @@ pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> LineValue {
         return LineValue::Invalid;
     }
     let next = match (w >> (8 * end)) as u8 {
-        b'\n' => at + end + 1,
-        b'\r' if line[at + end + 1] == b'\n' => at + end + 2,
+        b'\n' => end + 1,
+        b'\r' if line[at + end + 1] == b'\n' => end + 2,
         _ => return LineValue::Invalid,
     };
     // `len` is 1..=7 here, so the shift is 8..=56.
-    let mantissa = digits_value_at_top(digits << (64 - 8 * len));
+    let shift = 64 - 8 * len as u32;
+    let mantissa = digits_value_at_top(digits << shift);
     let m = mantissa as i64 as f64;
     // At most 6 digits after the point in one word.
     let v = if frac_len == 0 {
@@ -474,7 +489,107 @@ pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> LineValue {
     } else {
         m / POW10[frac_len & 7]
     };
-    LineValue::Parsed(if neg { -v } else { v }, at + end, next)
+    // The line break's last byte is `next - 1`: in this word, or no shape to remember.
+    if next <= 8 {
+        let point = (frac_len > 0 || end > first).then_some(first);
+        *shape = ValueShape::new(w, point, end, next, shift, frac_len);
+    }
+    LineValue::Parsed(if neg { -v } else { v }, at + end, at + next)
+}
+
+/// The layout of the last value [`parse_line_value`] read in one word, after any sign: where
+/// its digits, point and line break are. Most files write every value alike (`dd.d` in the
+/// seed), so the next value is first checked against it with one masked compare, and its
+/// digits combined with the offsets known, instead of searching for the point and the end.
+#[derive(Clone, Copy, Debug)]
+pub struct ValueShape {
+    /// The bytes expected: `0` at digits, the point and the line break themselves.
+    pattern: u64,
+    /// The low seven bits of every byte checked (the value and its line break).
+    low7: u64,
+    /// `0x7F - limit` of every byte checked: 9 at digits, 0 where the byte is exact.
+    limits: u64,
+    /// Bit 7 of every byte checked.
+    high: u64,
+    /// The bytes before the point (all bytes when there is none).
+    before: u64,
+    /// The left shift that puts the digits, the point squeezed out, at the top of a word.
+    shift: u32,
+    /// `10^digits after the point` (1 without a fraction: dividing by it changes nothing).
+    scale: f64,
+    /// From the value's first digit byte to its line break, and to the next line.
+    end: usize,
+    next: usize,
+}
+
+impl ValueShape {
+    /// Matches no value: bit 7 of byte 0 is set whatever the byte.
+    pub const NONE: ValueShape = ValueShape {
+        pattern: 0,
+        low7: 0,
+        limits: 0x80,
+        high: 0x80,
+        before: 0,
+        shift: 0,
+        scale: 1.0,
+        end: 0,
+        next: 0,
+    };
+
+    /// The shape of the value in `w`: digits up to `end` but at `point`, the line break at
+    /// `end..next` (`next` at most 8), the digits put at the top by `shift`.
+    #[inline(always)]
+    fn new(
+        w: u64,
+        point: Option<usize>,
+        end: usize,
+        next: usize,
+        shift: u32,
+        frac_len: usize,
+    ) -> Self {
+        // Bytes 0..next; `next` is 1..=8.
+        let keep = u64::MAX >> (64 - 8 * next);
+        let mut exact = keep & !((1u64 << (8 * end)) - 1);
+        let mut before = u64::MAX;
+        if let Some(p) = point {
+            exact |= 0xFF << (8 * p);
+            before = (1u64 << (8 * p)) - 1;
+        }
+        ValueShape {
+            pattern: (ZEROS & !exact) | (w & exact),
+            low7: 0x7F7F_7F7F_7F7F_7F7F & keep,
+            limits: ((0x7676_7676_7676_7676 & !exact) | (0x7F7F_7F7F_7F7F_7F7F & exact)) & keep,
+            high: 0x8080_8080_8080_8080 & keep,
+            before,
+            shift,
+            scale: POW10[frac_len],
+            end,
+            next,
+        }
+    }
+}
+
+/// [`parse_line_value`] with the last value's shape tried first: the same answers, whatever
+/// `shape` holds (it is only ever a shape that [`parse_line_value`] saw), and `shape`
+/// updated when the value has another one.
+#[inline(always)]
+pub fn parse_line_value_shaped<const AT: usize>(
+    line: &[u8; 64],
+    shape: &mut ValueShape,
+) -> LineValue {
+    let neg = line[AT] == b'-';
+    let at = AT + usize::from(neg);
+    let w = line_word(line, at);
+    // As for the timestamp: XOR with the expected bytes leaves digits 0..=9 and exact bytes
+    // 0, and one masked add finds any byte out of its range.
+    let y = w ^ shape.pattern;
+    if (((y & shape.low7) + shape.limits) | y) & shape.high == 0 {
+        let digits = (y & shape.before) | ((y >> 8) & !shape.before);
+        let m = digits_value_at_top(digits << shape.shift) as i64 as f64;
+        let v = m / shape.scale;
+        return LineValue::Parsed(if neg { -v } else { v }, at + shape.end, at + shape.next);
+    }
+    parse_line_value_at::<AT>(line, neg, at, w, shape)
 }
 
 /// What [`parse_line_value`] found.

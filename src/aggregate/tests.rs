@@ -862,14 +862,23 @@ fn line_value_reference(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize
 /// The word-at-a-time parser for a value at byte `at` (20 or 21, the lane's two offsets).
 fn line_value_swar(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize)> {
     let (first, wide) = match at {
-        20 => (read::parse_line_value::<20>(line), read::parse_line_value_wide::<20>(line)),
-        21 => (read::parse_line_value::<21>(line), read::parse_line_value_wide::<21>(line)),
+        20 => (
+            read::parse_line_value::<20>(line),
+            read::parse_line_value_wide::<20>(line),
+        ),
+        21 => (
+            read::parse_line_value::<21>(line),
+            read::parse_line_value_wide::<21>(line),
+        ),
         _ => unreachable!("the lane's values start at 20 or 21"),
     };
     let got = match first {
         read::LineValue::Parsed(v, end, next) => {
             // The wide parser agrees wherever the one-word one answers.
-            assert_eq!(wide.map(|(w, e, n)| (w.to_bits(), e, n)), Some((v.to_bits(), end, next)));
+            assert_eq!(
+                wide.map(|(w, e, n)| (w.to_bits(), e, n)),
+                Some((v.to_bits(), end, next))
+            );
             Some((v, end, next))
         }
         read::LineValue::Wide => wide,
@@ -940,8 +949,58 @@ fn lane_byte() -> impl Strategy<Value = u8> {
     ]
 }
 
+/// [`line_value_swar`] through the shape cache: `shape` carries over from line to line.
+fn line_value_shaped(
+    line: &[u8; 64],
+    at: usize,
+    shape: &mut read::ValueShape,
+) -> Option<(u64, usize, usize)> {
+    let got = match at {
+        20 => read::parse_line_value_shaped::<20>(line, shape),
+        21 => read::parse_line_value_shaped::<21>(line, shape),
+        _ => unreachable!("the lane's values start at 20 or 21"),
+    };
+    match got {
+        read::LineValue::Parsed(v, end, next) => Some((v.to_bits(), end, next)),
+        read::LineValue::Wide => line_value_swar(line, at),
+        read::LineValue::Invalid => None,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn shaped_value_parse_matches_the_byte_loop_line_after_line(
+        lines in prop::collection::vec(
+            prop_oneof![
+                // Runs of alike values, with the small changes that must break a shape: a
+                // digit for a point, the point moved, CR for LF, junk, a sign.
+                4 => prop::sample::select(vec![
+                    &b"12.5\n"[..], b"99.9\n", b"10.0\n", b"-12.5\n", b"1.5\n", b"123.5\n",
+                    b"12.55\n", b"12\n", b"125\n", b"12.5\r\n", b"12.5\r", b"12.5\rx",
+                    b"12x5\n", b"12.5x", b"1.2.\n", b"12.\n", b".5\n", b"-.5\n", b"-\n",
+                    b"--1.5\n", b"1:.5\n", b"12.5,\n", b"123456.5\n", b"1234567\r\n",
+                    b"1234567\n", b"12345678\n", b"1.234567\n", b"1.2345678\n", b"\n",
+                ]).prop_map(<[u8]>::to_vec),
+                1 => value_text(),
+            ],
+            1..40,
+        ),
+        at in prop::sample::select(vec![20usize, 21]),
+        fill in prop::sample::select(b"\n0.x-\r".to_vec()),
+    ) {
+        let mut shape = read::ValueShape::NONE;
+        for body in &lines {
+            let line = window(&[b'x'; 21][..at], body, fill);
+            prop_assert_eq!(
+                line_value_shaped(&line, at, &mut shape),
+                line_value_reference(&line, at),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn swar_value_parse_matches_the_byte_loop(

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use super::super::acc::Acc;
-use super::super::read::{self, LineValue, Records};
+use super::super::read::{self, LineValue, Records, ValueShape};
 use super::super::time::{HourCache, HourKey};
 
 thread_local! {
@@ -147,6 +147,7 @@ fn lines<const ZULU: bool, const AT: usize, L: Lane>(
         taken: 0,
         acc: *lane.acc(),
         earliest: i64::MAX,
+        shape: ValueShape::NONE,
     };
     // The inner loop takes the lines whose value fits one word and calls nothing; a longer
     // value stops it, is parsed here, and the inner loop resumes after it.
@@ -166,12 +167,15 @@ fn lines<const ZULU: bool, const AT: usize, L: Lane>(
     (stint.at, stint.taken)
 }
 
-/// What [`lines`] has taken so far: bytes, lines, their values and earliest time.
+/// What [`lines`] has taken so far: bytes, lines, their values and earliest time, and the
+/// last value's shape.
+#[derive(Clone, Copy)]
 struct Stint {
     at: usize,
     taken: u64,
     acc: Acc,
     earliest: i64,
+    shape: ValueShape,
 }
 
 impl Stint {
@@ -201,17 +205,26 @@ impl Stint {
         delim: u8,
         max_line: usize,
     ) -> Option<i64> {
-        while let Some(line) = rest.get(self.at..).and_then(<[u8]>::first_chunk::<64>) {
-            let t = hour.lookup_line::<ZULU>(line, delim)?;
+        // A local copy, written back once: stores through `self` would stay in the loop.
+        let mut s = *self;
+        let mut wide = None;
+        while let Some(line) = rest.get(s.at..).and_then(<[u8]>::first_chunk::<64>) {
+            let Some(t) = hour.lookup_line::<ZULU>(line, delim) else {
+                break;
+            };
             if !window.contains(t) {
-                return None;
+                break;
             }
-            match read::parse_line_value::<AT>(line) {
-                LineValue::Parsed(v, end, next) if end <= max_line => self.take::<L>(t, v, next),
-                LineValue::Wide => return Some(t),
-                _ => return None,
+            match read::parse_line_value_shaped::<AT>(line, &mut s.shape) {
+                LineValue::Parsed(v, end, next) if end <= max_line => s.take::<L>(t, v, next),
+                LineValue::Wide => {
+                    wide = Some(t);
+                    break;
+                }
+                _ => break,
             }
         }
-        None
+        *self = s;
+        wide
     }
 }
