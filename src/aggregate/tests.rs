@@ -682,6 +682,8 @@ proptest! {
         crlf in any::<bool>(),
         order in 0u8..3,
         max_held_cells in prop_oneof![Just(1_000_000usize), Just(64), Just(128), Just(192)],
+        bucket in prop::sample::select(Bucket::ALL.iter().map(|b| b.0).collect::<Vec<_>>()),
+        zone in prop::sample::select(vec!["UTC", "Europe/Berlin", "Asia/Kolkata"]),
     ) {
         // Two columns, `time,value`: the layout the fast lane serves. Each row is a minute
         // plus 0 to 3 jumps of 100 hours, so holding mode holds several pages of 64 hours
@@ -702,7 +704,9 @@ proptest! {
             let v = if *pad { format!(" {v}") } else { v.clone() };
             input.extend_from_slice(format!(",{v}{eol}").as_bytes());
         }
-        let spec = Spec { max_held_cells, ..Spec::default() };
+        // Buckets narrower than an hour, or hours that are not the zone's (Kolkata is 5:30
+        // off UTC), make the lane check each row's second against the bucket.
+        let spec = Spec { max_held_cells, bucket, timezone: zone.parse().unwrap(), ..Spec::default() };
         let streamed = || {
             let mut out = Vec::new();
             let mut source = Chunked { data: &input, sizes: sizes.clone(), reopen: true };

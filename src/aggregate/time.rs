@@ -355,6 +355,20 @@ impl HourKey {
     /// ranges (`M` and `S` tens at most 5) and what follows the stamp.
     #[inline(always)]
     pub fn lookup_line<const ZULU: bool>(&self, line: &[u8; 64], delim: u8) -> Option<i64> {
+        self.match_line::<ZULU>(line, delim).map(|m| self.second(m))
+    }
+
+    /// The first second of the hour.
+    #[inline(always)]
+    pub fn base(&self) -> i64 {
+        self.base
+    }
+
+    /// The check of [`HourKey::lookup_line`] without the arithmetic: `Some` (the minutes and
+    /// seconds for [`HourKey::second`]) exactly when `lookup_line` is. For a caller that
+    /// needs no second when the whole hour is inside its bucket.
+    #[inline(always)]
+    pub fn match_line<const ZULU: bool>(&self, line: &[u8; 64], delim: u8) -> Option<MinSec> {
         if line_word(line, 0) != self.head || line_word(line, 5) != self.tail {
             return None;
         }
@@ -379,15 +393,26 @@ impl HourKey {
         if (((x & low7) + limits) | x) & high != 0 {
             return None;
         }
-        // Now every checked byte is 0 but the four digits. Tens times ten plus units lands
-        // in bytes 1 (minutes) and 4 (seconds); every byte stays below 100, so no carries.
-        let d = x & 0x00FF_FFFF_FFFF_FFFF;
+        Some(MinSec(x & 0x00FF_FFFF_FFFF_FFFF))
+    }
+
+    /// The UTC second of a stamp that [`HourKey::match_line`] accepted.
+    #[inline(always)]
+    pub fn second(&self, m: MinSec) -> i64 {
+        // Every byte is 0 but the four digits. Tens times ten plus units lands in bytes 1
+        // (minutes) and 4 (seconds); every byte stays below 100, so no carries.
+        let d = m.0;
         let pairs = d * 10 + (d >> 8);
         let minutes = (pairs >> 8) & 0xFF;
         let seconds = (pairs >> 32) & 0xFF;
-        Some(self.base + (minutes * 60 + seconds) as i64)
+        self.base + (minutes * 60 + seconds) as i64
     }
 }
+
+/// A matched stamp's minute and second digits (bytes 14, 15, 17, 18 as values 0..=9 in
+/// bytes 1, 2, 4, 5 of the word; every other byte 0).
+#[derive(Clone, Copy, Debug)]
+pub struct MinSec(u64);
 
 /// Bytes `at..at + 8` of a line window as one little-endian word.
 #[inline(always)]

@@ -151,7 +151,16 @@ fn lines<const ZULU: bool, const AT: usize, L: Lane>(
     };
     // The inner loop takes the lines whose value fits one word and calls nothing; a longer
     // value stops it, is parsed here, and the inner loop resumes after it.
-    while let Some(t) = stint.run::<ZULU, AT, L>(rest, hour, window, delim, max_line) {
+    // When the cached hour lies inside the bucket (hourly buckets and wider, in the seed),
+    // every stamp it matches is in the window: the loop then needs no second at all, unless
+    // the state notes times.
+    let whole_hour = window.lo <= hour.base() && hour.base() + 3600 <= window.hi;
+    let run = if whole_hour {
+        Stint::run::<ZULU, AT, L, true>
+    } else {
+        Stint::run::<ZULU, AT, L, false>
+    };
+    while let Some(t) = run(&mut stint, rest, hour, window, delim, max_line) {
         let Some(line) = rest.get(stint.at..).and_then(<[u8]>::first_chunk::<64>) else {
             break;
         };
@@ -196,8 +205,9 @@ impl Stint {
     ///
     /// Not inlined: on its own, with no call inside, its loop keeps the accumulator and the
     /// position in registers and stores them once, on the way out.
+    /// `WHOLE_HOUR`: every second of `hour` is inside `window`.
     #[inline(never)]
-    fn run<const ZULU: bool, const AT: usize, L: Lane>(
+    fn run<const ZULU: bool, const AT: usize, L: Lane, const WHOLE_HOUR: bool>(
         &mut self,
         rest: &[u8],
         hour: HourKey,
@@ -209,16 +219,23 @@ impl Stint {
         let mut s = *self;
         let mut wide = None;
         while let Some(line) = rest.get(s.at..).and_then(<[u8]>::first_chunk::<64>) {
-            let Some(t) = hour.lookup_line::<ZULU>(line, delim) else {
+            let Some(m) = hour.match_line::<ZULU>(line, delim) else {
                 break;
             };
-            if !window.contains(t) {
+            // Only the window and holding mode's earliest row need the second (a constant
+            // folds away for the others).
+            let t = if WHOLE_HOUR && !L::NOTES_TIME {
+                0
+            } else {
+                hour.second(m)
+            };
+            if !WHOLE_HOUR && !window.contains(t) {
                 break;
             }
             match read::parse_line_value_shaped::<AT>(line, &mut s.shape) {
                 LineValue::Parsed(v, end, next) if end <= max_line => s.take::<L>(t, v, next),
                 LineValue::Wide => {
-                    wide = Some(t);
+                    wide = Some(hour.second(m));
                     break;
                 }
                 _ => break,
