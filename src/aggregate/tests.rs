@@ -765,6 +765,28 @@ proptest! {
     }
 
     #[test]
+    fn cached_labels_equal_uncached(
+        secs in prop::collection::vec(
+            prop_oneof![
+                4 => -2_000_000_000i64..4_000_000_000,
+                1 => -100_000_000_000i64..300_000_000_000,
+            ],
+            1..30,
+        ),
+        step in prop::sample::select(vec![0i64, 1, 3600, 86_399, 86_400]),
+    ) {
+        // Runs of labels a bucket apart (same day, next day) and jumps, years 0..=9999 and
+        // beyond (the uncached writer's).
+        let mut cache = time::DateCache::default();
+        for s in secs.iter().flat_map(|&s| [s, s + step, s + 2 * step]) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            time::push_datetime_cached(&mut a, s, &mut cache);
+            time::push_datetime(&mut b, s);
+            prop_assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        }
+    }
+
+    #[test]
     fn timestamp_forms_agree_with_chrono(secs in -2_000_000_000i64..4_000_000_000, t in any::<bool>()) {
         let dt = chrono::DateTime::from_timestamp(secs, 0).unwrap().naive_utc();
         let text = dt.format(if t { "%Y-%m-%dT%H:%M:%S" } else { "%Y-%m-%d %H:%M:%S" }).to_string();

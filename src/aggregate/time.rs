@@ -73,6 +73,40 @@ pub fn push_datetime(out: &mut Vec<u8>, secs: i64) {
     }
 }
 
+/// The last day [`push_datetime_cached`] wrote, as its `YYYY-MM-DD` text: consecutive bucket
+/// labels share their day (24 hourly buckets a day), so most labels skip the calendar
+/// arithmetic. Empty (`None`) until the first label.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DateCache(Option<(i64, [u8; 10])>);
+
+/// [`push_datetime`], the date's text taken from `cache` when the day is the same.
+pub fn push_datetime_cached(out: &mut Vec<u8>, secs: i64, cache: &mut DateCache) {
+    let day = secs.div_euclid(DAY);
+    let date = match cache.0 {
+        Some((d, text)) if d == day => text,
+        _ => {
+            let (y, m, d) = civil_from_days(day);
+            // Years outside 0..=9999 are not four digits: the general writer.
+            if !(0..=9999).contains(&y) {
+                return push_datetime(out, secs);
+            }
+            let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+            let y = y as u32;
+            let ([y1, y2], [y3, y4], [m1, m2], [d1, d2]) =
+                (two(y / 100), two(y % 100), two(m), two(d));
+            let text = [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2];
+            cache.0 = Some((day, text));
+            text
+        }
+    };
+    out.extend_from_slice(&date);
+    let sod = secs.rem_euclid(DAY);
+    let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
+    for (sep, v) in [(b' ', hh), (b':', mm), (b':', ss)] {
+        out.extend_from_slice(&[sep, b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    }
+}
+
 /// A parsed timestamp: wall-clock seconds (as if UTC) and the offset it carried, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
@@ -521,12 +555,12 @@ impl Grid {
 
     /// Appends the bucket start as local `YYYY-MM-DD HH:MM:SS` (pandas' label with its UTC
     /// offset dropped).
-    pub fn push_label(&self, key: i64, out: &mut Vec<u8>) {
+    pub fn push_label(&self, key: i64, out: &mut Vec<u8>, dates: &mut DateCache) {
         match *self {
             Grid::Fixed { width, origin, tz } => {
-                push_datetime(out, to_local(origin + key * width, tz))
+                push_datetime_cached(out, to_local(origin + key * width, tz), dates)
             }
-            Grid::LocalDays { .. } => push_datetime(out, key * DAY),
+            Grid::LocalDays { .. } => push_datetime_cached(out, key * DAY, dates),
         }
     }
 }
@@ -674,7 +708,11 @@ mod tests {
             grid.key(t(b"2021-03-28 00:00:00")) + 1
         );
         let mut label = Vec::new();
-        grid.push_label(grid.key(t(b"2021-03-28 05:00:00")), &mut label);
+        grid.push_label(
+            grid.key(t(b"2021-03-28 05:00:00")),
+            &mut label,
+            &mut DateCache::default(),
+        );
         assert_eq!(label, b"2021-03-28 00:00:00");
     }
 }
