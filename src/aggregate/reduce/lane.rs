@@ -149,8 +149,6 @@ fn lines<const ZULU: bool, const AT: usize, L: Lane>(
         earliest: i64::MAX,
         shape: ValueShape::NONE,
     };
-    // The inner loop takes the lines whose value fits one word and calls nothing; a longer
-    // value stops it, is parsed here, and the inner loop resumes after it.
     // When the cached hour lies inside the bucket (hourly buckets and wider, in the seed),
     // every stamp it matches is in the window: the loop then needs no second at all, unless
     // the state notes times.
@@ -160,6 +158,8 @@ fn lines<const ZULU: bool, const AT: usize, L: Lane>(
     } else {
         Stint::run::<ZULU, AT, L, false>
     };
+    // The inner loop takes the lines whose value fits one word and calls nothing; a longer
+    // value stops it, is parsed here, and the inner loop resumes after it.
     while let Some(t) = run(&mut stint, rest, hour, window, delim, max_line) {
         let Some(line) = rest.get(stint.at..).and_then(<[u8]>::first_chunk::<64>) else {
             break;
