@@ -416,6 +416,301 @@ pub fn parse_simple(s: &[u8]) -> Option<(f64, usize)> {
     Some((if neg { -v } else { v }, i))
 }
 
+/// The value and line break of a fast-lane line: `-?digits[.digits]` at `AT`, then `\n` or
+/// `\r\n`. Returns the value, where the value ends (the line break's index) and where the
+/// next line starts, or says that the value needs [`parse_line_value_wide`]. Together they
+/// give `None` exactly when [`parse_simple`] on `line[AT..]` is `None` or the byte after what
+/// it used is no line break (the property tests hold them to that).
+///
+/// SWAR, as in the One Billion Row Challenge. The common value (sign, digits and point in at
+/// most 7 bytes, like `-12.5`) and its line break sit in one 8-byte word: a byte-mask trick
+/// finds the point and the value's end, the point is squeezed out, and three multiplies
+/// combine the digits. Longer values are left to the caller, so that the loop around
+/// this one calls nothing (a call would cost it the accumulator's registers). The value is the same
+/// formula on the same mantissa as [`parse_simple`]'s, `mantissa / 10^frac_digits`, so the
+/// same bits.
+#[inline(always)]
+pub fn parse_line_value<const AT: usize>(line: &[u8; 64]) -> LineValue {
+    // A sign moves the word one byte on: one more load for negative values only.
+    let neg = line[AT] == b'-';
+    let at = AT + usize::from(neg);
+    let w = line_word(line, at);
+    let mut unused = ValueShape::NONE;
+    parse_line_value_at::<AT>(line, neg, at, w, &mut unused)
+}
+
+/// [`parse_line_value`] from the word `w` at `at` (after the sign, if `neg`); notes the
+/// value's shape in `shape` when it and its line break fit the word.
+#[inline(always)]
+fn parse_line_value_at<const AT: usize>(
+    line: &[u8; 64],
+    neg: bool,
+    at: usize,
+    w: u64,
+    shape: &mut ValueShape,
+) -> LineValue {
+    let x = w ^ ZEROS;
+    let non_digits = non_digits(x);
+    if non_digits == 0 {
+        return LineValue::Wide;
+    }
+    let first = (non_digits.trailing_zeros() / 8) as usize;
+    // The digits with the point squeezed out, how many bytes they take (at most 7), where
+    // the value ends, and how many digits follow the point.
+    let (digits, len, end, frac_len) = if (w >> (8 * first)) as u8 == b'.' {
+        // Bytes before the point (`first` is at most 7, so no shift overflows).
+        let before = (1u64 << (8 * first)) - 1;
+        let after = non_digits & !(before << 8 | 0xFF);
+        if after == 0 {
+            return LineValue::Wide;
+        }
+        let end = (after.trailing_zeros() / 8) as usize;
+        // The fraction's digits moved down one byte, over the point.
+        let digits = (x & before) | ((x >> 8) & !before);
+        (digits, end - 1, end, end - first - 1)
+    } else {
+        (x, first, first, 0)
+    };
+    if len == 0 {
+        return LineValue::Invalid;
+    }
+    let next = match (w >> (8 * end)) as u8 {
+        b'\n' => end + 1,
+        b'\r' if line[at + end + 1] == b'\n' => end + 2,
+        _ => return LineValue::Invalid,
+    };
+    // `len` is 1..=7 here, so the shift is 8..=56.
+    let shift = 64 - 8 * len as u32;
+    let mantissa = digits_value_at_top(digits << shift);
+    let m = mantissa as i64 as f64;
+    // At most 6 digits after the point in one word.
+    let v = if frac_len == 0 {
+        m
+    } else {
+        m / POW10[frac_len & 7]
+    };
+    // The line break's last byte is `next - 1`: in this word, or no shape to remember.
+    if next <= 8 {
+        let point = (frac_len > 0 || end > first).then_some(first);
+        *shape = ValueShape::new(w, point, end, next, shift, frac_len);
+    }
+    LineValue::Parsed(if neg { -v } else { v }, at + end, at + next)
+}
+
+/// The layout of the last value [`parse_line_value`] read in one word, after any sign: where
+/// its digits, point and line break are. Most files write every value alike (`dd.d` in the
+/// seed), so the next value is first checked against it with one masked compare, and its
+/// digits combined with the offsets known, instead of searching for the point and the end.
+#[derive(Clone, Copy, Debug)]
+pub struct ValueShape {
+    /// The bytes expected: `0` at digits, the point and the line break themselves.
+    pattern: u64,
+    /// The low seven bits of every byte checked (the value and its line break).
+    low7: u64,
+    /// `0x7F - limit` of every byte checked: 9 at digits, 0 where the byte is exact.
+    limits: u64,
+    /// Bit 7 of every byte checked.
+    high: u64,
+    /// The bytes before the point (all bytes when there is none).
+    before: u64,
+    /// The left shift that puts the digits, the point squeezed out, at the top of a word.
+    shift: u32,
+    /// `10^digits after the point` (1 without a fraction: dividing by it changes nothing).
+    scale: f64,
+    /// From the value's first digit byte to its line break, and to the next line.
+    end: usize,
+    next: usize,
+}
+
+impl ValueShape {
+    /// Matches no value: bit 7 of byte 0 is set whatever the byte.
+    pub const NONE: ValueShape = ValueShape {
+        pattern: 0,
+        low7: 0,
+        limits: 0x80,
+        high: 0x80,
+        before: 0,
+        shift: 0,
+        scale: 1.0,
+        end: 0,
+        next: 0,
+    };
+
+    /// The shape of the value in `w`: digits up to `end` but at `point`, the line break at
+    /// `end..next` (`next` at most 8), the digits put at the top by `shift`.
+    #[inline(always)]
+    fn new(
+        w: u64,
+        point: Option<usize>,
+        end: usize,
+        next: usize,
+        shift: u32,
+        frac_len: usize,
+    ) -> Self {
+        // Bytes 0..next; `next` is 1..=8.
+        let keep = u64::MAX >> (64 - 8 * next);
+        let mut exact = keep & !((1u64 << (8 * end)) - 1);
+        let mut before = u64::MAX;
+        if let Some(p) = point {
+            exact |= 0xFF << (8 * p);
+            before = (1u64 << (8 * p)) - 1;
+        }
+        ValueShape {
+            pattern: (ZEROS & !exact) | (w & exact),
+            low7: 0x7F7F_7F7F_7F7F_7F7F & keep,
+            limits: ((0x7676_7676_7676_7676 & !exact) | (0x7F7F_7F7F_7F7F_7F7F & exact)) & keep,
+            high: 0x8080_8080_8080_8080 & keep,
+            before,
+            shift,
+            scale: POW10[frac_len],
+            end,
+            next,
+        }
+    }
+}
+
+/// [`parse_line_value`] with the last value's shape tried first: the same answers, whatever
+/// `shape` holds (it is only ever a shape that [`parse_line_value`] saw), and `shape`
+/// updated when the value has another one.
+#[inline(always)]
+pub fn parse_line_value_shaped<const AT: usize>(
+    line: &[u8; 64],
+    shape: &mut ValueShape,
+) -> LineValue {
+    let neg = line[AT] == b'-';
+    let at = AT + usize::from(neg);
+    let w = line_word(line, at);
+    // As for the timestamp: XOR with the expected bytes leaves digits 0..=9 and exact bytes
+    // 0, and one masked add finds any byte out of its range.
+    let y = w ^ shape.pattern;
+    if (((y & shape.low7) + shape.limits) | y) & shape.high == 0 {
+        let digits = (y & shape.before) | ((y >> 8) & !shape.before);
+        let m = digits_value_at_top(digits << shape.shift) as i64 as f64;
+        let v = m / shape.scale;
+        return LineValue::Parsed(if neg { -v } else { v }, at + shape.end, at + shape.next);
+    }
+    parse_line_value_at::<AT>(line, neg, at, w, shape)
+}
+
+/// What [`parse_line_value`] found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LineValue {
+    /// The value, the line break's index and the next line's start.
+    Parsed(f64, usize, usize),
+    /// More than one word to look at: [`parse_line_value_wide`] decides.
+    Wide,
+    /// No value followed by a line break.
+    Invalid,
+}
+
+/// `mantissa / 10^frac_len`, negated for `neg`: [`parse_simple`]'s formula. The mantissa
+/// has at most 15 digits, so it converts to f64 exactly through i64 (one instruction,
+/// where u64 takes several).
+#[inline(always)]
+fn scaled(mantissa: u64, frac_len: usize, neg: bool) -> f64 {
+    let m = mantissa as i64 as f64;
+    let v = if frac_len == 0 {
+        m
+    } else {
+        m / POW10[frac_len]
+    };
+    if neg { -v } else { v }
+}
+
+/// [`parse_line_value`] for values longer than one word: one word for the integer part
+/// and one for the fraction, or [`parse_simple`] for parts of 8 digits or more. The same
+/// contract for any line (`None`: no value and line break).
+#[inline(never)]
+pub fn parse_line_value_wide<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
+    let neg = line[AT] == b'-';
+    let int_at = AT + usize::from(neg);
+    let int = line_word(line, int_at) ^ ZEROS;
+    let int_len = first_non_digit(int);
+    if int_len == 8 {
+        return parse_line_value_slow::<AT>(line);
+    }
+    let (mantissa, frac_len, end) = if line[int_at + int_len] == b'.' {
+        let frac_at = int_at + int_len + 1;
+        let frac = line_word(line, frac_at) ^ ZEROS;
+        let frac_len = first_non_digit(frac);
+        if frac_len == 8 {
+            return parse_line_value_slow::<AT>(line);
+        }
+        let m = digits_value(int, int_len) * POW10_U64[frac_len] + digits_value(frac, frac_len);
+        (m, frac_len, frac_at + frac_len)
+    } else {
+        (digits_value(int, int_len), 0, int_at + int_len)
+    };
+    if int_len + frac_len == 0 {
+        return None;
+    }
+    let next = match line[end] {
+        b'\n' => end + 1,
+        b'\r' if line[end + 1] == b'\n' => end + 2,
+        _ => return None,
+    };
+    Some((scaled(mantissa, frac_len, neg), end, next))
+}
+
+/// [`parse_line_value`] for values with a part of 8 digits or more: [`parse_simple`] and a
+/// byte check of the line break.
+#[cold]
+fn parse_line_value_slow<const AT: usize>(line: &[u8; 64]) -> Option<(f64, usize, usize)> {
+    let (v, len) = parse_simple(&line[AT..])?;
+    let end = AT + len;
+    // `end` is below 64 - 1: at most a sign, 15 digits and a point after `AT` (at most 21).
+    let next = match line[end] {
+        b'\n' => end + 1,
+        b'\r' if line[end + 1] == b'\n' => end + 2,
+        _ => return None,
+    };
+    Some((v, end, next))
+}
+
+/// `b'0'` in every byte: XOR maps digits to 0..=9 and every other byte above 9.
+const ZEROS: u64 = 0x3030_3030_3030_3030;
+
+const POW10_U64: [u64; 8] = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// Bytes `at..at + 8` of a line window as one little-endian word (the first byte lowest).
+#[inline(always)]
+fn line_word(line: &[u8; 64], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&line[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Bit 7 of every byte of `x` (a word XOR [`ZEROS`]) that is no digit. Adding 0x76 to a
+/// byte's low seven bits sets bit 7 when they exceed 9 (no carry into the next byte); OR-ing
+/// the byte itself catches bytes with bit 7 already set.
+#[inline(always)]
+fn non_digits(x: u64) -> u64 {
+    (((x & 0x7F7F_7F7F_7F7F_7F7F) + 0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080
+}
+
+/// How many leading bytes of `x` (a word XOR [`ZEROS`]) are digits, 0..=8.
+#[inline(always)]
+fn first_non_digit(x: u64) -> usize {
+    (non_digits(x).trailing_zeros() / 8) as usize
+}
+
+/// The number written by the first `len` (0..=7) bytes of `x`, digits 0..=9 each, first
+/// byte most significant. Shifting them to the top leaves zero bytes below as leading
+/// zeros; then pairs, quads and the halves are combined (Lemire's 8-digit multiply trick).
+#[inline(always)]
+fn digits_value(x: u64, len: usize) -> u64 {
+    x.checked_shl(64 - 8 * len as u32)
+        .map_or(0, digits_value_at_top)
+}
+
+/// The 8-digit number in `v`, one digit 0..=9 a byte, first byte most significant.
+#[inline(always)]
+fn digits_value_at_top(v: u64) -> u64 {
+    let v = (v.wrapping_mul(10 << 8 | 1) >> 8) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100 << 16 | 1) >> 16) & 0x0000_FFFF_0000_FFFF;
+    v.wrapping_mul(10_000 << 32 | 1) >> 32
+}
+
 #[cold]
 fn slow_value(s: &[u8]) -> Value {
     if MISSING.contains(&s) {

@@ -682,6 +682,8 @@ proptest! {
         crlf in any::<bool>(),
         order in 0u8..3,
         max_held_cells in prop_oneof![Just(1_000_000usize), Just(64), Just(128), Just(192)],
+        bucket in prop::sample::select(Bucket::ALL.iter().map(|b| b.0).collect::<Vec<_>>()),
+        zone in prop::sample::select(vec!["UTC", "Europe/Berlin", "Asia/Kolkata"]),
     ) {
         // Two columns, `time,value`: the layout the fast lane serves. Each row is a minute
         // plus 0 to 3 jumps of 100 hours, so holding mode holds several pages of 64 hours
@@ -702,7 +704,9 @@ proptest! {
             let v = if *pad { format!(" {v}") } else { v.clone() };
             input.extend_from_slice(format!(",{v}{eol}").as_bytes());
         }
-        let spec = Spec { max_held_cells, ..Spec::default() };
+        // Buckets narrower than an hour, or hours that are not the zone's (Kolkata is 5:30
+        // off UTC), make the lane check each row's second against the bucket.
+        let spec = Spec { max_held_cells, bucket, timezone: zone.parse().unwrap(), ..Spec::default() };
         let streamed = || {
             let mut out = Vec::new();
             let mut source = Chunked { data: &input, sizes: sizes.clone(), reopen: true };
@@ -757,6 +761,28 @@ proptest! {
             let mut got = Vec::new();
             output::push_float(&mut got, x);
             prop_assert_eq!(String::from_utf8(got).unwrap(), python_repr_reference(x), "{:e}", x);
+        }
+    }
+
+    #[test]
+    fn cached_labels_equal_uncached(
+        secs in prop::collection::vec(
+            prop_oneof![
+                4 => -2_000_000_000i64..4_000_000_000,
+                1 => -100_000_000_000i64..300_000_000_000,
+            ],
+            1..30,
+        ),
+        step in prop::sample::select(vec![0i64, 1, 3600, 86_399, 86_400]),
+    ) {
+        // Runs of labels a bucket apart (same day, next day) and jumps, years 0..=9999 and
+        // beyond (the uncached writer's).
+        let mut cache = time::DateCache::default();
+        for s in secs.iter().flat_map(|&s| [s, s + step, s + 2 * step]) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            time::push_datetime_cached(&mut a, s, &mut cache);
+            time::push_datetime(&mut b, s);
+            prop_assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
         }
     }
 
@@ -840,5 +866,361 @@ fn python_repr_reference(x: f64) -> String {
             &digits[..1],
             exp.unsigned_abs()
         )
+    }
+}
+
+// === The fast lane's word-at-a-time parsers against the byte-at-a-time ones ===
+
+/// What the fast lane took from a line before its word-at-a-time value parser: the value
+/// by `read::parse_simple` from byte `at`, then a `\n` or `\r\n` right after it. Returns the
+/// value's bits, the line break's index and the next line's start.
+fn line_value_reference(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize)> {
+    let (v, len) = read::parse_simple(&line[at..])?;
+    let end = at + len;
+    let next = match line[end] {
+        b'\n' => end + 1,
+        b'\r' if line[end + 1] == b'\n' => end + 2,
+        _ => return None,
+    };
+    Some((v.to_bits(), end, next))
+}
+
+/// The word-at-a-time parser for a value at byte `at` (20 or 21, the lane's two offsets).
+fn line_value_swar(line: &[u8; 64], at: usize) -> Option<(u64, usize, usize)> {
+    let (first, wide) = match at {
+        20 => (
+            read::parse_line_value::<20>(line),
+            read::parse_line_value_wide::<20>(line),
+        ),
+        21 => (
+            read::parse_line_value::<21>(line),
+            read::parse_line_value_wide::<21>(line),
+        ),
+        _ => unreachable!("the lane's values start at 20 or 21"),
+    };
+    let got = match first {
+        read::LineValue::Parsed(v, end, next) => {
+            // The wide parser agrees wherever the one-word one answers.
+            assert_eq!(
+                wide.map(|(w, e, n)| (w.to_bits(), e, n)),
+                Some((v.to_bits(), end, next))
+            );
+            Some((v, end, next))
+        }
+        read::LineValue::Wide => wide,
+        read::LineValue::Invalid => {
+            assert_eq!(wide, None);
+            None
+        }
+    };
+    got.map(|(v, end, next)| (v.to_bits(), end, next))
+}
+
+/// A 64-byte line window: `prefix` (a timestamp and delimiter, or filler), then `body`,
+/// then `fill` repeated.
+fn window(prefix: &[u8], body: &[u8], fill: u8) -> [u8; 64] {
+    let mut line = [fill; 64];
+    let n = (prefix.len() + body.len()).min(64);
+    let joined: Vec<u8> = prefix.iter().chain(body).copied().take(n).collect();
+    line[..n].copy_from_slice(&joined);
+    line
+}
+
+/// Value texts built to hit every branch: a sign or not, 0 to 17 integer digits (leading
+/// zeros likely), a point or not, 0 to 17 fraction digits, then a line break, a broken one,
+/// or junk.
+fn value_text() -> impl Strategy<Value = Vec<u8>> {
+    let digits = |max| prop::collection::vec(prop_oneof![Just(b'0'), b'0'..=b'9'], 0..=max);
+    let sign = prop_oneof![
+        Just(&b""[..]),
+        Just(&b"-"[..]),
+        Just(&b"+"[..]),
+        Just(&b"--"[..])
+    ];
+    let tail = prop_oneof![
+        Just(&b"\n"[..]),
+        Just(&b"\r\n"[..]),
+        Just(&b"\r"[..]),
+        Just(&b"\rx"[..]),
+        Just(&b"\n\n"[..]),
+        Just(&b","[..]),
+        Just(&b" \n"[..]),
+        Just(&b".\n"[..]),
+        Just(&b"e5\n"[..]),
+        Just(&b"x"[..]),
+        Just(&b"\"\n"[..]),
+        Just(&b"\xff\n"[..]),
+        Just(&b"/\n"[..]),
+        Just(&b":\n"[..]),
+    ];
+    (sign, digits(17), any::<bool>(), digits(17), tail).prop_map(|(s, int, point, frac, t)| {
+        let mut v = s.to_vec();
+        v.extend(int);
+        if point {
+            v.push(b'.');
+        }
+        v.extend(frac);
+        v.extend_from_slice(t);
+        v
+    })
+}
+
+/// Bytes that matter to the parsers, and some that do not.
+fn lane_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => prop::sample::select(b"0123456789".to_vec()),
+        2 => prop::sample::select(b"-.\n\r".to_vec()),
+        1 => prop::sample::select(b"+,;:Z T/\t\"e\x00\x7f\x80\xb0\xba\xff".to_vec()),
+        1 => any::<u8>(),
+    ]
+}
+
+/// [`line_value_swar`] through the shape cache: `shape` carries over from line to line.
+fn line_value_shaped(
+    line: &[u8; 64],
+    at: usize,
+    shape: &mut read::ValueShape,
+) -> Option<(u64, usize, usize)> {
+    let got = match at {
+        20 => read::parse_line_value_shaped::<20>(line, shape),
+        21 => read::parse_line_value_shaped::<21>(line, shape),
+        _ => unreachable!("the lane's values start at 20 or 21"),
+    };
+    match got {
+        read::LineValue::Parsed(v, end, next) => Some((v.to_bits(), end, next)),
+        read::LineValue::Wide => line_value_swar(line, at),
+        read::LineValue::Invalid => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn shaped_value_parse_matches_the_byte_loop_line_after_line(
+        lines in prop::collection::vec(
+            prop_oneof![
+                // Runs of alike values, with the small changes that must break a shape: a
+                // digit for a point, the point moved, CR for LF, junk, a sign.
+                4 => prop::sample::select(vec![
+                    &b"12.5\n"[..], b"99.9\n", b"10.0\n", b"-12.5\n", b"1.5\n", b"123.5\n",
+                    b"12.55\n", b"12\n", b"125\n", b"12.5\r\n", b"12.5\r", b"12.5\rx",
+                    b"12x5\n", b"12.5x", b"1.2.\n", b"12.\n", b".5\n", b"-.5\n", b"-\n",
+                    b"--1.5\n", b"1:.5\n", b"12.5,\n", b"123456.5\n", b"1234567\r\n",
+                    b"1234567\n", b"12345678\n", b"1.234567\n", b"1.2345678\n", b"\n",
+                ]).prop_map(<[u8]>::to_vec),
+                1 => value_text(),
+            ],
+            1..40,
+        ),
+        at in prop::sample::select(vec![20usize, 21]),
+        fill in prop::sample::select(b"\n0.x-\r".to_vec()),
+    ) {
+        let mut shape = read::ValueShape::NONE;
+        for body in &lines {
+            let line = window(&[b'x'; 21][..at], body, fill);
+            prop_assert_eq!(
+                line_value_shaped(&line, at, &mut shape),
+                line_value_reference(&line, at),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn swar_value_parse_matches_the_byte_loop(
+        body in value_text(),
+        at in prop::sample::select(vec![20usize, 21]),
+        fill in prop::sample::select(b"\n0.x-\r".to_vec()),
+    ) {
+        let line = window(&[b'x'; 21][..at], &body, fill);
+        prop_assert_eq!(line_value_swar(&line, at), line_value_reference(&line, at), "{:?}", String::from_utf8_lossy(&body));
+    }
+
+    #[test]
+    fn swar_value_parse_matches_the_byte_loop_on_random_bytes(
+        body in prop::collection::vec(lane_byte(), 0..43),
+        at in prop::sample::select(vec![20usize, 21]),
+        fill in lane_byte(),
+    ) {
+        let line = window(&[b'x'; 21][..at], &body, fill);
+        prop_assert_eq!(line_value_swar(&line, at), line_value_reference(&line, at), "{:?}", body);
+    }
+
+    #[test]
+    fn swar_value_parse_handles_the_point_at_every_byte(
+        int in 0usize..17,
+        frac in 0usize..17,
+        neg in any::<bool>(),
+        crlf in any::<bool>(),
+        d in b'0'..=b'9',
+        at in prop::sample::select(vec![20usize, 21]),
+    ) {
+        // Every split of up to 16 digits around the point, with and without a sign.
+        let mut body = if neg { b"-".to_vec() } else { Vec::new() };
+        body.extend(std::iter::repeat_n(d, int));
+        body.push(b'.');
+        body.extend((0..frac).map(|i| b'0' + (i as u8 * 7 + d) % 10));
+        body.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+        let line = window(&[b'x'; 21][..at], &body, b'7');
+        let want = line_value_reference(&line, at);
+        prop_assert_eq!(line_value_swar(&line, at), want);
+        // At most 15 digits in all is a number, more is not (the general path's to parse).
+        prop_assert_eq!(want.is_some(), (1..=15).contains(&(int + frac)));
+    }
+
+    #[test]
+    fn word_stamp_lookup_matches_the_byte_lookup(
+        hour in -40_000i64..600_000,
+        zulu in any::<bool>(),
+        minute in 0i64..60,
+        second in 0i64..60,
+        other_hour in any::<bool>(),
+        edits in prop::collection::vec((0usize..24, lane_byte()), 0..3),
+        delim in prop::sample::select(b",;\t|".to_vec()),
+        zone in prop::sample::select(vec!["UTC", "Europe/Berlin"]),
+    ) {
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let stamp = |secs: i64| {
+            let mut s = Vec::new();
+            time::push_datetime(&mut s, secs);
+            if zulu {
+                s[10] = b'T';
+                s.push(b'Z');
+            }
+            s
+        };
+        let cached = stamp(hour * 3600);
+        let mut cache = time::HourCache::default();
+        cache.remember(&cached, time::parse_default(&cached).unwrap(), tz);
+        // A stamp of the cached hour (or the next), then the delimiter and a value; some
+        // bytes overwritten with anything.
+        let secs = (hour + i64::from(other_hour)) * 3600 + minute * 60 + second;
+        let mut text = stamp(secs);
+        text.push(delim);
+        text.extend_from_slice(b"12.5\n");
+        for (i, b) in edits {
+            if i < text.len() {
+                text[i] = b;
+            }
+        }
+        let line = window(&text, b"", b'\n');
+        let ts = cache.stamp_len();
+        let want = cache.lookup(&line[..ts]).filter(|_| line[ts] == delim);
+        let got = cache.key().and_then(|(key, z)| {
+            assert_eq!(z, ts == 20);
+            if z { key.lookup_line::<true>(&line, delim) } else { key.lookup_line::<false>(&line, delim) }
+        });
+        prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&text));
+    }
+}
+
+#[test]
+fn float_output_at_the_layout_bounds_is_python_repr() {
+    // `push_float` picks ryu's fixed notation from the value's magnitude: the doubles on
+    // both sides of 1e-5, 1e-4, 1e15 and 1e16 must print as Python does. Expected: CPython's
+    // `repr` of the four doubles below each bound, the bound and the four above (taken with
+    // `math.nextafter`). Literal, not `python_repr_reference`: at `1e15 + 0.25` the two
+    // shortest 17-digit forms tie, and CPython (like ryu) rounds the tie to even.
+    let cases: [(f64, [&str; 9]); 6] = [
+        (
+            1e-05,
+            [
+                "9.999999999999994e-06",
+                "9.999999999999996e-06",
+                "9.999999999999997e-06",
+                "9.999999999999999e-06",
+                "1e-05",
+                "1.0000000000000003e-05",
+                "1.0000000000000004e-05",
+                "1.0000000000000006e-05",
+                "1.0000000000000008e-05",
+            ],
+        ),
+        (
+            0.0001,
+            [
+                "9.999999999999995e-05",
+                "9.999999999999996e-05",
+                "9.999999999999998e-05",
+                "9.999999999999999e-05",
+                "0.0001",
+                "0.00010000000000000002",
+                "0.00010000000000000003",
+                "0.00010000000000000005",
+                "0.00010000000000000006",
+            ],
+        ),
+        (
+            0.001,
+            [
+                "0.0009999999999999992",
+                "0.0009999999999999994",
+                "0.0009999999999999996",
+                "0.0009999999999999998",
+                "0.001",
+                "0.0010000000000000002",
+                "0.0010000000000000005",
+                "0.0010000000000000007",
+                "0.0010000000000000009",
+            ],
+        ),
+        (
+            1000000000000000.0,
+            [
+                "999999999999999.5",
+                "999999999999999.6",
+                "999999999999999.8",
+                "999999999999999.9",
+                "1000000000000000.0",
+                "1000000000000000.1",
+                "1000000000000000.2",
+                "1000000000000000.4",
+                "1000000000000000.5",
+            ],
+        ),
+        (
+            1e+16,
+            [
+                "9999999999999992.0",
+                "9999999999999994.0",
+                "9999999999999996.0",
+                "9999999999999998.0",
+                "1e+16",
+                "1.0000000000000002e+16",
+                "1.0000000000000004e+16",
+                "1.0000000000000006e+16",
+                "1.0000000000000008e+16",
+            ],
+        ),
+        (
+            1e+17,
+            [
+                "9.999999999999994e+16",
+                "9.999999999999995e+16",
+                "9.999999999999997e+16",
+                "9.999999999999998e+16",
+                "1e+17",
+                "1.0000000000000002e+17",
+                "1.0000000000000003e+17",
+                "1.0000000000000005e+17",
+                "1.0000000000000006e+17",
+            ],
+        ),
+    ];
+    for (bound, want) in cases {
+        let mut x = bound;
+        for _ in 0..4 {
+            x = f64::next_down(x);
+        }
+        for text in want {
+            for (v, text) in [(x, text.to_string()), (-x, format!("-{text}"))] {
+                let mut got = Vec::new();
+                output::push_float(&mut got, v);
+                assert_eq!(String::from_utf8(got).unwrap(), text, "{v:e}");
+            }
+            x = f64::next_up(x);
+        }
     }
 }

@@ -73,6 +73,40 @@ pub fn push_datetime(out: &mut Vec<u8>, secs: i64) {
     }
 }
 
+/// The last day [`push_datetime_cached`] wrote, as its `YYYY-MM-DD` text: consecutive bucket
+/// labels share their day (24 hourly buckets a day), so most labels skip the calendar
+/// arithmetic. Empty (`None`) until the first label.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DateCache(Option<(i64, [u8; 10])>);
+
+/// [`push_datetime`], the date's text taken from `cache` when the day is the same.
+pub fn push_datetime_cached(out: &mut Vec<u8>, secs: i64, cache: &mut DateCache) {
+    let day = secs.div_euclid(DAY);
+    let date = match cache.0 {
+        Some((d, text)) if d == day => text,
+        _ => {
+            let (y, m, d) = civil_from_days(day);
+            // Years outside 0..=9999 are not four digits: the general writer.
+            if !(0..=9999).contains(&y) {
+                return push_datetime(out, secs);
+            }
+            let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+            let y = y as u32;
+            let ([y1, y2], [y3, y4], [m1, m2], [d1, d2]) =
+                (two(y / 100), two(y % 100), two(m), two(d));
+            let text = [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2];
+            cache.0 = Some((day, text));
+            text
+        }
+    };
+    out.extend_from_slice(&date);
+    let sod = secs.rem_euclid(DAY);
+    let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
+    for (sep, v) in [(b' ', hh), (b':', mm), (b':', ss)] {
+        out.extend_from_slice(&[sep, b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    }
+}
+
 /// A parsed timestamp: wall-clock seconds (as if UTC) and the offset it carried, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
@@ -319,6 +353,109 @@ impl HourCache {
     }
 }
 
+/// A valid [`HourCache`] entry, copied out for the fast lane: the lane reads whole 64-byte
+/// line windows, so it checks the timestamp, its delimiter and (for `…Z`) the `Z` with three
+/// word loads instead of byte by byte. Copied so the loop keeps it in registers.
+#[derive(Clone, Copy, Debug)]
+pub struct HourKey {
+    head: u64,
+    tail: u64,
+    base: i64,
+}
+
+impl HourCache {
+    /// The cached hour for the fast lane, and whether it is a `…Z` hour (20-byte stamps);
+    /// `None` when nothing is cached (then [`HourCache::lookup`] matches nothing either).
+    #[inline(always)]
+    pub fn key(&self) -> Option<(HourKey, bool)> {
+        self.valid.then_some((
+            HourKey {
+                head: self.head,
+                tail: self.tail,
+                base: self.base,
+            },
+            self.zulu,
+        ))
+    }
+}
+
+impl HourKey {
+    /// The UTC second of the line's leading timestamp when its hour is this one and
+    /// `delim` follows it: exactly when `lookup(&line[..ts])` is `Some` and
+    /// `line[ts] == delim`, for `ts` 19 (naive, `ZULU` false) or 20 (`…Z`, `ZULU` true).
+    ///
+    /// Bytes 13..21 hold `:MM:SS` and then the delimiter (naive: `:MM:SS,x`) or `Z` and the
+    /// delimiter (`:MM:SSZ,`), so one word checks both colons, the four digits with their
+    /// ranges (`M` and `S` tens at most 5) and what follows the stamp.
+    #[inline(always)]
+    pub fn lookup_line<const ZULU: bool>(&self, line: &[u8; 64], delim: u8) -> Option<i64> {
+        self.match_line::<ZULU>(line, delim).map(|m| self.second(m))
+    }
+
+    /// The first second of the hour.
+    #[inline(always)]
+    pub fn base(&self) -> i64 {
+        self.base
+    }
+
+    /// The check of [`HourKey::lookup_line`] without the arithmetic: `Some` (the minutes and
+    /// seconds for [`HourKey::second`]) exactly when `lookup_line` is. For a caller that
+    /// needs no second when the whole hour is inside its bucket.
+    #[inline(always)]
+    pub fn match_line<const ZULU: bool>(&self, line: &[u8; 64], delim: u8) -> Option<MinSec> {
+        if line_word(line, 0) != self.head || line_word(line, 5) != self.tail {
+            return None;
+        }
+        // XOR with the expected bytes (digits as `0`) leaves 0 in every separator byte, the
+        // digit's value in every digit byte, and something larger wherever a byte is wrong.
+        let expected = u64::from_le_bytes(if ZULU {
+            [b':', b'0', b'0', b':', b'0', b'0', b'Z', delim]
+        } else {
+            [b':', b'0', b'0', b':', b'0', b'0', delim, 0]
+        });
+        let x = line_word(line, 13) ^ expected;
+        // Per byte, adding `0x7F - limit` to the low seven bits sets bit 7 exactly when they
+        // exceed the limit (0 for separators, 5 for tens, 9 for units), with no carry into
+        // the next byte (at most 0x7F + 0x7F); OR-ing the byte itself catches those with bit
+        // 7 set. A naive stamp's byte 7 is the value's first byte: not checked.
+        let (low7, high) = if ZULU {
+            (0x7F7F_7F7F_7F7F_7F7F_u64, 0x8080_8080_8080_8080_u64)
+        } else {
+            (0x007F_7F7F_7F7F_7F7F, 0x0080_8080_8080_8080)
+        };
+        let limits = u64::from_le_bytes([0x7F, 0x7A, 0x76, 0x7F, 0x7A, 0x76, 0x7F, 0x7F]) & low7;
+        if (((x & low7) + limits) | x) & high != 0 {
+            return None;
+        }
+        Some(MinSec(x & 0x00FF_FFFF_FFFF_FFFF))
+    }
+
+    /// The UTC second of a stamp that [`HourKey::match_line`] accepted.
+    #[inline(always)]
+    pub fn second(&self, m: MinSec) -> i64 {
+        // Every byte is 0 but the four digits. Tens times ten plus units lands in bytes 1
+        // (minutes) and 4 (seconds); every byte stays below 100, so no carries.
+        let d = m.0;
+        let pairs = d * 10 + (d >> 8);
+        let minutes = (pairs >> 8) & 0xFF;
+        let seconds = (pairs >> 32) & 0xFF;
+        self.base + (minutes * 60 + seconds) as i64
+    }
+}
+
+/// A matched stamp's minute and second digits (bytes 14, 15, 17, 18 as values 0..=9 in
+/// bytes 1, 2, 4, 5 of the word; every other byte 0).
+#[derive(Clone, Copy, Debug)]
+pub struct MinSec(u64);
+
+/// Bytes `at..at + 8` of a line window as one little-endian word.
+#[inline(always)]
+fn line_word(line: &[u8; 64], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&line[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
 /// Bytes `at..at + 8` of a timestamp as one little-endian word.
 #[inline(always)]
 fn word(s: &[u8; 19], at: usize) -> u64 {
@@ -418,12 +555,12 @@ impl Grid {
 
     /// Appends the bucket start as local `YYYY-MM-DD HH:MM:SS` (pandas' label with its UTC
     /// offset dropped).
-    pub fn push_label(&self, key: i64, out: &mut Vec<u8>) {
+    pub fn push_label(&self, key: i64, out: &mut Vec<u8>, dates: &mut DateCache) {
         match *self {
             Grid::Fixed { width, origin, tz } => {
-                push_datetime(out, to_local(origin + key * width, tz))
+                push_datetime_cached(out, to_local(origin + key * width, tz), dates)
             }
-            Grid::LocalDays { .. } => push_datetime(out, key * DAY),
+            Grid::LocalDays { .. } => push_datetime_cached(out, key * DAY, dates),
         }
     }
 }
@@ -571,7 +708,11 @@ mod tests {
             grid.key(t(b"2021-03-28 00:00:00")) + 1
         );
         let mut label = Vec::new();
-        grid.push_label(grid.key(t(b"2021-03-28 05:00:00")), &mut label);
+        grid.push_label(
+            grid.key(t(b"2021-03-28 05:00:00")),
+            &mut label,
+            &mut DateCache::default(),
+        );
         assert_eq!(label, b"2021-03-28 00:00:00");
     }
 }

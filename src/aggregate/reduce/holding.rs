@@ -138,12 +138,18 @@ pub(super) struct HeldLane<'l> {
 }
 
 impl Lane for HeldLane<'_> {
+    const NOTES_TIME: bool = true;
+
     #[inline(always)]
-    fn push(&mut self, t: i64, v: f64) {
+    fn acc(&mut self) -> &mut Acc {
+        self.acc
+    }
+
+    #[inline(always)]
+    fn note(&mut self, t: i64) {
         if t < *self.earliest {
             *self.earliest = t;
         }
-        self.acc.push(v);
     }
 }
 

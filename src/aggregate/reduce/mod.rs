@@ -24,7 +24,7 @@ mod streaming;
 
 use super::acc::Acc;
 use super::read::Records;
-use super::time::Grid;
+use super::time::{DateCache, Grid};
 use super::{AggregateError, Mode, Sink, Spec, output};
 use holding::Holding;
 use lane::Window;
@@ -97,6 +97,7 @@ pub fn pass(
     let out = Out {
         sink,
         buf: Vec::with_capacity(128 * 1024),
+        dates: DateCache::default(),
     };
     match mode {
         Mode::Streaming => {
@@ -166,12 +167,14 @@ fn rows_into<B: Buckets>(
 struct Out<'s> {
     sink: &'s mut dyn Sink,
     buf: Vec<u8>,
+    /// The last label's date, for the next label of the same day.
+    dates: DateCache,
 }
 
 impl Out<'_> {
     /// Appends one bucket's output row.
     fn emit(&mut self, grid: &Grid, key: i64, accs: &[Acc]) -> Result<(), AggregateError> {
-        grid.push_label(key, &mut self.buf);
+        grid.push_label(key, &mut self.buf, &mut self.dates);
         output::push_stats(&mut self.buf, accs);
         if self.buf.len() >= 64 * 1024 {
             self.sink.write_all(&self.buf)?;

@@ -27,7 +27,7 @@ use memchr::memchr;
 
 use super::super::acc::Acc;
 use super::super::read::Records;
-use super::super::time::Grid;
+use super::super::time::{DateCache, Grid};
 use super::super::{AggregateError, Mode, Report, Sink, Spec, output};
 use super::header::{self, Layout};
 use super::rows::Rows;
@@ -220,6 +220,7 @@ fn run_part(
         out: Out {
             sink: &mut part,
             buf: Vec::with_capacity(64 * 1024),
+            dates: DateCache::default(),
         },
         skip_head,
         first: 0,
@@ -378,6 +379,7 @@ fn write(
     let mut out = Out {
         sink,
         buf: Vec::with_capacity(64 * 1024),
+        dates: DateCache::default(),
     };
     let layout = &plan.layout;
     output::push_header(&mut out.buf, &layout.time_name, &layout.value_names);
