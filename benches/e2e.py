@@ -296,19 +296,29 @@ def run_rollq(az, bins, st, procs, worker_args, idle="2s"):
         "--queue", st["queue"], "--container", st["container"],
         "--exit-when-idle", idle, "--http-addr", "127.0.0.1:0", "--log-format", "json",
     ] + worker_args  # fmt: skip
-    outs = []
+    # Each worker's log goes to a file of its own, not a pipe: pipes read one process at a
+    # time (`communicate` in turn) let the others' pipe buffers fill, and a worker whose log
+    # write blocks stalls its runtime (seen: a second worker frozen for a whole visibility
+    # timeout, until the first one exited).
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(procs)]
     ps = [
-        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=az.env())
-        for _ in range(procs)
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=az.env())
+        for log in logs
     ]
     try:
         for p in ps:
-            outs.append(p.communicate(timeout=3600)[1])
+            p.wait(timeout=3600)
+        outs = []
+        for log in logs:
+            log.seek(0)
+            outs.append(log.read())
     finally:
         for p in ps:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for log in logs:
+            log.close()
     done, starts, failures = {}, [], 0
     for p, err in zip(ps, outs):
         if p.returncode != 0:

@@ -15,11 +15,13 @@ pub mod acc;
 pub mod args;
 #[doc(hidden)]
 pub mod bench_support;
+mod gzip;
 pub mod output;
 pub mod read;
 mod reduce;
 pub mod time;
 pub use args::ReducerArgs;
+pub use gzip::{gunzip_on_thread, maybe_gunzip, sniff_gunzip};
 /// The lane-free reference for the reducer's property tests and fuzz target.
 #[doc(hidden)]
 pub use reduce::without_fast_lane;
@@ -352,98 +354,4 @@ fn finish(mut report: Report, stats: reduce::PassStats, mode: Mode) -> Report {
     report.buckets = stats.buckets;
     report.mode = Some(mode);
     report
-}
-
-/// Wraps a reader in a gzip decoder when `name` ends in `.gz`.
-///
-/// A truncated or corrupt gzip stream is a property of the input, not a failed read: the
-/// decoder's own errors come out as [`AggregateError::CorruptGzip`] (never retried), while
-/// errors of the underlying reader (a dropped connection) stay [`AggregateError::Io`].
-pub fn maybe_gunzip<'a>(name: &str, reader: Box<dyn Read + 'a>) -> Box<dyn Read + 'a> {
-    if name.ends_with(".gz") {
-        Box::new(Gunzip(flate2::read::MultiGzDecoder::new(MarkErrors(
-            reader,
-        ))))
-    } else {
-        reader
-    }
-}
-
-/// Wraps an unnamed stream (standard input) in a gzip decoder when it starts with the gzip
-/// magic bytes `1f 8b`, which no CSV text starts with; other streams pass through unchanged.
-pub fn sniff_gunzip<'a>(mut reader: Box<dyn Read + 'a>) -> io::Result<Box<dyn Read + 'a>> {
-    // Read the first two bytes (a pipe may hand them out one at a time), then put them back
-    // in front of the rest.
-    let mut magic = [0u8; 2];
-    let mut got = 0;
-    while got < 2 {
-        match reader.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let whole = io::Cursor::new(magic[..got].to_vec()).chain(reader);
-    Ok(if magic[..got] == [0x1f, 0x8b] {
-        Box::new(Gunzip(flate2::read::MultiGzDecoder::new(MarkErrors(whole))))
-    } else {
-        Box::new(whole)
-    })
-}
-
-/// An error of the reader under the gzip decoder, carried through it unchanged.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct UnderlyingError(io::Error);
-
-/// What the decoder itself rejected (the text is flate2's: `corrupt deflate stream`, ...).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct GzipDataError(String);
-
-/// Tags the errors of the compressed reader so [`Gunzip`] can tell them from the decoder's.
-struct MarkErrors<R>(R);
-
-impl<R: Read> Read for MarkErrors<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0
-            .read(buf)
-            .map_err(|e| io::Error::new(e.kind(), UnderlyingError(e)))
-    }
-}
-
-/// A gzip decoder whose own failures become [`GzipDataError`]s.
-struct Gunzip<R: Read>(flate2::read::MultiGzDecoder<MarkErrors<R>>);
-
-impl<R: Read> Read for Gunzip<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| {
-            if e.get_ref()
-                .is_some_and(|inner| inner.is::<UnderlyingError>())
-            {
-                match e
-                    .into_inner()
-                    .map(|inner| inner.downcast::<UnderlyingError>())
-                {
-                    Some(Ok(underlying)) => underlying.0,
-                    _ => io::Error::other("gzip: lost the underlying error"),
-                }
-            } else {
-                io::Error::new(io::ErrorKind::InvalidData, GzipDataError(e.to_string()))
-            }
-        })
-    }
-}
-
-impl From<io::Error> for AggregateError {
-    fn from(e: io::Error) -> Self {
-        match e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<GzipDataError>())
-        {
-            Some(GzipDataError(what)) => AggregateError::CorruptGzip(what.clone()),
-            None => AggregateError::Io(e),
-        }
-    }
 }

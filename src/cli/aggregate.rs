@@ -24,9 +24,9 @@ pub struct AggregateArgs {
     #[arg(short, long, env = "ROLLQ_OUTPUT", value_name = "OUTPUT")]
     pub output: Option<String>,
 
-    /// Threads for a local, uncompressed file (split at line boundaries; the output is the
-    /// same for any value) [default: the CPUs this process may use]. Standard input and
-    /// `.gz` files are read on one thread.
+    /// Threads for a local file (an uncompressed one is split at line boundaries, a `.gz`
+    /// one is decompressed on a thread of its own; the output is the same for any value)
+    /// [default: the CPUs this process may use]. Standard input is read on one thread.
     #[arg(long, env = "ROLLQ_THREADS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
 
@@ -37,15 +37,18 @@ pub struct AggregateArgs {
 /// A local file, re-readable for holding mode.
 struct FileSource {
     path: PathBuf,
+    /// `--threads`: above 1, a `.gz` file is decompressed on a thread of its own.
+    threads: usize,
 }
 
 impl Source for FileSource {
     fn open(&mut self) -> io::Result<Box<dyn Read + '_>> {
         let file = File::open(&self.path)?;
-        Ok(aggregate::maybe_gunzip(
-            &self.path.to_string_lossy(),
-            Box::new(file),
-        ))
+        let name = self.path.to_string_lossy();
+        if self.threads > 1 && name.ends_with(".gz") {
+            return Ok(aggregate::gunzip_on_thread(file));
+        }
+        Ok(aggregate::maybe_gunzip(&name, Box::new(file)))
     }
     fn can_reopen(&self) -> bool {
         true
@@ -171,7 +174,11 @@ pub fn run(args: AggregateArgs) -> anyhow::Result<()> {
         let path = PathBuf::from(&args.input);
         // Open once up front so a missing file is reported before any output is created.
         File::open(&path).with_context(|| format!("cannot open {}", args.input))?;
-        (Box::new(FileSource { path: path.clone() }), Some(path))
+        let source = FileSource {
+            path: path.clone(),
+            threads,
+        };
+        (Box::new(source), Some(path))
     };
     // A local file may be split across threads; standard input is read once, in order.
     let mut reduce = |sink: &mut dyn Sink| match &local {
