@@ -17,90 +17,52 @@ pub fn push_float(out: &mut Vec<u8>, x: f64) {
         });
         return;
     }
-    // ryu gives the shortest round-trip digits, as `16.7`, `0.0001` or `1.5e-7`. Its fixed
-    // notation (no `e`) is Python's for every decimal exponent from -4 up to 15 (`-0.0` and
-    // `16.0` included); the one fixed layout Python does not share is exponent -5, which ryu
-    // writes `0.0000…` and Python `1e-05`. Those are copied as they are: the common case,
-    // and a third of the instructions of the digit shuffle below (callgrind).
-    //
-    // Which layout ryu chose follows from `x` itself: exponents -4..=15 are exactly the
-    // doubles in [1e-4, 1e16) (both bounds' shortest digits are the one-digit `1e-4` and
-    // `1e16`, so no double on either side prints across them), which saves searching the
-    // text for an `e` per float.
-    let mut ryu_buf = ryu::Buffer::new();
-    let text = ryu_buf.format_finite(x).as_bytes();
-    if x == 0.0 || (1e-4..1e16).contains(&x.abs()) {
+    // zmij gives the shortest round-trip digits, the same ones as ryu (ties included), in
+    // ryu's layout except for the exponent's sign: `16.7`, `0.0001`, `1.5e-7`, `1e+16`. Its
+    // fixed notation (no `e`) is Python's for every decimal exponent from -4 up to 15 (`-0.0`
+    // and `16.0` included); those are copied as they are, the common case. Which layout zmij
+    // chose follows from `x` itself: exponents -4..=15 are exactly the doubles in [1e-4, 1e16)
+    // (both bounds' shortest digits are the one-digit `1e-4` and `1e16`, so no double on
+    // either side prints across them), which saves searching the text for an `e` per float.
+    // zmij rather than ryu: about a third of ryu's instructions per float (callgrind), and
+    // the tests keep the ryu-based version as the reference for every layout.
+    let mut buf = zmij::Buffer::new();
+    let text = buf.format_finite(x).as_bytes();
+    let abs = x.abs();
+    if x == 0.0 || (1e-4..1e16).contains(&abs) {
         out.extend_from_slice(text);
         return;
     }
-    let unsigned = text.strip_prefix(b"-").unwrap_or(text);
-    // Otherwise take out the digits and the decimal exponent of the first one, then lay
-    // them out like Python.
-    let text = unsigned;
-    let (mantissa, e) = match text.iter().position(|&b| b == b'e') {
-        Some(i) => (
-            &text[..i],
-            std::str::from_utf8(&text[i + 1..])
-                .ok()
-                .and_then(|t| t.parse::<i32>().ok())
-                .unwrap_or(0),
-        ),
-        None => (text, 0),
-    };
-    let int_len = mantissa
-        .iter()
-        .position(|&b| b == b'.')
-        .unwrap_or(mantissa.len()) as i32;
-    let mut all = [0u8; 40];
-    let mut n = 0;
-    for &b in mantissa.iter().filter(|b| b.is_ascii_digit()) {
-        all[n] = b;
-        n += 1;
-    }
-    let lead = all[..n].iter().take_while(|&&d| d == b'0').count();
-    let (digits, exp): (&[u8], i32) = if lead == n {
-        (b"0", 0)
-    } else {
-        let mut end = n;
-        while end > lead + 1 && all[end - 1] == b'0' {
-            end -= 1;
-        }
-        (&all[lead..end], int_len - 1 - lead as i32 + e)
-    };
-    if x.is_sign_negative() {
-        out.push(b'-');
-    }
-    if (-4..16).contains(&exp) {
-        if exp >= 0 {
-            let int_len = exp as usize + 1;
-            for i in 0..int_len {
-                out.push(*digits.get(i).unwrap_or(&b'0'));
-            }
-            out.push(b'.');
-            if digits.len() > int_len {
-                out.extend_from_slice(&digits[int_len..]);
-            } else {
-                out.push(b'0');
-            }
-        } else {
-            out.extend_from_slice(b"0.");
-            out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
-            out.extend_from_slice(digits);
-        }
-    } else {
+    if (1e-5..1e-4).contains(&abs) {
+        // Exponent -5, the one fixed layout Python does not share: zmij writes `0.0000ddd`
+        // (at least one significant digit, no trailing zero), Python `d.dde-05`.
+        let (sign, unsigned) = match text.strip_prefix(b"-") {
+            Some(rest) => (&b"-"[..], rest),
+            None => (&b""[..], text),
+        };
+        let digits = &unsigned[b"0.0000".len()..];
+        out.extend_from_slice(sign);
         out.push(digits[0]);
         if digits.len() > 1 {
             out.push(b'.');
             out.extend_from_slice(&digits[1..]);
         }
-        out.push(b'e');
-        out.push(if exp < 0 { b'-' } else { b'+' });
-        let e = exp.unsigned_abs();
-        if e < 10 {
-            out.push(b'0');
-        }
-        out.extend_from_slice(e.to_string().as_bytes());
+        out.extend_from_slice(b"e-05");
+        return;
     }
+    // Scientific: zmij's mantissa (`1`, `1.5`: no trailing zero, no `.0`) and exponent sign
+    // are Python's; only a one-digit exponent needs Python's leading zero (`e-7` to `e-07`).
+    // The exponent has 1 to 3 digits, so searching from the end finds the `e` within five bytes.
+    let Some(e) = text.iter().rposition(|&b| b == b'e') else {
+        out.extend_from_slice(text);
+        return;
+    };
+    let exp_digits = text.len() - e - 2;
+    out.extend_from_slice(&text[..e + 2]);
+    if exp_digits == 1 {
+        out.push(b'0');
+    }
+    out.extend_from_slice(&text[e + 2..]);
 }
 
 /// Appends a count in decimal, without the `String` that `to_string` would allocate per

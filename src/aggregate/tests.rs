@@ -1118,11 +1118,11 @@ proptest! {
 
 #[test]
 fn float_output_at_the_layout_bounds_is_python_repr() {
-    // `push_float` picks ryu's fixed notation from the value's magnitude: the doubles on
+    // `push_float` picks the fixed notation from the value's magnitude: the doubles on
     // both sides of 1e-5, 1e-4, 1e15 and 1e16 must print as Python does. Expected: CPython's
     // `repr` of the four doubles below each bound, the bound and the four above (taken with
     // `math.nextafter`). Literal, not `python_repr_reference`: at `1e15 + 0.25` the two
-    // shortest 17-digit forms tie, and CPython (like ryu) rounds the tie to even.
+    // shortest 17-digit forms tie, and CPython (like ryu and zmij) rounds the tie to even.
     let cases: [(f64, [&str; 9]); 6] = [
         (
             1e-05,
@@ -1221,6 +1221,168 @@ fn float_output_at_the_layout_bounds_is_python_repr() {
                 assert_eq!(String::from_utf8(got).unwrap(), text, "{v:e}");
             }
             x = f64::next_up(x);
+        }
+    }
+}
+
+/// The ryu-based `push_float` that zmij replaced, kept verbatim as the reference for the new
+/// one: the output must stay byte-identical for every double.
+fn push_float_ryu(out: &mut Vec<u8>, x: f64) {
+    if !x.is_finite() {
+        out.extend_from_slice(match () {
+            _ if x.is_nan() => b"nan",
+            _ if x > 0.0 => b"inf",
+            _ => b"-inf",
+        });
+        return;
+    }
+    let mut ryu_buf = ryu::Buffer::new();
+    let text = ryu_buf.format_finite(x).as_bytes();
+    if x == 0.0 || (1e-4..1e16).contains(&x.abs()) {
+        out.extend_from_slice(text);
+        return;
+    }
+    let text = text.strip_prefix(b"-").unwrap_or(text);
+    let (mantissa, e) = match text.iter().position(|&b| b == b'e') {
+        Some(i) => (
+            &text[..i],
+            std::str::from_utf8(&text[i + 1..])
+                .ok()
+                .and_then(|t| t.parse::<i32>().ok())
+                .unwrap_or(0),
+        ),
+        None => (text, 0),
+    };
+    let int_len = mantissa
+        .iter()
+        .position(|&b| b == b'.')
+        .unwrap_or(mantissa.len()) as i32;
+    let mut all = [0u8; 40];
+    let mut n = 0;
+    for &b in mantissa.iter().filter(|b| b.is_ascii_digit()) {
+        all[n] = b;
+        n += 1;
+    }
+    let lead = all[..n].iter().take_while(|&&d| d == b'0').count();
+    let (digits, exp): (&[u8], i32) = if lead == n {
+        (b"0", 0)
+    } else {
+        let mut end = n;
+        while end > lead + 1 && all[end - 1] == b'0' {
+            end -= 1;
+        }
+        (&all[lead..end], int_len - 1 - lead as i32 + e)
+    };
+    if x.is_sign_negative() {
+        out.push(b'-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp >= 0 {
+            let int_len = exp as usize + 1;
+            for i in 0..int_len {
+                out.push(*digits.get(i).unwrap_or(&b'0'));
+            }
+            out.push(b'.');
+            if digits.len() > int_len {
+                out.extend_from_slice(&digits[int_len..]);
+            } else {
+                out.push(b'0');
+            }
+        } else {
+            out.extend_from_slice(b"0.");
+            out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
+            out.extend_from_slice(digits);
+        }
+    } else {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        out.push(if exp < 0 { b'-' } else { b'+' });
+        let e = exp.unsigned_abs();
+        if e < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(e.to_string().as_bytes());
+    }
+}
+
+/// `push_float` against the ryu-based reference for one value and its negation.
+fn assert_float_like_ryu(x: f64) -> Result<(), TestCaseError> {
+    for v in [x, -x] {
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        output::push_float(&mut got, v);
+        push_float_ryu(&mut want, v);
+        prop_assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(want).unwrap(),
+            "{:e} (bits {:#018x})",
+            v,
+            v.to_bits()
+        );
+    }
+    Ok(())
+}
+
+/// `x` moved by `steps` units in the last place (towards +inf for positive steps).
+fn ulps_from(x: f64, steps: i32) -> f64 {
+    let mut v = x;
+    for _ in 0..steps.unsigned_abs() {
+        v = if steps > 0 {
+            v.next_up()
+        } else {
+            v.next_down()
+        };
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    #[test]
+    fn float_output_equals_the_ryu_layout(
+        bits in any::<u64>(),
+        sub in 0u64..(1 << 52),
+        k in -324i32..=308,
+        steps in -20i32..=20,
+        m in 0u64..100_000_000_000_000_000,
+        frac in 0i32..25,
+    ) {
+        // Any bit pattern (every exponent, NaN and the infinities too), a subnormal, a power
+        // of ten (every layout bound is one) and its neighbours, and short decimals like the
+        // output's means and extremes.
+        let pow10: f64 = format!("1e{k}").parse().unwrap();
+        for x in [
+            f64::from_bits(bits),
+            f64::from_bits(sub),
+            ulps_from(pow10, steps),
+            m as f64 / 10f64.powi(frac),
+        ] {
+            assert_float_like_ryu(x)?;
+        }
+    }
+}
+
+#[test]
+fn float_output_equals_the_ryu_layout_around_every_power_of_ten() {
+    // The double nearest each power of ten and the 64 on either side of it (so every layout
+    // bound, 1e-5, 1e-4 and 1e16, is crossed from both sides), then zero, the smallest
+    // subnormal, the smallest normal, the largest finite double and epsilon with theirs.
+    for k in -324..=308 {
+        let pow10: f64 = format!("1e{k}").parse().unwrap();
+        for steps in -64..=64 {
+            assert_float_like_ryu(ulps_from(pow10, steps)).unwrap();
+        }
+    }
+    for x in [0.0, 5e-324, f64::MIN_POSITIVE, f64::MAX, f64::EPSILON] {
+        for steps in -64..=64 {
+            let v = ulps_from(x, steps);
+            if v.is_finite() {
+                assert_float_like_ryu(v).unwrap();
+            }
         }
     }
 }
