@@ -47,7 +47,7 @@ WEBHOOK_ENV = {
     "AZURE_AUTHORITY_HOST",
 }
 
-# Memory arithmetic, see docs/deploy.md ("Memory and queueLength arithmetic"). The worker's
+# Memory arithmetic, see docs/deploy.md ("Sizing and the KEDA arithmetic"). The worker's
 # jobs reserve from ROLLQ_MEMORY_BUDGET; the limit must hold the budget plus the baseline, and
 # the budget must hold one job's full reservation (else big inputs run alone, one at a time).
 MIB = 1024 * 1024
