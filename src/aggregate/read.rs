@@ -673,8 +673,9 @@ const ZEROS: u64 = 0x3030_3030_3030_3030;
 const POW10_U64: [u64; 8] = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000];
 
 /// Bytes `at..at + 8` of a line window as one little-endian word (the first byte lowest).
+/// The fast lane's stamp check (`time::HourCache`) reads its words the same way.
 #[inline(always)]
-fn line_word(line: &[u8; 64], at: usize) -> u64 {
+pub(super) fn line_word(line: &[u8; 64], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&line[at..at + 8]);
     u64::from_le_bytes(w)

@@ -8,6 +8,7 @@ use chrono::{NaiveDate, NaiveDateTime, Offset, TimeZone};
 use chrono_tz::Tz;
 
 use super::Bucket;
+use super::read::line_word;
 
 const DAY: i64 = 86_400;
 
@@ -447,14 +448,6 @@ impl HourKey {
 /// bytes 1, 2, 4, 5 of the word; every other byte 0).
 #[derive(Clone, Copy, Debug)]
 pub struct MinSec(u64);
-
-/// Bytes `at..at + 8` of a line window as one little-endian word.
-#[inline(always)]
-fn line_word(line: &[u8; 64], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&line[at..at + 8]);
-    u64::from_le_bytes(w)
-}
 
 /// Bytes `at..at + 8` of a timestamp as one little-endian word.
 #[inline(always)]

@@ -336,6 +336,20 @@ pub async fn download(blobs: &Arc<dyn BlobStore>, container: &str, name: &str) -
     }
 }
 
+/// Drains `queue` with a worker that allows each message one attempt (`--max-dequeue-count
+/// 1`) and exits when idle: a failing message is poisoned at once, and a message delivered
+/// before completes only if every earlier delivery was a release, not an attempt.
+pub async fn drain_allowing_one_attempt(az: &Azurite, queue: &str, container: &str) {
+    let mut finisher = WorkerProc::spawn(
+        az,
+        queue,
+        container,
+        &["--exit-when-idle", "2s", "--max-dequeue-count", "1"],
+    );
+    let status = finisher.wait_exit(PATIENCE).await;
+    assert!(status.success(), "exit {status}");
+}
+
 /// Asserts that `queue` holds no message and that its `<queue>-poison` twin (the worker
 /// creates it) holds none either: everything was completed, nothing poisoned.
 pub async fn assert_queue_and_poison_empty(conn: &Connection, queue: &Arc<dyn Queue>) {
