@@ -154,6 +154,8 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
     assert_eq!(outputs.len() as u64, 2 * MESSAGES, "{outputs:?}");
 
     let mut total = 0.0;
+    let mut storage_errors = 0.0;
+    let mut logs = Vec::new();
     for (w, pid) in workers.iter_mut().zip(pids) {
         assert!(w.alive(), "worker {pid} died in the restart");
         eventually("ready again", PATIENCE, || async {
@@ -162,7 +164,6 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
         .await;
         let log = w.log();
         assert!(!log.contains("message poisoned"), "{log}");
-        // Each worker met the restart (it is not a run that happened to miss it).
         let m = w.metrics().await;
         let errors = |op: Option<&str>| -> f64 {
             m.samples
@@ -175,12 +176,18 @@ async fn two_workers_ride_out_an_azurite_restart_and_nothing_is_lost() {
                 })
                 .sum()
         };
-        assert!(
-            errors(None) > 0.0,
-            "worker {pid} saw no storage error: {log}"
-        );
+        logs.push(format!("worker {pid}: {log}"));
+        storage_errors += errors(None);
         total += finished(w).await;
     }
+    // The run met the restart (it is not one that happened to miss it). Not asserted per
+    // worker: one whose requests all fell outside the second of downtime, or whose SDK
+    // retries outlasted it, rides it out without a storage error of its own (seen in CI).
+    assert!(
+        storage_errors > 0.0,
+        "no worker saw a storage error: {}",
+        logs.join("\n")
+    );
     // Every message ended completed or skipped: a Delete that failed in the restart after its
     // output was committed counts the message completed (Azurite may have applied it before
     // SIGTERM, and then the message never returns).
